@@ -1,0 +1,85 @@
+"""Account operations: register, login, logout, heartbeat, and looking up users."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import strawberry
+
+from graph.context import Info
+from graph.types import AuthPayload, Device, User
+from resolvers import accounts
+from resolvers.errors import NotFound
+from resolvers.ids import parse_row_id
+
+
+def _payload(session: accounts.Session) -> AuthPayload:
+    return AuthPayload(
+        token=session.token,
+        user=User.from_row(session.user),
+        device=Device.from_row(session.device),
+    )
+
+
+@strawberry.type
+class AccountQuery:
+    @strawberry.field
+    async def me(self, info: Info) -> User:
+        viewer = await info.context.require_viewer()
+        row = await info.context.users.load(viewer.user_id)
+        if row is None:
+            raise NotFound("Your account no longer exists.")
+        return User.from_row(row)
+
+    @strawberry.field
+    async def user(self, info: Info, id: strawberry.ID) -> User | None:
+        await info.context.require_viewer()
+        try:
+            row = await info.context.users.load(parse_row_id(id, what="user"))
+        except NotFound:
+            return None
+        return User.from_row(row) if row else None
+
+    @strawberry.field(description="Users whose username or display name starts with `prefix`.")
+    async def search_users(self, info: Info, prefix: str, first: int | None = 20) -> list[User]:
+        await info.context.require_viewer()
+        rows = await accounts.search_users(info.context.services, prefix=prefix, first=20 if first is None else first)
+        return [User.from_row(row) for row in rows]
+
+
+@strawberry.type
+class AccountMutation:
+    @strawberry.mutation
+    async def register(
+        self,
+        info: Info,
+        username: str,
+        password: str,
+        display_name: str | None = None,
+        device_name: str | None = None,
+    ) -> AuthPayload:
+        session = await accounts.register(
+            info.context.services,
+            username=username,
+            password=password,
+            display_name=display_name,
+            device_name=device_name,
+        )
+        return _payload(session)
+
+    @strawberry.mutation
+    async def login(self, info: Info, username: str, password: str, device_name: str | None = None) -> AuthPayload:
+        session = await accounts.login(
+            info.context.services, username=username, password=password, device_name=device_name
+        )
+        return _payload(session)
+
+    @strawberry.mutation(description="Ends the current device's session and drops its pending events.")
+    async def logout(self, info: Info) -> bool:
+        await accounts.logout(info.context.services, await info.context.require_viewer())
+        return True
+
+    @strawberry.mutation(description="Liveness ping; returns the stored last-seen time.")
+    async def heartbeat(self, info: Info) -> datetime:
+        viewer = await info.context.require_viewer()
+        return await info.context.services.presence.touch(viewer.user_id)

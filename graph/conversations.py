@@ -1,0 +1,131 @@
+"""Conversation operations: direct chats, groups, roles, muting, and listing."""
+
+from __future__ import annotations
+
+import strawberry
+
+from graph.context import Info
+from graph.types import Conversation, MemberRole
+from resolvers import conversations
+from resolvers.errors import BadUserInput, NotFound
+from resolvers.ids import parse_row_id
+
+MAX_IDS_PER_CALL = 1000
+
+
+def _conversation_id(value: strawberry.ID) -> int:
+    return parse_row_id(value, what="conversation")
+
+
+def _user_ids(values: list[strawberry.ID]) -> list[int]:
+    if len(values) > MAX_IDS_PER_CALL:
+        raise BadUserInput(f"At most {MAX_IDS_PER_CALL} user ids per call.")
+    return [parse_row_id(value, what="user") for value in values]
+
+
+@strawberry.type
+class ConversationQuery:
+    @strawberry.field(description="The viewer's conversations, most recently active first.")
+    async def conversations(self, info: Info) -> list[Conversation]:
+        views = await conversations.list_conversations(info.context.services, await info.context.require_viewer())
+        return [Conversation.from_view(view) for view in views]
+
+    @strawberry.field
+    async def conversation(self, info: Info, id: strawberry.ID) -> Conversation | None:
+        viewer = await info.context.require_viewer()
+        try:
+            view = await conversations.get_conversation(info.context.services, viewer, _conversation_id(id))
+        except NotFound:
+            return None
+        return Conversation.from_view(view)
+
+
+@strawberry.type
+class ConversationMutation:
+    @strawberry.mutation(description="Returns the existing DIRECT conversation with that user, or creates it.")
+    async def start_direct_conversation(self, info: Info, user_id: strawberry.ID) -> Conversation:
+        viewer = await info.context.require_viewer()
+        view = await conversations.start_direct_conversation(
+            info.context.services, viewer, user_id=parse_row_id(user_id, what="user")
+        )
+        return Conversation.from_view(view)
+
+    @strawberry.mutation(description="Creates a GROUP with the viewer as OWNER; at most 100 members in all.")
+    async def create_group(self, info: Info, title: str, member_ids: list[strawberry.ID]) -> Conversation:
+        viewer = await info.context.require_viewer()
+        view = await conversations.create_group(
+            info.context.services, viewer, title=title, member_ids=_user_ids(member_ids)
+        )
+        return Conversation.from_view(view)
+
+    @strawberry.mutation
+    async def add_members(
+        self, info: Info, conversation_id: strawberry.ID, user_ids: list[strawberry.ID]
+    ) -> Conversation:
+        viewer = await info.context.require_viewer()
+        view = await conversations.add_members(
+            info.context.services,
+            viewer,
+            conversation_id=_conversation_id(conversation_id),
+            user_ids=_user_ids(user_ids),
+        )
+        return Conversation.from_view(view)
+
+    @strawberry.mutation
+    async def remove_member(self, info: Info, conversation_id: strawberry.ID, user_id: strawberry.ID) -> Conversation:
+        viewer = await info.context.require_viewer()
+        view = await conversations.remove_member(
+            info.context.services,
+            viewer,
+            conversation_id=_conversation_id(conversation_id),
+            user_id=parse_row_id(user_id, what="user"),
+        )
+        return Conversation.from_view(view)
+
+    @strawberry.mutation(description="Gives a member another role (OWNER only).")
+    async def set_member_role(
+        self,
+        info: Info,
+        conversation_id: strawberry.ID,
+        user_id: strawberry.ID,
+        role: MemberRole,  # type: ignore[valid-type]
+    ) -> Conversation:
+        viewer = await info.context.require_viewer()
+        view = await conversations.set_member_role(
+            info.context.services,
+            viewer,
+            conversation_id=_conversation_id(conversation_id),
+            user_id=parse_row_id(user_id, what="user"),
+            role=role,
+        )
+        return Conversation.from_view(view)
+
+    @strawberry.mutation
+    async def rename_group(self, info: Info, conversation_id: strawberry.ID, title: str) -> Conversation:
+        viewer = await info.context.require_viewer()
+        view = await conversations.rename_group(
+            info.context.services,
+            viewer,
+            conversation_id=_conversation_id(conversation_id),
+            title=title,
+        )
+        return Conversation.from_view(view)
+
+    @strawberry.mutation
+    async def leave_group(self, info: Info, conversation_id: strawberry.ID) -> bool:
+        viewer = await info.context.require_viewer()
+        await conversations.leave_group(
+            info.context.services, viewer, conversation_id=_conversation_id(conversation_id)
+        )
+        return True
+
+    @strawberry.mutation
+    async def mute_conversation(self, info: Info, conversation_id: strawberry.ID, muted: bool) -> Conversation:
+        viewer = await info.context.require_viewer()
+        view = await conversations.mute_conversation(
+            info.context.services,
+            viewer,
+            conversation_id=_conversation_id(conversation_id),
+            muted=muted,
+        )
+        return Conversation.from_view(view)

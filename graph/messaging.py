@@ -1,0 +1,91 @@
+"""Messaging operations: send, acknowledge, mark read, typing, and the event stream."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+import strawberry
+
+from graph.context import Info
+from graph.conversations import _conversation_id
+from graph.types import Event, Message, SendMessageInput, event_from_view
+from resolvers import events, messages, receipts
+from resolvers import typing as typing_indicators
+
+
+@strawberry.type
+class MessagingQuery:
+    @strawberry.field(
+        description="Pull-based sync (e.g. after a push wake-up): this device's pending durable events "
+        "after `after`, oldest first."
+    )
+    async def pending_events(self, info: Info, after: str | None = None, first: int | None = 100) -> list[Event]:
+        viewer = await info.context.require_viewer()
+        views = await events.pending_events(
+            info.context.services, viewer, after=after, first=100 if first is None else first
+        )
+        return [event_from_view(view, info) for view in views]
+
+
+@strawberry.type
+class MessagingMutation:
+    @strawberry.mutation(description="Persists, then fans out. The returned message is the SENT receipt.")
+    async def send_message(self, info: Info, input: SendMessageInput) -> Message:
+        viewer = await info.context.require_viewer()
+        view = await messages.send_message(
+            info.context.services,
+            viewer,
+            conversation_id=_conversation_id(input.conversation_id),
+            client_id=input.client_id,
+            body=input.body,
+            attachment_ids=[str(a) for a in input.attachment_ids or []],
+        )
+        return Message.from_view(view, info)
+
+    @strawberry.mutation(
+        description="This device has received every durable event up to and including `cursor`. "
+        "Emits DELIVERED receipts."
+    )
+    async def acknowledge(self, info: Info, cursor: str) -> bool:
+        viewer = await info.context.require_viewer()
+        await receipts.acknowledge(info.context.services, viewer, info.context.ids, cursor)
+        return True
+
+    @strawberry.mutation(
+        description="The viewer has read these messages (typically the newest one per sender). "
+        "Emits READ receipts to their senders."
+    )
+    async def mark_read(self, info: Info, conversation_id: strawberry.ID, message_ids: list[strawberry.ID]) -> bool:
+        viewer = await info.context.require_viewer()
+        await receipts.mark_read(
+            info.context.services,
+            viewer,
+            info.context.ids,
+            conversation_id=_conversation_id(conversation_id),
+            message_ids=[str(m) for m in message_ids],
+        )
+        return True
+
+    @strawberry.mutation
+    async def set_typing(self, info: Info, conversation_id: strawberry.ID, typing: bool) -> bool:
+        viewer = await info.context.require_viewer()
+        await typing_indicators.set_typing(
+            info.context.services,
+            viewer,
+            conversation_id=_conversation_id(conversation_id),
+            typing=typing,
+        )
+        return True
+
+
+@strawberry.type
+class MessagingSubscription:
+    @strawberry.subscription(
+        description="This device's event stream over graphql-transport-ws: first every pending durable\n"
+        "event after `after` (default: after the device's last acknowledged cursor), then\n"
+        "live events, with no gap and no duplicate between the two."
+    )
+    async def events(self, info: Info, after: str | None = None) -> AsyncGenerator[Event, None]:
+        viewer = await info.context.require_viewer()
+        async for view in events.stream_events(info.context.services, viewer, after=after):
+            yield event_from_view(view, info)

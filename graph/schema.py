@@ -1,0 +1,65 @@
+"""The schema: every root type merged, with the limits and error shaping the contract asks for."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import strawberry
+from graphql import GraphQLError
+from graphql.validation import NoSchemaIntrospectionCustomRule
+from strawberry.extensions import (
+    AddValidationRules,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    SchemaExtension,
+    ValidationCache,
+)
+from strawberry.schema.config import StrawberryConfig
+from strawberry.tools import merge_types
+from strawberry.types import ExecutionContext
+
+from graph.accounts import AccountMutation, AccountQuery
+from graph.conversations import ConversationMutation, ConversationQuery
+from graph.errors import ErrorCodes, log_errors
+from graph.messaging import MessagingMutation, MessagingQuery, MessagingSubscription
+
+Query = merge_types("Query", (AccountQuery, ConversationQuery, MessagingQuery))
+Mutation = merge_types("Mutation", (AccountMutation, ConversationMutation, MessagingMutation))
+Subscription = merge_types("Subscription", (MessagingSubscription,))
+
+
+class ParleySchema(strawberry.Schema):
+    """strawberry's Schema, logging unexpected errors only (the default logs every error with a traceback)."""
+
+    def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
+        log_errors(errors)
+
+
+def build_schema(
+    *,
+    max_depth: int = 10,
+    max_aliases: int = 30,
+    max_tokens: int = 2000,
+    introspection: bool = True,
+) -> strawberry.Schema:
+    """The Parley schema with its limits; `introspection=False` for production."""
+    # Factories, not instances: strawberry builds fresh extensions per operation
+    # (the parser and validation caches live at module level and are shared).
+    extensions: list[Callable[[], SchemaExtension]] = [
+        lambda: ParserCache(maxsize=512),
+        lambda: ValidationCache(maxsize=512),
+        lambda: QueryDepthLimiter(max_depth=max_depth),
+        lambda: MaxAliasesLimiter(max_alias_count=max_aliases),
+        lambda: MaxTokensLimiter(max_token_count=max_tokens),
+        ErrorCodes,
+    ]
+    if not introspection:
+        extensions.append(lambda: AddValidationRules([NoSchemaIntrospectionCustomRule]))
+    kwargs: dict[str, Any] = {
+        "extensions": extensions,
+        "config": StrawberryConfig(auto_camel_case=True),
+    }
+    return ParleySchema(query=Query, mutation=Mutation, subscription=Subscription, **kwargs)

@@ -1,0 +1,286 @@
+"""Strawberry types of the public API; converted from domain objects with `from_*` classmethods."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Annotated
+
+import strawberry
+
+from graph.context import Info
+from models import ConversationKind as ConversationKindModel
+from models import MemberRole as MemberRoleModel
+from models import User as UserRow
+from models.user import Device as DeviceRow
+from resolvers.conversations import ConversationView
+from resolvers.events import (
+    ConversationEventView,
+    MessageEventView,
+    ReceiptEventView,
+    TypingEventView,
+)
+from resolvers.messages import MessageView
+
+ConversationKind = strawberry.enum(ConversationKindModel, name="ConversationKind")
+MemberRole = strawberry.enum(MemberRoleModel, name="MemberRole")
+
+
+@strawberry.enum
+class ReceiptStatus(Enum):
+    DELIVERED = "DELIVERED"
+    READ = "READ"
+
+
+@strawberry.enum
+class ConversationChange(Enum):
+    CREATED = "CREATED"
+    MEMBERS_ADDED = "MEMBERS_ADDED"
+    MEMBER_REMOVED = "MEMBER_REMOVED"
+    RENAMED = "RENAMED"
+    LEFT = "LEFT"
+    ROLE_CHANGED = strawberry.enum_value("ROLE_CHANGED", description="A member's role changed (setMemberRole).")
+
+
+@strawberry.type
+class User:
+    id: strawberry.ID
+    username: str
+    display_name: str
+
+    @strawberry.field(description="Online now: at least one live connection anywhere in the cluster.")
+    async def online(self, info: Info) -> bool:
+        return await info.context.online.load(int(self.id))
+
+    @strawberry.field(description="Last heartbeat or activity; null when never seen.")
+    async def last_seen(self, info: Info) -> datetime | None:
+        return await info.context.last_seen.load(int(self.id))
+
+    @classmethod
+    def from_row(cls, row: UserRow) -> User:
+        return cls(id=strawberry.ID(str(row.id)), username=row.username, display_name=row.display_name)
+
+
+async def load_user(info: Info, user_id: int) -> User:
+    """A user by id for nested fields; a deleted account shows as a placeholder, not an error."""
+    row = await info.context.users.load(user_id)
+    if row is None:
+        return User(id=strawberry.ID(str(user_id)), username="deleted", display_name="Deleted user")
+    return User.from_row(row)
+
+
+@strawberry.type(
+    description="A logged-in client (a phone, a browser tab's install, ...). Events are delivered per device."
+)
+class Device:
+    id: strawberry.ID
+    name: str
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: DeviceRow) -> Device:
+        return cls(id=strawberry.ID(str(row.id)), name=row.name, created_at=row.created_at)
+
+
+@strawberry.type
+class AuthPayload:
+    token: str = strawberry.field(
+        description="Bearer token: HTTP `Authorization: Bearer <token>`, or `authorization` in the WebSocket connection_init payload."
+    )
+    user: User
+    device: Device
+
+
+@strawberry.type
+class Member:
+    user_id: strawberry.Private[int]
+    role: MemberRole  # type: ignore[valid-type]
+    joined_at: datetime
+
+    @strawberry.field
+    async def user(self, info: Info) -> User:
+        return await load_user(info, self.user_id)
+
+
+@strawberry.type
+class Conversation:
+    id: strawberry.ID
+    kind: ConversationKind  # type: ignore[valid-type]
+    title: str | None = strawberry.field(description="Null for DIRECT conversations.")
+    members: list[Member]
+    created_at: datetime
+    muted: bool = strawberry.field(description="Muted for the viewer: no push notifications.")
+
+    @classmethod
+    def from_view(cls, view: ConversationView) -> Conversation:
+        c = view.conversation
+        return cls(
+            id=strawberry.ID(str(view.id)),
+            kind=c.kind,
+            title=c.title,
+            members=[Member(user_id=m.user_id, role=m.role, joined_at=m.joined_at) for m in view.members],
+            created_at=c.created_at,
+            muted=view.muted,
+        )
+
+
+@strawberry.type
+class Attachment:
+    id: strawberry.ID
+    filename: str
+    content_type: str
+    size: int = strawberry.field(description="Bytes.")
+    url: str = strawberry.field(description="Short-lived download URL, minted for the viewer.")
+    thumbnail_url: str | None = strawberry.field(
+        description="Short-lived URL of a small preview image, when one exists."
+    )
+
+
+@strawberry.type
+class Message:
+    id: strawberry.ID
+    client_id: str = strawberry.field(description="The sender's idempotency key, echoed back.")
+    conversation_id: strawberry.ID
+    sender_id: strawberry.Private[int]
+    body: str | None
+    attachments: list[Attachment]
+    sent_at: datetime = strawberry.field(description="Server time at which the message was accepted (the SENT moment).")
+
+    @strawberry.field
+    async def sender(self, info: Info) -> User:
+        return await load_user(info, self.sender_id)
+
+    @classmethod
+    def from_view(cls, view: MessageView, info: Info) -> Message:
+        return cls(
+            id=strawberry.ID(info.context.ids.encode(view.ref)),
+            client_id=view.client_id,
+            conversation_id=strawberry.ID(str(view.ref.conversation_id)),
+            sender_id=view.ref.sender_id,
+            body=view.body,
+            attachments=[],
+            sent_at=view.sent_at,
+        )
+
+
+@strawberry.type(
+    description="A watermark: `user` has received (or read) `messageId` and every earlier message\n"
+    "from the same sender in the same conversation."
+)
+class Receipt:
+    conversation_id: strawberry.ID
+    message_id: strawberry.ID
+    reader_id: strawberry.Private[int]
+    status: ReceiptStatus
+    at: datetime
+
+    @strawberry.field
+    async def user(self, info: Info) -> User:
+        return await load_user(info, self.reader_id)
+
+
+@strawberry.type(description="Durable events carry a cursor and stay pending for the device until acknowledged.")
+class MessageEvent:
+    cursor: str
+    message: Message
+
+
+@strawberry.type
+class ReceiptEvent:
+    cursor: str
+    receipt: Receipt
+
+
+@strawberry.type
+class ConversationEvent:
+    cursor: str
+    change: ConversationChange
+    conversation_id: strawberry.Private[int]
+    user_ids: strawberry.Private[list[int]]
+    actor_id: strawberry.Private[int]
+    at: datetime
+
+    @strawberry.field
+    async def conversation(self, info: Info) -> Conversation:
+        from resolvers.conversations import conversation_for_event  # noqa: PLC0415 - avoids a cycle at import
+
+        view = await conversation_for_event(
+            info.context.services, await info.context.require_viewer(), self.conversation_id
+        )
+        if view is None:  # deleted since: show what the event knew
+            return Conversation(
+                id=strawberry.ID(str(self.conversation_id)),
+                kind=ConversationKindModel.GROUP,
+                title=None,
+                members=[],
+                created_at=self.at,
+                muted=False,
+            )
+        return Conversation.from_view(view)
+
+    @strawberry.field(description="The members the change is about (added, removed, left).")
+    async def users(self, info: Info) -> list[User]:
+        return [await load_user(info, uid) for uid in self.user_ids]
+
+    @strawberry.field
+    async def actor(self, info: Info) -> User:
+        return await load_user(info, self.actor_id)
+
+
+@strawberry.type(description="Ephemeral: never stored, never acknowledged.")
+class TypingEvent:
+    conversation_id: strawberry.ID
+    user_id: strawberry.Private[int]
+    typing: bool
+    at: datetime
+
+    @strawberry.field
+    async def user(self, info: Info) -> User:
+        return await load_user(info, self.user_id)
+
+
+Event = Annotated[MessageEvent | ReceiptEvent | ConversationEvent | TypingEvent, strawberry.union("Event")]
+DurableEventType = MessageEvent | ReceiptEvent | ConversationEvent
+
+
+def event_from_view(
+    view: MessageEventView | ReceiptEventView | ConversationEventView | TypingEventView, info: Info
+) -> MessageEvent | ReceiptEvent | ConversationEvent | TypingEvent:
+    """The API type of a domain event."""
+    if isinstance(view, MessageEventView):
+        return MessageEvent(cursor=view.cursor, message=Message.from_view(view.message, info))
+    if isinstance(view, ReceiptEventView):
+        r = view.receipt
+        receipt = Receipt(
+            conversation_id=strawberry.ID(str(r.conversation_id)),
+            message_id=strawberry.ID(r.message_id),
+            reader_id=r.reader_id,
+            status=ReceiptStatus(r.status),
+            at=r.at,
+        )
+        return ReceiptEvent(cursor=view.cursor, receipt=receipt)
+    if isinstance(view, ConversationEventView):
+        return ConversationEvent(
+            cursor=view.cursor,
+            change=ConversationChange(view.change),
+            conversation_id=view.conversation_id,
+            user_ids=view.user_ids,
+            actor_id=view.actor_id,
+            at=view.at,
+        )
+    return TypingEvent(
+        conversation_id=strawberry.ID(str(view.conversation_id)),
+        user_id=view.user_id,
+        typing=view.typing,
+        at=view.at,
+    )
+
+
+@strawberry.input
+class SendMessageInput:
+    conversation_id: strawberry.ID
+    client_id: str = strawberry.field(
+        description="Unique per sender; resending the same clientId returns the first message and stores nothing new."
+    )
+    body: str | None = None
+    attachment_ids: list[strawberry.ID] | None = strawberry.field(default_factory=list)

@@ -1,0 +1,157 @@
+"""The composition root: `create_app(settings)` wires every adapter and serves the API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route, WebSocketRoute
+
+from graph.schema import build_schema
+from graph.view import ParleyGraphQL
+from infra.bus import BroadcastBus
+from infra.db import Database, create_engine
+from infra.migrate import migrate
+from infra.passwords import Argon2Hasher
+from infra.presence import MemoryPresence, RedisPresence
+from infra.rate_limit import MemoryRateLimiter, RedisRateLimiter
+from infra.settings import Settings
+from models.columns import utcnow
+from resolvers.ids import MessageIds
+from resolvers.maintenance import sweep
+from resolvers.ports import Limits, Services
+
+log = logging.getLogger("parley.app")
+
+
+@dataclass
+class Overrides:
+    """Replacements for wired services (tests inject failures through these)."""
+
+    wrap: Callable[[Services], Services] | None = None
+    fast_password_hashing: bool = False
+
+
+@dataclass
+class _Runtime:
+    services: Services | None = None
+
+    def get(self) -> Services:
+        if self.services is None:
+            raise RuntimeError("Parley is not started (lifespan has not run)")
+        return self.services
+
+
+def _limits(settings: Settings) -> Limits:
+    return Limits(
+        max_group_members=settings.max_group_members,
+        max_body_length=settings.max_body_length,
+        max_attachments=settings.max_attachments,
+        max_presence_watch=settings.max_presence_watch,
+        login_max_failures=settings.login_max_failures,
+        login_failure_window_seconds=settings.login_failure_window_seconds,
+        device_inactivity_days=settings.device_inactivity_days,
+    )
+
+
+async def _sweep_forever(services: Services, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await sweep(services, now=utcnow())
+        except Exception:
+            log.exception("sweep failed; trying again in %.0f s", interval)
+
+
+def create_app(settings: Settings, overrides: Overrides | None = None) -> Starlette:
+    """A Starlette app serving Parley; connections open in its lifespan, none at import."""
+    overrides = overrides or Overrides()
+    runtime = _Runtime()
+    ids = MessageIds(settings.secret_key)
+    graphql = ParleyGraphQL(
+        build_schema(
+            max_depth=settings.max_query_depth,
+            max_aliases=settings.max_aliases,
+            max_tokens=settings.max_tokens,
+            introspection=settings.introspection_enabled,
+        ),
+        services=runtime.get,
+        ids=ids,
+        graphql_ide="graphiql" if settings.graphiql_enabled else None,
+        allowed_origins=settings.allowed_origins,
+        max_subscriptions_per_connection=settings.max_subscriptions_per_connection,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        if settings.is_sqlite:
+            await migrate(settings.database_url)
+        db = Database(create_engine(settings.database_url))
+        redis: Redis | None = None
+        node_id = uuid.uuid4().hex[:12]
+        if settings.redis_url:
+            redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        bus = BroadcastBus(settings.redis_url or "memory://", channel_prefix=settings.redis_prefix if redis else "")
+        await bus.connect()
+        services = Services(
+            db=db,
+            bus=bus,
+            presence=RedisPresence(redis, prefix=settings.redis_prefix, node_id=node_id) if redis else MemoryPresence(),
+            rate_limiter=RedisRateLimiter(redis, prefix=settings.redis_prefix) if redis else MemoryRateLimiter(),
+            passwords=Argon2Hasher(fast=overrides.fast_password_hashing),
+            limits=_limits(settings),
+        )
+        runtime.services = overrides.wrap(services) if overrides.wrap else services
+        sweeper = asyncio.create_task(_sweep_forever(runtime.services, settings.sweep_interval_seconds))
+        log.info(
+            "Parley node %s started (%s mode, database %s, broker %s)",
+            node_id,
+            "production" if settings.is_production else "development",
+            settings.database_url.split("://")[0],
+            "redis" if redis else "in-process",
+        )
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            await bus.disconnect()
+            if redis is not None:
+                await redis.aclose()
+            await db.close()
+            runtime.services = None
+            log.info("Parley node %s stopped", node_id)
+
+    async def healthz(_request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    async def readyz(_request: Request) -> JSONResponse:
+        services = runtime.get()
+        checks: dict[str, str] = {}
+        for name, check in (("database", services.db.ping), ("broker", services.bus.ping)):
+            try:
+                await asyncio.wait_for(check(), timeout=3)
+                checks[name] = "ok"
+            except Exception as error:  # any failure means "not ready"; say which
+                checks[name] = f"unavailable: {type(error).__name__}"
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+
+    return Starlette(
+        routes=[
+            Route("/graphql", graphql, methods=["GET", "POST"]),
+            WebSocketRoute("/graphql", graphql),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+        ],
+        lifespan=lifespan,
+    )

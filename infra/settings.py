@@ -1,0 +1,84 @@
+"""Every setting Parley reads, from `PARLEY_*` environment variables, read once."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SECRET_KEY = "parley-development-secret-change-me"  # noqa: S105 - the known default we refuse in production
+
+
+class Settings(BaseSettings):
+    """Configuration of one Parley process; tests build it explicitly instead of touching the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="PARLEY_", frozen=True, extra="forbid")
+
+    env: Literal["development", "production"] = "development"
+    database_url: str = "sqlite+aiosqlite:///./parley.db"
+    redis_url: str | None = None
+    # Prefixes every Redis key and pub/sub channel, so deployments (and test runs) can share a Redis.
+    redis_prefix: str = "parley:"
+    secret_key: str = DEFAULT_SECRET_KEY
+    allowed_origins: list[str] = Field(default_factory=list)
+    # GraphiQL and introspection: on in development; off in production unless enabled.
+    graphiql: bool | None = None
+    introspection: bool | None = None
+    log_level: str = "INFO"
+
+    # Limits from the contract (these are its defaults).
+    max_group_members: int = Field(default=100, ge=2, le=10_000)
+    max_body_length: int = Field(default=4000, ge=1, le=1_000_000)
+    max_attachments: int = Field(default=10, ge=0, le=100)
+    max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
+    max_query_depth: int = Field(default=10, ge=2, le=100)
+    max_presence_watch: int = Field(default=100, ge=1, le=10_000)
+    max_aliases: int = Field(default=30, ge=1)
+    max_tokens: int = Field(default=2000, ge=100)
+    max_subscriptions_per_connection: int = Field(default=20, ge=1)
+
+    # Brute-force protection: failed logins per username within the window.
+    login_max_failures: int = Field(default=10, ge=1)
+    login_failure_window_seconds: int = Field(default=300, ge=1)
+
+    # Devices unused this long are expired with their pending events (contract point 8).
+    device_inactivity_days: float = Field(default=30, gt=0)
+    sweep_interval_seconds: float = Field(default=3600, gt=0)
+
+    # S3 storage (used by file sharing).
+    s3_endpoint_url: str | None = None
+    s3_public_endpoint_url: str | None = None
+    s3_bucket: str = "parley"
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Settings:
+        if self.env == "production" and (self.secret_key == DEFAULT_SECRET_KEY or len(self.secret_key) < 32):
+            raise ValueError(
+                "PARLEY_SECRET_KEY must be set to a random value of at least 32 characters "
+                "in production (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
+            )
+        return self
+
+    @property
+    def is_production(self) -> bool:
+        """True when running with `PARLEY_ENV=production`."""
+        return self.env == "production"
+
+    @property
+    def graphiql_enabled(self) -> bool:
+        """GraphiQL is served unless turned off; in production only when turned on."""
+        return self.graphiql if self.graphiql is not None else not self.is_production
+
+    @property
+    def introspection_enabled(self) -> bool:
+        """Introspection follows GraphiQL unless set on its own."""
+        return self.introspection if self.introspection is not None else self.graphiql_enabled
+
+    @property
+    def is_sqlite(self) -> bool:
+        """The embedded mode's database."""
+        return self.database_url.startswith("sqlite")

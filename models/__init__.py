@@ -1,0 +1,21 @@
+"""SQLModel tables: importing this package registers every table on `SQLModel.metadata`."""
+
+from models.conversation import Conversation, ConversationKind, Member, MemberRole
+from models.inbox import EventKind, InboxEntry, InboxHead, ReceiptWatermark
+from models.message import Message, SentKey
+from models.user import Device, User
+
+__all__ = [
+    "Conversation",
+    "ConversationKind",
+    "Device",
+    "EventKind",
+    "InboxEntry",
+    "InboxHead",
+    "Member",
+    "MemberRole",
+    "Message",
+    "ReceiptWatermark",
+    "SentKey",
+    "User",
+]

@@ -1,0 +1,38 @@
+"""Messages, kept only while some device has yet to acknowledge them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Field, SQLModel
+
+from models.columns import BigId, UTCDateTime, utcnow
+
+
+class Message(SQLModel, table=True):
+    """A pending message; deleted once no inbox entry refers to it."""
+
+    __tablename__ = "messages"
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
+    conversation_id: int = Field(foreign_key="conversations.id", index=True, sa_type=BigId, ondelete="CASCADE")
+    sender_id: int = Field(foreign_key="users.id", sa_type=BigId, ondelete="CASCADE")
+    client_id: str = Field(max_length=64)
+    body: str | None = None
+    sent_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class SentKey(SQLModel, table=True):
+    """The idempotency record of a send, kept (without the body) after the message is gone.
+
+    A retried `sendMessage` finds its first result here even when the message was
+    already delivered and deleted; swept after a retention period.
+    """
+
+    __tablename__ = "sent_keys"
+
+    sender_id: int = Field(foreign_key="users.id", primary_key=True, sa_type=BigId, ondelete="CASCADE")
+    client_id: str = Field(primary_key=True, max_length=64)
+    message_id: int = Field(sa_type=BigId)
+    conversation_id: int = Field(sa_type=BigId)
+    sent_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)

@@ -1,0 +1,479 @@
+"""Conversations: direct chats, groups and their roles, muting, and the viewer's list.
+
+Every change is announced as a durable `ConversationEvent` in the inboxes of the
+users concerned (the members after the change, plus anyone removed or leaving),
+written in the same transaction as the change and published after commit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from models import Conversation, ConversationKind, EventKind, Member, MemberRole, User
+from models.columns import utcnow
+from resolvers.accounts import Viewer
+from resolvers.errors import BadUserInput, Forbidden, NotFound
+from resolvers.inbox import Appended, append_events
+from resolvers.notify import publish_appended
+from resolvers.ports import Services
+
+log = logging.getLogger("parley.conversations")
+
+MAX_TITLE = 100
+MAX_CONVERSATIONS_LISTED = 1000
+MANAGERS = (MemberRole.OWNER, MemberRole.ADMIN)
+
+
+class Change:
+    """The `ConversationChange` values, as stored in event payloads."""
+
+    CREATED = "CREATED"
+    MEMBERS_ADDED = "MEMBERS_ADDED"
+    MEMBER_REMOVED = "MEMBER_REMOVED"
+    RENAMED = "RENAMED"
+    LEFT = "LEFT"
+    ROLE_CHANGED = "ROLE_CHANGED"
+
+
+@dataclass(frozen=True)
+class ConversationView:
+    """A conversation as one viewer sees it."""
+
+    conversation: Conversation
+    members: list[Member]
+    muted: bool
+
+    @property
+    def id(self) -> int:
+        assert self.conversation.id is not None
+        return self.conversation.id
+
+
+def _title(value: str) -> str:
+    title = " ".join(value.split())
+    if not 1 <= len(title) <= MAX_TITLE:
+        raise BadUserInput(f"A group title is 1 to {MAX_TITLE} characters.")
+    return title
+
+
+def _user_ids(values: Sequence[int], *, limit: int) -> list[int]:
+    unique = list(dict.fromkeys(values))
+    if len(unique) > limit:
+        raise BadUserInput(f"A group has at most {limit} members.")
+    return unique
+
+
+async def _require_users(session: AsyncSession, user_ids: Sequence[int]) -> None:
+    if not user_ids:
+        return
+    found = set((await session.execute(select(col(User.id)).where(col(User.id).in_(user_ids)))).scalars())
+    if missing := [uid for uid in user_ids if uid not in found]:
+        raise NotFound(f"No such user: {missing[0]}.")
+
+
+async def membership(session: AsyncSession, conversation_id: int, user_id: int) -> Member:
+    """The viewer's membership; `NotFound` for non-members, exactly as for a missing conversation."""
+    member = await session.get(Member, (conversation_id, user_id))
+    if member is None:
+        raise NotFound("No such conversation.")
+    return member
+
+
+async def member_ids(session: AsyncSession, conversation_id: int) -> list[int]:
+    """Every member's user id."""
+    return list(
+        (
+            await session.execute(select(col(Member.user_id)).where(col(Member.conversation_id) == conversation_id))
+        ).scalars()
+    )
+
+
+async def _group(session: AsyncSession, conversation_id: int, viewer: Viewer) -> tuple[Conversation, Member]:
+    me = await membership(session, conversation_id, viewer.user_id)
+    conversation = await session.get(Conversation, conversation_id, with_for_update=True)
+    assert conversation is not None
+    if conversation.kind is not ConversationKind.GROUP:
+        raise BadUserInput("Only group conversations have members to change.")
+    return conversation, me
+
+
+def _require_manager(me: Member) -> None:
+    if me.role not in MANAGERS:
+        raise Forbidden("Only the group's owner or an admin can do that.")
+
+
+async def _announce(
+    session: AsyncSession,
+    conversation_id: int,
+    change: str,
+    *,
+    actor_id: int,
+    users: Sequence[int] = (),
+    also_notify: Sequence[int] = (),
+) -> list[Appended]:
+    recipients = [*await member_ids(session, conversation_id), *also_notify]
+    payload = {
+        "change": change,
+        "conversation_id": conversation_id,
+        "user_ids": list(users),
+        "actor_id": actor_id,
+        "at": utcnow().isoformat(),
+    }
+    return await append_events(session, recipients, EventKind.CONVERSATION, payload=payload)
+
+
+async def _view(session: AsyncSession, conversation_id: int, viewer_id: int) -> ConversationView:
+    views = await _views(session, [conversation_id], viewer_id)
+    return views[0]
+
+
+async def _views(session: AsyncSession, conversation_ids: Sequence[int], viewer_id: int) -> list[ConversationView]:
+    if not conversation_ids:
+        return []
+    conversations = {
+        c.id: c
+        for c in (
+            await session.execute(select(Conversation).where(col(Conversation.id).in_(conversation_ids)))
+        ).scalars()
+    }
+    members: dict[int, list[Member]] = defaultdict(list)
+    for member in (
+        await session.execute(
+            select(Member)
+            .where(col(Member.conversation_id).in_(conversation_ids))
+            .order_by(col(Member.joined_at), col(Member.user_id))
+        )
+    ).scalars():
+        members[member.conversation_id].append(member)
+    views = []
+    for cid in conversation_ids:
+        if (conversation := conversations.get(cid)) is None:
+            continue
+        mine = next((m for m in members[cid] if m.user_id == viewer_id), None)
+        views.append(ConversationView(conversation, members[cid], muted=bool(mine and mine.muted)))
+    return views
+
+
+_Work = Callable[[AsyncSession], Awaitable[tuple[ConversationView, list[Appended]]]]
+
+
+async def _commit_and_publish(services: Services, work: _Work) -> ConversationView:
+    """Runs a change in one transaction, then publishes the events it appended."""
+    view, appended = await services.db.transaction(work)
+    await publish_appended(services, appended)
+    return view
+
+
+async def start_direct_conversation(services: Services, viewer: Viewer, *, user_id: int) -> ConversationView:
+    """The one DIRECT conversation of the viewer and `user_id`, created on first use (idempotent)."""
+    if user_id == viewer.user_id:
+        raise BadUserInput("A direct conversation needs another user.")
+    low, high = sorted((viewer.user_id, user_id))
+    key = f"{low}:{high}"
+
+    async def work(session: AsyncSession) -> tuple[ConversationView, list[Appended]]:
+        existing = (
+            await session.execute(select(col(Conversation.id)).where(col(Conversation.direct_key) == key))
+        ).scalar()
+        if existing is not None:
+            return await _view(session, existing, viewer.user_id), []
+        await _require_users(session, [user_id])
+        conversation = Conversation(kind=ConversationKind.DIRECT, direct_key=key)
+        session.add(conversation)
+        await session.flush()
+        assert conversation.id is not None
+        session.add_all(
+            [
+                Member(conversation_id=conversation.id, user_id=uid, role=MemberRole.MEMBER)
+                for uid in (viewer.user_id, user_id)
+            ]
+        )
+        await session.flush()
+        appended = await _announce(
+            session,
+            conversation.id,
+            Change.CREATED,
+            actor_id=viewer.user_id,
+            users=[viewer.user_id, user_id],
+        )
+        return await _view(session, conversation.id, viewer.user_id), appended
+
+    try:
+        return await _commit_and_publish(services, work)
+    except IntegrityError:
+        # Both users started it at once: the other transaction won; return its conversation.
+        async with services.db.session() as session:
+            existing = (
+                await session.execute(select(col(Conversation.id)).where(col(Conversation.direct_key) == key))
+            ).scalar()
+            if existing is None:
+                raise
+            return await _view(session, existing, viewer.user_id)
+
+
+async def create_group(
+    services: Services, viewer: Viewer, *, title: str, member_ids: Sequence[int]
+) -> ConversationView:
+    """A GROUP with the viewer as OWNER and the others as MEMBERs; at most `max_group_members` in all."""
+    name = _title(title)
+    limit = services.limits.max_group_members
+    others = [uid for uid in _user_ids(member_ids, limit=limit) if uid != viewer.user_id]
+    if len(others) + 1 > limit:
+        raise BadUserInput(f"A group has at most {limit} members.")
+
+    async def work(session: AsyncSession) -> tuple[ConversationView, list[Appended]]:
+        await _require_users(session, others)
+        conversation = Conversation(kind=ConversationKind.GROUP, title=name)
+        session.add(conversation)
+        await session.flush()
+        assert conversation.id is not None
+        now = utcnow()
+        session.add(
+            Member(
+                conversation_id=conversation.id,
+                user_id=viewer.user_id,
+                role=MemberRole.OWNER,
+                joined_at=now,
+            )
+        )
+        session.add_all(
+            [
+                Member(
+                    conversation_id=conversation.id,
+                    user_id=uid,
+                    role=MemberRole.MEMBER,
+                    joined_at=now,
+                )
+                for uid in others
+            ]
+        )
+        await session.flush()
+        appended = await _announce(
+            session,
+            conversation.id,
+            Change.CREATED,
+            actor_id=viewer.user_id,
+            users=[viewer.user_id, *others],
+        )
+        return await _view(session, conversation.id, viewer.user_id), appended
+
+    view = await _commit_and_publish(services, work)
+    log.info("user %s created group %s with %d members", viewer.user_id, view.id, len(view.members))
+    return view
+
+
+async def add_members(
+    services: Services, viewer: Viewer, *, conversation_id: int, user_ids: Sequence[int]
+) -> ConversationView:
+    """Adds users to a group (OWNER or ADMIN); users already in it are left as they are."""
+    limit = services.limits.max_group_members
+    wanted = _user_ids(user_ids, limit=limit)
+    if not wanted:
+        raise BadUserInput("Name at least one user to add.")
+
+    async def work(session: AsyncSession) -> tuple[ConversationView, list[Appended]]:
+        _, me = await _group(session, conversation_id, viewer)
+        _require_manager(me)
+        await _require_users(session, wanted)
+        current = set(await member_ids(session, conversation_id))
+        new = [uid for uid in wanted if uid not in current]
+        if len(current) + len(new) > limit:
+            raise BadUserInput(f"A group has at most {limit} members.")
+        if not new:
+            return await _view(session, conversation_id, viewer.user_id), []
+        now = utcnow()
+        session.add_all(
+            [
+                Member(
+                    conversation_id=conversation_id,
+                    user_id=uid,
+                    role=MemberRole.MEMBER,
+                    joined_at=now,
+                )
+                for uid in new
+            ]
+        )
+        await session.flush()
+        appended = await _announce(session, conversation_id, Change.MEMBERS_ADDED, actor_id=viewer.user_id, users=new)
+        return await _view(session, conversation_id, viewer.user_id), appended
+
+    return await _commit_and_publish(services, work)
+
+
+async def remove_member(services: Services, viewer: Viewer, *, conversation_id: int, user_id: int) -> ConversationView:
+    """Removes a member (OWNER or ADMIN; only an OWNER removes an OWNER). Effective at once."""
+    if user_id == viewer.user_id:
+        raise BadUserInput("To remove yourself, use leaveGroup.")
+
+    async def work(session: AsyncSession) -> tuple[ConversationView, list[Appended]]:
+        _, me = await _group(session, conversation_id, viewer)
+        _require_manager(me)
+        target = await session.get(Member, (conversation_id, user_id))
+        if target is None:
+            raise NotFound("That user is not a member of this conversation.")
+        if target.role is MemberRole.OWNER and me.role is not MemberRole.OWNER:
+            raise Forbidden("Only an owner can remove an owner.")
+        await session.delete(target)
+        await session.flush()
+        appended = await _announce(
+            session,
+            conversation_id,
+            Change.MEMBER_REMOVED,
+            actor_id=viewer.user_id,
+            users=[user_id],
+            also_notify=[user_id],
+        )
+        return await _view(session, conversation_id, viewer.user_id), appended
+
+    view = await _commit_and_publish(services, work)
+    log.info("user %s removed user %s from group %s", viewer.user_id, user_id, conversation_id)
+    return view
+
+
+async def set_member_role(
+    services: Services, viewer: Viewer, *, conversation_id: int, user_id: int, role: MemberRole
+) -> ConversationView:
+    """Changes a member's role (OWNER only); a group keeps at least one OWNER."""
+
+    async def work(session: AsyncSession) -> tuple[ConversationView, list[Appended]]:
+        _, me = await _group(session, conversation_id, viewer)
+        if me.role is not MemberRole.OWNER:
+            raise Forbidden("Only an owner can change roles.")
+        target = await session.get(Member, (conversation_id, user_id))
+        if target is None:
+            raise NotFound("That user is not a member of this conversation.")
+        if target.role is role:
+            return await _view(session, conversation_id, viewer.user_id), []
+        if target.role is MemberRole.OWNER:
+            owners = await session.scalar(
+                select(func.count()).where(
+                    col(Member.conversation_id) == conversation_id, col(Member.role) == MemberRole.OWNER
+                )
+            )
+            if (owners or 0) <= 1:
+                raise BadUserInput("A group needs an owner: make someone else OWNER first.")
+        target.role = role
+        session.add(target)
+        await session.flush()
+        appended = await _announce(
+            session, conversation_id, Change.ROLE_CHANGED, actor_id=viewer.user_id, users=[user_id]
+        )
+        return await _view(session, conversation_id, viewer.user_id), appended
+
+    return await _commit_and_publish(services, work)
+
+
+async def rename_group(services: Services, viewer: Viewer, *, conversation_id: int, title: str) -> ConversationView:
+    """Renames a group (OWNER or ADMIN)."""
+    name = _title(title)
+
+    async def work(session: AsyncSession) -> tuple[ConversationView, list[Appended]]:
+        conversation, me = await _group(session, conversation_id, viewer)
+        _require_manager(me)
+        if conversation.title == name:
+            return await _view(session, conversation_id, viewer.user_id), []
+        conversation.title = name
+        session.add(conversation)
+        await session.flush()
+        appended = await _announce(session, conversation_id, Change.RENAMED, actor_id=viewer.user_id)
+        return await _view(session, conversation_id, viewer.user_id), appended
+
+    return await _commit_and_publish(services, work)
+
+
+async def leave_group(services: Services, viewer: Viewer, *, conversation_id: int) -> None:
+    """The viewer leaves; the last OWNER hands ownership to the oldest ADMIN, else the oldest member."""
+
+    async def work(session: AsyncSession) -> tuple[None, list[Appended]]:
+        _, me = await _group(session, conversation_id, viewer)
+        await session.delete(me)
+        await session.flush()
+        rest = list(
+            (
+                await session.execute(
+                    select(Member)
+                    .where(col(Member.conversation_id) == conversation_id)
+                    .order_by(col(Member.joined_at), col(Member.user_id))
+                )
+            ).scalars()
+        )
+        if me.role is MemberRole.OWNER and rest and all(m.role is not MemberRole.OWNER for m in rest):
+            heir = next((m for m in rest if m.role is MemberRole.ADMIN), rest[0])
+            heir.role = MemberRole.OWNER
+            session.add(heir)
+            await session.flush()
+            log.info("group %s: ownership passed to user %s", conversation_id, heir.user_id)
+        appended = await _announce(
+            session,
+            conversation_id,
+            Change.LEFT,
+            actor_id=viewer.user_id,
+            users=[viewer.user_id],
+            also_notify=[viewer.user_id],
+        )
+        return None, appended
+
+    _, appended = await services.db.transaction(work)
+    await publish_appended(services, appended)
+
+
+async def mute_conversation(
+    services: Services, viewer: Viewer, *, conversation_id: int, muted: bool
+) -> ConversationView:
+    """Mutes or unmutes push notifications of a conversation for the viewer only."""
+    async with services.db.session() as session:
+        await membership(session, conversation_id, viewer.user_id)
+        await session.execute(
+            update(Member)
+            .where(col(Member.conversation_id) == conversation_id, col(Member.user_id) == viewer.user_id)
+            .values(muted=muted)
+        )
+        await session.commit()
+        return await _view(session, conversation_id, viewer.user_id)
+
+
+async def get_conversation(services: Services, viewer: Viewer, conversation_id: int) -> ConversationView:
+    """One conversation of the viewer's; `NotFound` for others."""
+    async with services.db.session() as session:
+        await membership(session, conversation_id, viewer.user_id)
+        return await _view(session, conversation_id, viewer.user_id)
+
+
+async def conversation_for_event(services: Services, viewer: Viewer, conversation_id: int) -> ConversationView | None:
+    """A conversation named by an event, shown even to a user the event removed."""
+    async with services.db.session() as session:
+        views = await _views(session, [conversation_id], viewer.user_id)
+    return views[0] if views else None
+
+
+async def list_conversations(services: Services, viewer: Viewer) -> list[ConversationView]:
+    """The viewer's conversations, most recently active first."""
+    async with services.db.session() as session:
+        ids = list(
+            (
+                await session.execute(
+                    select(col(Conversation.id))
+                    .join(Member, col(Member.conversation_id) == col(Conversation.id))
+                    .where(col(Member.user_id) == viewer.user_id)
+                    .order_by(col(Conversation.last_activity_at).desc(), col(Conversation.id).desc())
+                    .limit(MAX_CONVERSATIONS_LISTED)
+                )
+            ).scalars()
+        )
+        return await _views(session, [i for i in ids if i is not None], viewer.user_id)
+
+
+async def touch_activity(session: AsyncSession, conversation_id: int, at: datetime) -> None:
+    """Marks a conversation active (orders the conversation list)."""
+    await session.execute(
+        update(Conversation).where(col(Conversation.id) == conversation_id).values(last_activity_at=at)
+    )

@@ -1,0 +1,67 @@
+"""Periodic clean-up: expire idle devices, and drop what nobody can receive any more."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, exists
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from models import Device, InboxEntry, SentKey
+from resolvers.inbox import delete_orphaned_messages, prune_inbox
+from resolvers.ports import Services
+
+log = logging.getLogger("parley.maintenance")
+
+# Idempotency records outlive their messages this long: longer than any client retries.
+SENT_KEY_RETENTION = timedelta(days=7)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    devices: int
+    entries: int
+    messages: int
+
+
+async def sweep(services: Services, *, now: datetime) -> SweepResult:
+    """Expires devices idle past the limit with their pending events (contract point 8).
+
+    Entries of a user left with no device at all are dropped once older than the
+    same limit, so nothing is kept forever. Safe to run on every process at once.
+    """
+    cutoff = now - timedelta(days=services.limits.device_inactivity_days)
+
+    async def work(session: AsyncSession) -> SweepResult:
+        expired = (
+            await session.execute(
+                delete(Device).where(col(Device.last_active_at) < cutoff).returning(col(Device.id), col(Device.user_id))
+            )
+        ).all()
+        deleted_messages = await prune_inbox(session, [user_id for _, user_id in expired])
+        orphaned = (
+            await session.execute(
+                delete(InboxEntry)
+                .where(
+                    col(InboxEntry.created_at) < cutoff,
+                    ~exists().where(col(Device.user_id) == col(InboxEntry.user_id)),
+                )
+                .returning(col(InboxEntry.message_id))
+            )
+        ).all()
+        deleted_messages += await delete_orphaned_messages(session, {mid for (mid,) in orphaned if mid is not None})
+        await session.execute(delete(SentKey).where(col(SentKey.sent_at) < now - SENT_KEY_RETENTION))
+        return SweepResult(devices=len(expired), entries=len(orphaned), messages=deleted_messages)
+
+    result = await services.db.transaction(work)
+    if result.devices or result.messages:
+        log.info(
+            "sweep expired %d devices, dropped %d undeliverable entries, deleted %d messages",
+            result.devices,
+            result.entries,
+            result.messages,
+        )
+    return result

@@ -1,0 +1,175 @@
+"""PostgreSQL and Redis for the test run: the machine's own when running, else throwaway ones.
+
+Each run gets a database of its own (created here, dropped at the end) and a
+Redis DB number and key/channel prefix of its own; nothing it did not create is
+touched. When a service is missing and cannot be started, the run stops with a
+message saying what to install: it never turns into skipped tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import redis
+
+from tests.redis_server import RedisServer
+
+
+class MissingService(RuntimeError):
+    """A backing service is neither running nor startable here."""
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _pg_binary(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)
+    return candidates[0] if candidates else None
+
+
+@contextmanager
+def _throwaway_postgres() -> Iterator[str]:
+    initdb, pg_ctl = _pg_binary("initdb"), _pg_binary("pg_ctl")
+    if not initdb or not pg_ctl:
+        raise MissingService(
+            "PostgreSQL is not running on 127.0.0.1:5432 and its server binaries (initdb, pg_ctl) are not "
+            "installed: run `apt-get install postgresql` or start a server there."
+        )
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="parley-pg-") as tmp:
+        data = Path(tmp) / "data"
+        run_as: list[str] = []
+        if os.geteuid() == 0:  # initdb refuses to run as root
+            os.chmod(tmp, 0o777)
+            run_as = ["runuser", "-u", "postgres", "--"] if shutil.which("runuser") else []
+        subprocess.run(
+            [*run_as, initdb, "-D", str(data), "-U", "postgres", "--auth=trust"],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [
+                *run_as,
+                pg_ctl,
+                "-D",
+                str(data),
+                "-o",
+                f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1",
+                "-w",
+                "start",
+                "-l",
+                str(Path(tmp) / "log"),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        try:
+            yield f"postgresql://postgres@127.0.0.1:{port}"
+        finally:
+            subprocess.run(
+                [*run_as, pg_ctl, "-D", str(data), "-m", "immediate", "stop"],
+                check=False,
+                capture_output=True,
+            )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """A PostgreSQL server URL (without database): the local one, else a throwaway."""
+    if _listening("127.0.0.1", 5432):
+        yield "postgresql://postgres@127.0.0.1:5432"
+    else:
+        with _throwaway_postgres() as url:
+            yield url
+
+
+@contextmanager
+def fresh_database(server_url: str) -> Iterator[str]:
+    """A new, empty database for this run (an asyncpg SQLAlchemy URL); dropped afterwards."""
+    name = f"parley_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        connection = await asyncpg.connect(f"{server_url}/postgres")  # type: ignore[no-untyped-call]
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{server_url.replace('postgresql://', 'postgresql+asyncpg://')}/{name}"
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    url: str
+    prefix: str
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A Redis server URL (without DB number): the local one, else a throwaway."""
+    if _listening("127.0.0.1", 6379):
+        yield "redis://127.0.0.1:6379"
+        return
+    if not shutil.which("redis-server"):
+        raise MissingService(
+            "Redis is not running on 127.0.0.1:6379 and redis-server is not installed: "
+            "run `apt-get install redis-server` or start a server there."
+        )
+    with RedisServer() as server:
+        yield server.url
+
+
+@contextmanager
+def fresh_redis(server_url: str) -> Iterator[RedisTarget]:
+    """An empty Redis DB number for this run plus a unique prefix; only our keys are deleted after."""
+    prefix = f"parley-test-{uuid.uuid4().hex[:12]}:"
+    db = next((n for n in range(15, 0, -1) if _empty(f"{server_url}/{n}")), 0)
+    url = f"{server_url}/{db}"
+    try:
+        yield RedisTarget(url=url, prefix=prefix)
+    finally:
+        cleanup = redis.Redis.from_url(url)
+        try:
+            keys = list(cleanup.scan_iter(match=f"{prefix}*", count=1000))
+            for start in range(0, len(keys), 500):
+                cleanup.delete(*keys[start : start + 500])
+        finally:
+            cleanup.close()
+
+
+def _empty(url: str) -> bool:
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.dbsize()) == 0
+    finally:
+        client.close()

@@ -1,0 +1,92 @@
+"""Fixtures: backing services for the run, and a real Parley server per mode.
+
+API tests take the `api` fixture and run twice: against the embedded mode
+(SQLite, in-process bus) and the production mode (PostgreSQL + Redis).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from infra.settings import Settings
+from tests.backing_services import (
+    MissingService,
+    RedisTarget,
+    fresh_database,
+    fresh_redis,
+    postgres_server,
+    redis_server,
+)
+from tests.helpers import Api
+from tests.servers import ThreadServer
+
+TEST_SECRET = "test-secret-key-for-parley-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """An empty PostgreSQL database of this run's own."""
+    try:
+        with postgres_server() as server, fresh_database(server) as url:
+            yield url
+    except MissingService as missing:
+        pytest.exit(f"cannot run the PostgreSQL tests: {missing}", returncode=3)
+
+
+@pytest.fixture(scope="session")
+def redis_target() -> Iterator[RedisTarget]:
+    """A Redis DB number and key prefix of this run's own."""
+    try:
+        with redis_server() as server, fresh_redis(server) as target:
+            yield target
+    except MissingService as missing:
+        pytest.exit(f"cannot run the Redis tests: {missing}", returncode=3)
+
+
+def embedded_settings(tmp: Path, **changes: object) -> Settings:
+    """Settings of the embedded mode: a SQLite file, no Redis."""
+    return Settings(database_url=f"sqlite+aiosqlite:///{tmp / 'parley.db'}", secret_key=TEST_SECRET, **changes)  # type: ignore[arg-type]
+
+
+def production_settings(postgres: str, redis: RedisTarget, **changes: object) -> Settings:
+    """Settings of the production mode against this run's PostgreSQL database and Redis."""
+    return Settings(
+        database_url=postgres,
+        redis_url=redis.url,
+        redis_prefix=redis.prefix,
+        secret_key=TEST_SECRET,
+        **changes,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres(postgres_url: str) -> str:
+    """This run's PostgreSQL database after `parley migrate`."""
+    import asyncio  # noqa: PLC0415
+
+    from infra.migrate import migrate  # noqa: PLC0415
+
+    asyncio.run(migrate(postgres_url))
+    return postgres_url
+
+
+@pytest.fixture(scope="session")
+def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:
+    with ThreadServer(embedded_settings(tmp_path_factory.mktemp("embedded"))) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def production_server(migrated_postgres: str, redis_target: RedisTarget) -> Iterator[ThreadServer]:
+    with ThreadServer(production_settings(migrated_postgres, redis_target)) as server:
+        yield server
+
+
+@pytest.fixture(params=["embedded", "production"])
+def api(request: pytest.FixtureRequest) -> Api:
+    """A running Parley server, once per mode."""
+    server: ThreadServer = request.getfixturevalue(f"{request.param}_server")
+    return Api(url=server.url, ws_url=server.ws_url, mode=request.param)

@@ -1,0 +1,139 @@
+"""The service around the API: settings, endpoints, GraphiQL, error masking, outages."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from infra.app import Overrides
+from infra.settings import DEFAULT_SECRET_KEY, Settings
+from resolvers.ports import Services
+from tests.backing_services import RedisTarget
+from tests.client import HttpClient
+from tests.conftest import TEST_SECRET, embedded_settings, production_settings
+from tests.helpers import PASSWORD, Api, unique_name
+from tests.servers import ThreadServer
+
+INTROSPECTION = "{ __schema { queryType { name } } }"
+
+
+def test_production_refuses_the_default_secret() -> None:
+    with pytest.raises(ValidationError, match="PARLEY_SECRET_KEY"):
+        Settings(env="production")
+    with pytest.raises(ValidationError, match="PARLEY_SECRET_KEY"):
+        Settings(env="production", secret_key="short")
+    assert Settings(env="production", secret_key=TEST_SECRET).is_production
+
+
+def test_parley_serve_refuses_to_start_in_production_with_the_default_secret(
+    tmp_path: Path,
+) -> None:
+    parley = Path(sys.executable).parent / "parley"
+    result = subprocess.run(
+        [str(parley), "serve", "--port", "1"],
+        env={
+            "PARLEY_ENV": "production",
+            "PARLEY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/x.db",
+            "PATH": "",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "PARLEY_SECRET_KEY" in result.stderr
+    assert DEFAULT_SECRET_KEY not in result.stderr
+
+
+async def test_health_and_readiness(api: Api) -> None:
+    async with httpx.AsyncClient(base_url=api.url) as http:
+        assert (await http.get("/healthz")).status_code == 200
+        ready = await http.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"ready": True, "database": "ok", "broker": "ok"}
+
+
+async def test_graphiql_is_served_to_a_browser_in_development(api: Api) -> None:
+    async with httpx.AsyncClient(base_url=api.url) as http:
+        page = await http.get("/graphql", headers={"Accept": "text/html"})
+    assert page.status_code == 200
+    assert "graphiql" in page.text.lower()
+    assert (await api.anonymous.post(INTROSPECTION))["data"]["__schema"]["queryType"]["name"] == "Query"
+
+
+@pytest.fixture(scope="module")
+def production_like_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:
+    settings = embedded_settings(tmp_path_factory.mktemp("prod"), env="production")
+    with ThreadServer(settings) as server:
+        yield server
+
+
+async def test_production_hides_graphiql_and_introspection(
+    production_like_server: ThreadServer,
+) -> None:
+    async with httpx.AsyncClient(base_url=production_like_server.url) as http:
+        page = await http.get("/graphql", headers={"Accept": "text/html"})
+    assert "graphiql" not in page.text.lower()
+    body = await HttpClient(production_like_server.url).post(INTROSPECTION)
+    assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert "introspection" in body["errors"][0]["message"].lower()
+
+
+class _BrokenPresence:
+    """Presence whose reads fail with a bug-like error (to prove masking)."""
+
+    async def touch(self, user_id: int) -> object:
+        raise RuntimeError("secret internal detail: SELECT * FROM users")
+
+    async def last_seen(self, user_ids: object) -> dict[int, object]:
+        raise RuntimeError("secret internal detail: SELECT * FROM users")
+
+    async def online(self, user_ids: object) -> set[int]:
+        raise RuntimeError("secret internal detail")
+
+    async def connected(self, user_id: int) -> None: ...
+
+    async def disconnected(self, user_id: int) -> None: ...
+
+
+async def test_unexpected_errors_are_masked_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    def broken(services: Services) -> Services:
+        return replace(services, presence=_BrokenPresence())  # type: ignore[arg-type]
+
+    settings = embedded_settings(tmp_path)
+    with ThreadServer(settings, Overrides(wrap=broken, fast_password_hashing=True)) as server:
+        client = HttpClient(server.url)
+        registered = await client.data(
+            "mutation R($u: String!, $p: String!) { register(username: $u, password: $p) { token } }",
+            u=unique_name(),
+            p=PASSWORD,
+        )
+        body = await HttpClient(server.url, registered["register"]["token"]).post("{ me { id lastSeen } }")
+    error = body["errors"][0]
+    assert error["extensions"] == {"code": "INTERNAL_SERVER_ERROR"}
+    assert error["message"] == "Internal server error."
+    assert "SELECT" not in str(body)
+    assert any("secret internal detail" in r.getMessage() or r.exc_info for r in caplog.records)
+
+
+async def test_database_outage_is_unavailable(redis_target: RedisTarget) -> None:
+    # A PostgreSQL URL where nothing listens: the database is "down".
+    settings = production_settings("postgresql+asyncpg://postgres@127.0.0.1:1/none", redis_target)
+    with ThreadServer(settings) as server:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            ready = await http.get("/readyz")
+        body = await HttpClient(server.url).post(
+            'mutation { register(username: "someone_new", password: "long enough pw") { token } }'
+        )
+    assert ready.status_code == 503
+    assert ready.json()["database"].startswith("unavailable")
+    assert body["errors"][0]["extensions"]["code"] == "UNAVAILABLE"
+    assert "127.0.0.1" not in str(body), "no connection details leak"
