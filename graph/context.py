@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,6 +19,8 @@ from resolvers import accounts
 from resolvers.accounts import Viewer
 from resolvers.ids import MessageIds
 from resolvers.ports import Services
+
+log = logging.getLogger("parley.presence")
 
 # Last-seen is written at most this often per user and process: activity is frequent.
 TOUCH_INTERVAL_SECONDS = 30.0
@@ -64,7 +67,10 @@ class Context:
         if self.viewer is None:
             self.viewer = await accounts.authenticate(self.services, self.request.headers.get("authorization"))
         if self.throttle.due(self.viewer.user_id):
-            await self.services.presence.touch(self.viewer.user_id)
+            try:
+                await self.services.presence.touch(self.viewer.user_id)
+            except Exception:  # last seen is best effort: never fail a request (or lose a send) over it
+                log.warning("could not record activity of user %s", self.viewer.user_id, exc_info=True)
         return self.viewer
 
     async def _load_users(self, ids: list[int]) -> list[User | None]:

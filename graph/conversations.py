@@ -7,7 +7,7 @@ import strawberry
 from graph.context import Info
 from graph.types import Conversation, MemberRole
 from resolvers import conversations
-from resolvers.errors import BadUserInput, NotFound
+from resolvers.errors import BadUserInput
 from resolvers.ids import parse_row_id
 
 MAX_IDS_PER_CALL = 1000
@@ -30,13 +30,10 @@ class ConversationQuery:
         views = await conversations.list_conversations(info.context.services, await info.context.require_viewer())
         return [Conversation.from_view(view) for view in views]
 
-    @strawberry.field
+    @strawberry.field(description="One of the viewer's conversations; NOT_FOUND for any other id.")
     async def conversation(self, info: Info, id: strawberry.ID) -> Conversation | None:
         viewer = await info.context.require_viewer()
-        try:
-            view = await conversations.get_conversation(info.context.services, viewer, _conversation_id(id))
-        except NotFound:
-            return None
+        view = await conversations.get_conversation(info.context.services, viewer, _conversation_id(id))
         return Conversation.from_view(view)
 
 

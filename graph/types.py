@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from enum import Enum
 from typing import Annotated
@@ -220,7 +221,7 @@ class ConversationEvent:
 
     @strawberry.field(description="The members the change is about (added, removed, left).")
     async def users(self, info: Info) -> list[User]:
-        return [await load_user(info, uid) for uid in self.user_ids]
+        return list(await asyncio.gather(*(load_user(info, uid) for uid in self.user_ids)))
 
     @strawberry.field
     async def actor(self, info: Info) -> User:

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
@@ -98,7 +98,11 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> Starle
         redis: Redis | None = None
         node_id = uuid.uuid4().hex[:12]
         if settings.redis_url:
-            redis = Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=5)
+            # Blocking pool: a burst waits briefly for a connection instead of failing at once.
+            pool = BlockingConnectionPool.from_url(
+                settings.redis_url, max_connections=64, timeout=5, socket_timeout=5, socket_connect_timeout=5
+            )
+            redis = Redis.from_pool(pool)  # the client owns the pool and closes it
         bus = BroadcastBus(settings.redis_url or "memory://", channel_prefix=settings.redis_prefix if redis else "")
         await bus.connect()
         services = Services(

@@ -143,8 +143,9 @@ class _RedisBackend(BroadcastBackend):
             socket_connect_timeout=_CONNECT_TIMEOUT,
             socket_timeout=_COMMAND_TIMEOUT,
         )
-        # No retries on the pub/sub connection: redis-py would reconnect and resubscribe on its
-        # own, and subscribers would never learn that messages were lost in between.
+        # No retries on the pub/sub connection (from_url's default, Redis()'s is 10; explicit so a
+        # URL option cannot turn them on): with retries redis-py reconnects and resubscribes on
+        # its own, and subscribers would never learn that messages were lost in between.
         self._sub_client = Redis.from_url(
             url,
             retry=Retry(NoBackoff(), 0),
@@ -465,6 +466,7 @@ class BroadcastBus:
     async def _leave(self, channel: str, state: _Channel, subscription: Subscription) -> None:
         async with state.lock:
             state.subscribers.discard(subscription)  # trap 2: discard, it may never have joined
+            subscription._close()  # reading it after leaving ends instead of waiting forever
             state.refs -= 1
             if state.refs > 0:
                 return

@@ -18,6 +18,7 @@ from models import Device, InboxHead, User
 from models.columns import utcnow
 from resolvers.errors import BadUserInput, Conflict, RateLimited, Unauthenticated
 from resolvers.inbox import prune_inbox
+from resolvers.notify import logout_notice, publish_best_effort, user_channel
 from resolvers.ports import Services
 
 log = logging.getLogger("parley.accounts")
@@ -172,6 +173,8 @@ async def logout(services: Services, viewer: Viewer) -> None:
         await prune_inbox(session, [viewer.user_id])
 
     await services.db.transaction(work)
+    # Ends this device's open event streams now, on whichever process holds them.
+    await publish_best_effort(services, [(user_channel(viewer.user_id), logout_notice(viewer.device_id))])
     log.info("device %s of user %s logged out", viewer.device_id, viewer.user_id)
 
 

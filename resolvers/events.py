@@ -128,6 +128,8 @@ async def stream_events(services: Services, viewer: Viewer, *, after: str | None
         async for notice in notices:
             if isinstance(notice, str):
                 data = json.loads(notice)
+                if data.get("logout") == viewer.device_id:
+                    raise Unauthenticated("This device has logged out.")
                 if "ephemeral" in data:
                     if (typing := _typing(data["ephemeral"])) is not None:
                         yield typing

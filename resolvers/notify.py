@@ -29,6 +29,11 @@ def inbox_notice(seq: int) -> str:
     return json.dumps({"seq": seq})
 
 
+def logout_notice(device_id: int) -> str:
+    """A notice that a device logged out: its streams end."""
+    return json.dumps({"logout": device_id})
+
+
 def ephemeral_notice(event: dict[str, Any]) -> str:
     """A notice that carries a best-effort event (typing) itself."""
     return json.dumps({"ephemeral": event})

@@ -31,8 +31,8 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        """A redis:// URL for database 0."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """`redis://127.0.0.1:PORT`, without a database number (database 0 unless `/N` is appended)."""
+        return f"redis://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         """Starts the server (on the same port as before, if it ran already) and waits for PONG."""

@@ -44,6 +44,7 @@ class ThreadServer:
     """A real uvicorn server on a free port, running `create_app(settings)` in a thread of its own."""
 
     def __init__(self, settings: Settings, overrides: Overrides | None = None) -> None:
+        self.settings = settings
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/graphql"
@@ -55,6 +56,7 @@ class ThreadServer:
             lifespan="on",
             ws="websockets-sansio",
             ws_ping_interval=5,
+            timeout_graceful_shutdown=5,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name=f"uvicorn-{self.port}", daemon=True)

@@ -7,6 +7,7 @@ import json
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
 from tests.client import HttpClient, ws_connect
 from tests.helpers import AUTH, PASSWORD, USER_FIELDS, Api, unique_name
@@ -135,7 +136,7 @@ async def test_invalid_query_gets_a_code_and_no_internals(api: Api) -> None:
 
 async def test_websocket_with_wrong_token_is_closed_with_4403(api: Api) -> None:
     for payload in ({"authorization": "Bearer wrong"}, {}, {"Authorization": 42}):
-        async with connect(api.ws_url, subprotocols=["graphql-transport-ws"]) as socket:  # type: ignore[list-item]
+        async with connect(api.ws_url, subprotocols=[Subprotocol("graphql-transport-ws")]) as socket:
             await socket.send(json.dumps({"type": "connection_init", "payload": payload}))
             with pytest.raises(ConnectionClosed):
                 await socket.recv()

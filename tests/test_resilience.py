@@ -1,0 +1,125 @@
+"""Delivery across processes and through failures: real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from infra.app import Overrides
+from resolvers.ports import Services
+from tests.backing_services import RedisTarget
+from tests.conftest import embedded_settings, production_settings
+from tests.helpers import Api
+from tests.redis_server import RedisServer
+from tests.servers import ProcessServer, ThreadServer
+from tests.test_delivery import bodies, next_of
+
+
+async def test_two_server_processes_deliver_and_route_receipts(
+    migrated_postgres: str, redis_target: RedisTarget, tmp_path: Path
+) -> None:
+    env = {
+        "PARLEY_DATABASE_URL": migrated_postgres,
+        "PARLEY_REDIS_URL": redis_target.url,
+        "PARLEY_REDIS_PREFIX": redis_target.prefix,
+        "PARLEY_SECRET_KEY": "two-process-test-secret-0123456789abcdef",
+        "PARLEY_LOG_LEVEL": "WARNING",
+    }
+    async with (
+        ProcessServer(env, log_path=tmp_path / "one.log") as one,
+        ProcessServer(env, log_path=tmp_path / "two.log") as two,
+    ):
+        on_one = Api(one.url, one.ws_url, "production")
+        on_two = Api(two.url, two.ws_url, "production")
+        alice = await on_one.register("alice")
+        bob = await on_two.register("bob")
+        direct = await alice.direct_with(bob)
+        async with alice.events() as alice_events, bob.events() as bob_events:
+            sent = await alice.send(direct, "across processes")
+            received = await next_of(bob_events, "MessageEvent")
+            assert received["message"]["id"] == sent["id"]
+            await bob.acknowledge(str(received["cursor"]))
+            assert (await next_of(alice_events, "ReceiptEvent"))["receipt"]["status"] == "DELIVERED"
+            await bob.mark_read(direct, sent["id"])
+            assert (await next_of(alice_events, "ReceiptEvent"))["receipt"]["status"] == "READ"
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis of this test's own, which it may restart."""
+    with RedisServer() as server:
+        yield server
+
+
+async def test_redis_restart_resumes_live_delivery_and_loses_nothing(
+    migrated_postgres: str, own_redis: RedisServer
+) -> None:
+    settings = production_settings(migrated_postgres, RedisTarget(f"{own_redis.url}/0", "restart:"))
+    with ThreadServer(settings) as server:
+        api = Api(server.url, server.ws_url, "production")
+        alice, bob = await api.people("alice", "bob")
+        direct = await alice.direct_with(bob)
+        async with bob.events() as bob_events:
+            await alice.send(direct, "before")
+            assert (await next_of(bob_events, "MessageEvent"))["message"]["body"] == "before"
+
+            await asyncio.to_thread(own_redis.stop)
+            await alice.send(direct, "while redis is down")  # stored; its notice is lost
+            await asyncio.to_thread(own_redis.start)
+
+            during = await next_of(bob_events, "MessageEvent", timeout=20)
+            assert during["message"]["body"] == "while redis is down"
+            await alice.send(direct, "after")
+            assert (await next_of(bob_events, "MessageEvent"))["message"]["body"] == "after"
+
+
+class _FailingBus:
+    """A bus whose publishes all fail after the commit (a broker that vanished mid-request)."""
+
+    def __init__(self, inner: object) -> None:
+        self._inner = inner
+
+    async def publish_many(self, items: Sequence[tuple[str, str]]) -> None:
+        raise ConnectionError("injected publish failure")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+
+async def test_failed_publish_after_commit_loses_nothing(tmp_path: Path) -> None:
+    def failing(services: Services) -> Services:
+        return replace(services, bus=_FailingBus(services.bus))  # type: ignore[arg-type]
+
+    with ThreadServer(embedded_settings(tmp_path), Overrides(wrap=failing, fast_password_hashing=True)) as server:
+        api = Api(server.url, server.ws_url, "embedded")
+        alice, bob = await api.people("alice", "bob")
+        direct = await alice.direct_with(bob)
+        async with bob.events() as live:
+            sent = await alice.send(direct, "published into the void")
+            with pytest.raises(TimeoutError):
+                await next_of(live, "MessageEvent", timeout=0.5)
+        assert bodies(await bob.pending()) == ["published into the void"]
+        async with bob.events() as resubscribed:
+            assert (await next_of(resubscribed, "MessageEvent"))["message"]["id"] == sent["id"]
+
+
+async def test_inactive_devices_expire_with_their_pending_events(tmp_path: Path) -> None:
+    from tests.database_dump import dump_settings_tables  # noqa: PLC0415
+
+    # Devices idle for more than a second expire; the sweep runs every 0.2 s.
+    settings = embedded_settings(tmp_path, device_inactivity_days=1 / 86400, sweep_interval_seconds=0.2)
+    with ThreadServer(settings) as server:
+        api = Api(server.url, server.ws_url, "embedded")
+        alice, bob = await api.people("alice", "bob")
+        direct = await alice.direct_with(bob)
+        secret = f"never-read-{uuid.uuid4().hex}"
+        await alice.send(direct, secret)
+        assert secret in await dump_settings_tables(settings)
+        await asyncio.sleep(2.5)
+        assert secret not in await dump_settings_tables(settings)
+        assert await bob.error("{ me { id } }") == "UNAUTHENTICATED"
