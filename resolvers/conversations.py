@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -23,7 +23,7 @@ from models.columns import utcnow
 from resolvers.accounts import Viewer
 from resolvers.errors import BadUserInput, Forbidden, NotFound
 from resolvers.inbox import Appended, append_events
-from resolvers.notify import publish_appended
+from resolvers.notify import commit_then_publish
 from resolvers.ports import Services
 
 log = logging.getLogger("parley.conversations")
@@ -163,14 +163,24 @@ async def _views(session: AsyncSession, conversation_ids: Sequence[int], viewer_
     return views
 
 
-_Work = Callable[[AsyncSession], Awaitable[tuple[ConversationView, list[Appended]]]]
-
-
-async def _commit_and_publish(services: Services, work: _Work) -> ConversationView:
-    """Runs a change in one transaction, then publishes the events it appended."""
-    view, appended = await services.db.transaction(work)
-    await publish_appended(services, appended)
-    return view
+async def _create(
+    session: AsyncSession,
+    conversation: Conversation,
+    roles: dict[int, MemberRole],
+    *,
+    actor_id: int,
+) -> tuple[ConversationView, list[Appended]]:
+    """Stores a new conversation with its members and announces it as CREATED."""
+    session.add(conversation)
+    await session.flush()
+    assert conversation.id is not None
+    now = utcnow()
+    session.add_all(
+        [Member(conversation_id=conversation.id, user_id=uid, role=role, joined_at=now) for uid, role in roles.items()]
+    )
+    await session.flush()
+    appended = await _announce(session, conversation.id, Change.CREATED, actor_id=actor_id, users=list(roles))
+    return await _view(session, conversation.id, actor_id), appended
 
 
 async def start_direct_conversation(services: Services, viewer: Viewer, *, user_id: int) -> ConversationView:
@@ -187,28 +197,13 @@ async def start_direct_conversation(services: Services, viewer: Viewer, *, user_
         if existing is not None:
             return await _view(session, existing, viewer.user_id), []
         await _require_users(session, [user_id])
-        conversation = Conversation(kind=ConversationKind.DIRECT, direct_key=key)
-        session.add(conversation)
-        await session.flush()
-        assert conversation.id is not None
-        session.add_all(
-            [
-                Member(conversation_id=conversation.id, user_id=uid, role=MemberRole.MEMBER)
-                for uid in (viewer.user_id, user_id)
-            ]
+        roles = {viewer.user_id: MemberRole.MEMBER, user_id: MemberRole.MEMBER}
+        return await _create(
+            session, Conversation(kind=ConversationKind.DIRECT, direct_key=key), roles, actor_id=viewer.user_id
         )
-        await session.flush()
-        appended = await _announce(
-            session,
-            conversation.id,
-            Change.CREATED,
-            actor_id=viewer.user_id,
-            users=[viewer.user_id, user_id],
-        )
-        return await _view(session, conversation.id, viewer.user_id), appended
 
     try:
-        return await _commit_and_publish(services, work)
+        return await commit_then_publish(services, work)
     except IntegrityError:
         # Both users started it at once: the other transaction won; return its conversation.
         async with services.db.session() as session:
@@ -232,41 +227,12 @@ async def create_group(
 
     async def work(session: AsyncSession) -> tuple[ConversationView, list[Appended]]:
         await _require_users(session, others)
-        conversation = Conversation(kind=ConversationKind.GROUP, title=name)
-        session.add(conversation)
-        await session.flush()
-        assert conversation.id is not None
-        now = utcnow()
-        session.add(
-            Member(
-                conversation_id=conversation.id,
-                user_id=viewer.user_id,
-                role=MemberRole.OWNER,
-                joined_at=now,
-            )
+        roles = {viewer.user_id: MemberRole.OWNER, **dict.fromkeys(others, MemberRole.MEMBER)}
+        return await _create(
+            session, Conversation(kind=ConversationKind.GROUP, title=name), roles, actor_id=viewer.user_id
         )
-        session.add_all(
-            [
-                Member(
-                    conversation_id=conversation.id,
-                    user_id=uid,
-                    role=MemberRole.MEMBER,
-                    joined_at=now,
-                )
-                for uid in others
-            ]
-        )
-        await session.flush()
-        appended = await _announce(
-            session,
-            conversation.id,
-            Change.CREATED,
-            actor_id=viewer.user_id,
-            users=[viewer.user_id, *others],
-        )
-        return await _view(session, conversation.id, viewer.user_id), appended
 
-    view = await _commit_and_publish(services, work)
+    view = await commit_then_publish(services, work)
     log.info("user %s created group %s with %d members", viewer.user_id, view.id, len(view.members))
     return view
 
@@ -306,7 +272,7 @@ async def add_members(
         appended = await _announce(session, conversation_id, Change.MEMBERS_ADDED, actor_id=viewer.user_id, users=new)
         return await _view(session, conversation_id, viewer.user_id), appended
 
-    return await _commit_and_publish(services, work)
+    return await commit_then_publish(services, work)
 
 
 async def remove_member(services: Services, viewer: Viewer, *, conversation_id: int, user_id: int) -> ConversationView:
@@ -334,7 +300,7 @@ async def remove_member(services: Services, viewer: Viewer, *, conversation_id: 
         )
         return await _view(session, conversation_id, viewer.user_id), appended
 
-    view = await _commit_and_publish(services, work)
+    view = await commit_then_publish(services, work)
     log.info("user %s removed user %s from group %s", viewer.user_id, user_id, conversation_id)
     return view
 
@@ -369,7 +335,7 @@ async def set_member_role(
         )
         return await _view(session, conversation_id, viewer.user_id), appended
 
-    return await _commit_and_publish(services, work)
+    return await commit_then_publish(services, work)
 
 
 async def rename_group(services: Services, viewer: Viewer, *, conversation_id: int, title: str) -> ConversationView:
@@ -387,7 +353,7 @@ async def rename_group(services: Services, viewer: Viewer, *, conversation_id: i
         appended = await _announce(session, conversation_id, Change.RENAMED, actor_id=viewer.user_id)
         return await _view(session, conversation_id, viewer.user_id), appended
 
-    return await _commit_and_publish(services, work)
+    return await commit_then_publish(services, work)
 
 
 async def leave_group(services: Services, viewer: Viewer, *, conversation_id: int) -> None:
@@ -422,8 +388,7 @@ async def leave_group(services: Services, viewer: Viewer, *, conversation_id: in
         )
         return None, appended
 
-    _, appended = await services.db.transaction(work)
-    await publish_appended(services, appended)
+    await commit_then_publish(services, work)
 
 
 async def mute_conversation(

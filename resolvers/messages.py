@@ -17,7 +17,7 @@ from resolvers.conversations import member_ids, membership, touch_activity
 from resolvers.errors import BadUserInput
 from resolvers.ids import MessageRef
 from resolvers.inbox import Appended, append_events
-from resolvers.notify import publish_appended
+from resolvers.notify import commit_then_publish
 from resolvers.ports import Services
 
 log = logging.getLogger("parley.messages")
@@ -108,7 +108,7 @@ async def send_message(
         return MessageView.from_row(message), appended
 
     try:
-        view, appended = await services.db.transaction(work)
+        view = await commit_then_publish(services, work)
     except IntegrityError:
         # The same clientId raced itself: the other request stored it; answer as it did.
         async with services.db.session() as session:
@@ -116,15 +116,7 @@ async def send_message(
         if earlier is None:
             raise
         return earlier
-    if appended:
-        log.info(
-            "message %s from user %s in conversation %s to %d inboxes",
-            view.ref.message_id,
-            viewer.user_id,
-            conversation_id,
-            len(appended),
-        )
-    await publish_appended(services, appended)
+    log.info("message %s from user %s in conversation %s", view.ref.message_id, viewer.user_id, conversation_id)
     return view
 
 

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.inbox import Appended
 from resolvers.ports import Services
 
 log = logging.getLogger("parley.notify")
+
+T = TypeVar("T")
 
 
 def user_channel(user_id: int) -> str:
@@ -37,6 +41,18 @@ def logout_notice(device_id: int) -> str:
 def ephemeral_notice(event: dict[str, Any]) -> str:
     """A notice that carries a best-effort event (typing) itself."""
     return json.dumps({"ephemeral": event})
+
+
+async def commit_then_publish(
+    services: Services, work: Callable[[AsyncSession], Awaitable[tuple[T, list[Appended]]]]
+) -> T:
+    """Runs `work` in one transaction, then publishes notices for the entries it appended.
+
+    The order is the delivery guarantee: nothing is announced that is not committed.
+    """
+    result, appended = await services.db.transaction(work)
+    await publish_appended(services, appended)
+    return result
 
 
 async def publish_appended(services: Services, appended: Iterable[Appended]) -> None:

@@ -25,7 +25,7 @@ from resolvers.conversations import membership
 from resolvers.errors import BadUserInput, Unauthenticated
 from resolvers.ids import MessageIds, MessageRef, parse_cursor
 from resolvers.inbox import Appended, append_events, head_position, prune_inbox
-from resolvers.notify import publish_appended
+from resolvers.notify import commit_then_publish
 from resolvers.ports import Services
 
 log = logging.getLogger("parley.receipts")
@@ -41,12 +41,12 @@ async def acknowledge(services: Services, viewer: Viewer, ids: MessageIds, curso
     """
     seq = parse_cursor(cursor)
 
-    async def work(session: AsyncSession) -> list[Appended]:
+    async def work(session: AsyncSession) -> tuple[None, list[Appended]]:
         device = await session.get(Device, viewer.device_id, with_for_update=True)
         if device is None:
             raise Unauthenticated("This device has logged out.")
         if seq <= device.acked_seq:
-            return []
+            return None, []
         if seq > await head_position(session, viewer.user_id):
             raise BadUserInput("That cursor is ahead of every event of this device.")
         covered = (
@@ -68,10 +68,9 @@ async def acknowledge(services: Services, viewer: Viewer, ids: MessageIds, curso
         refs = [MessageRef(mid, cid, sid) for cid, sid, mid in covered if mid is not None]
         appended = await _advance(session, ids, viewer.user_id, refs, "DELIVERED")
         await prune_inbox(session, [viewer.user_id])
-        return appended
+        return None, appended
 
-    appended = await services.db.transaction(work)
-    await publish_appended(services, appended)
+    await commit_then_publish(services, work)
 
 
 async def mark_read(
@@ -94,12 +93,11 @@ async def mark_read(
         if ref.sender_id != viewer.user_id and (best is None or ref.message_id > best.message_id):
             newest[ref.sender_id] = ref
 
-    async def work(session: AsyncSession) -> list[Appended]:
+    async def work(session: AsyncSession) -> tuple[None, list[Appended]]:
         await membership(session, conversation_id, viewer.user_id)
-        return await _advance(session, ids, viewer.user_id, list(newest.values()), "READ")
+        return None, await _advance(session, ids, viewer.user_id, list(newest.values()), "READ")
 
-    appended = await services.db.transaction(work)
-    await publish_appended(services, appended)
+    await commit_then_publish(services, work)
 
 
 async def _advance(
