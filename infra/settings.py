@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_SECRET_KEY = "parley-development-secret-change-me"  # noqa: S105 - the known default we refuse in production
 
@@ -21,7 +21,8 @@ class Settings(BaseSettings):
     # Prefixes every Redis key and pub/sub channel, so deployments (and test runs) can share a Redis.
     redis_prefix: str = "parley:"
     secret_key: str = DEFAULT_SECRET_KEY
-    allowed_origins: list[str] = Field(default_factory=list)
+    # Browser origins allowed to open WebSockets: comma-separated ("https://app.example,https://x.example").
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # GraphiQL and introspection: on in development; off in production unless enabled.
     graphiql: bool | None = None
     introspection: bool | None = None
@@ -53,6 +54,13 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

@@ -27,13 +27,27 @@ TEST_SECRET = "test-secret-key-for-parley-0123456789abcdef"
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """An empty PostgreSQL database of this run's own."""
+def postgres_server_url() -> Iterator[str]:
+    """A PostgreSQL server for this run (the machine's, or a throwaway one)."""
     try:
-        with postgres_server() as server, fresh_database(server) as url:
-            yield url
+        with postgres_server() as server:
+            yield server
     except MissingService as missing:
         pytest.exit(f"cannot run the PostgreSQL tests: {missing}", returncode=3)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server_url: str) -> Iterator[str]:
+    """An empty PostgreSQL database of this run's own."""
+    with fresh_database(postgres_server_url) as url:
+        yield url
+
+
+@pytest.fixture
+def empty_postgres_url(postgres_server_url: str) -> Iterator[str]:
+    """An empty PostgreSQL database of this test's own (not migrated)."""
+    with fresh_database(postgres_server_url) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

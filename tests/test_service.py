@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -137,3 +139,53 @@ async def test_database_outage_is_unavailable(redis_target: RedisTarget) -> None
     assert ready.json()["database"].startswith("unavailable")
     assert body["errors"][0]["extensions"]["code"] == "UNAVAILABLE"
     assert "127.0.0.1" not in str(body), "no connection details leak"
+
+
+def test_allowed_origins_are_read_comma_separated() -> None:
+    settings = Settings(allowed_origins="https://app.example, https://admin.example")
+    assert settings.allowed_origins == ["https://app.example", "https://admin.example"]
+
+
+async def test_browser_websockets_need_an_allowed_origin(tmp_path: Path) -> None:
+    from websockets.asyncio.client import connect  # noqa: PLC0415
+    from websockets.exceptions import InvalidStatus  # noqa: PLC0415
+    from websockets.typing import Origin, Subprotocol  # noqa: PLC0415
+
+    settings = embedded_settings(tmp_path, allowed_origins=["https://app.example"])
+    with ThreadServer(settings) as server:
+        protocols = [Subprotocol("graphql-transport-ws")]
+        async with connect(server.ws_url, subprotocols=protocols, origin=Origin("https://app.example")):
+            pass
+        with pytest.raises(InvalidStatus):
+            async with connect(server.ws_url, subprotocols=protocols, origin=Origin("https://evil.example")):
+                pass
+
+
+async def test_parley_migrate_then_serve_against_postgres_and_redis(
+    empty_postgres_url: str, redis_target: RedisTarget, tmp_path: Path
+) -> None:
+    from tests.servers import ProcessServer  # noqa: PLC0415
+
+    env = {
+        "PARLEY_DATABASE_URL": empty_postgres_url,
+        "PARLEY_REDIS_URL": redis_target.url,
+        "PARLEY_REDIS_PREFIX": redis_target.prefix,
+        "PARLEY_SECRET_KEY": TEST_SECRET,
+        "PARLEY_ENV": "production",
+    }
+    parley = str(Path(sys.executable).parent / "parley")
+    migrated = await asyncio.to_thread(
+        subprocess.run,
+        [parley, "migrate"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert migrated.returncode == 0, migrated.stderr
+    async with ProcessServer(env, log_path=tmp_path / "serve.log") as served:
+        api = Api(served.url, served.ws_url, "production")
+        person = await api.register("pg")
+        again = await api.login(person.username)
+        assert (await again.data("{ me { username } }"))["me"]["username"] == person.username
