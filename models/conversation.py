@@ -26,6 +26,8 @@ class Conversation(SQLModel, table=True):
     """A chat; `direct_key` ("<low id>:<high id>") makes one DIRECT conversation per pair."""
 
     __tablename__ = "conversations"
+    # AUTOINCREMENT on SQLite: ids of deleted rows are never handed out again.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
     kind: ConversationKind = Field(

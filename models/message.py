@@ -13,6 +13,8 @@ class Message(SQLModel, table=True):
     """A pending message; deleted once no inbox entry refers to it."""
 
     __tablename__ = "messages"
+    # AUTOINCREMENT on SQLite: ids of deleted rows are never handed out again.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
     conversation_id: int = Field(foreign_key="conversations.id", index=True, sa_type=BigId, ondelete="CASCADE")

@@ -13,6 +13,8 @@ class User(SQLModel, table=True):
     """A person with a username; `username` is stored lowercased and unique."""
 
     __tablename__ = "users"
+    # AUTOINCREMENT on SQLite: ids of deleted rows are never handed out again.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
     username: str = Field(max_length=32, unique=True, index=True)
@@ -27,6 +29,8 @@ class Device(SQLModel, table=True):
     """One login: events are delivered, and acknowledged, per device."""
 
     __tablename__ = "devices"
+    # AUTOINCREMENT on SQLite: ids of deleted rows are never handed out again.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
     user_id: int = Field(foreign_key="users.id", index=True, sa_type=BigId, ondelete="CASCADE")

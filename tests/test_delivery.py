@@ -302,3 +302,17 @@ async def test_stream_ends_when_the_device_logs_out(api: Api) -> None:
         with pytest.raises(GraphQLFailed) as ended:
             await sub.next()
     assert ended.value.code == "UNAUTHENTICATED"
+
+
+async def test_every_message_gets_its_own_receipt_after_earlier_ones_are_deleted(api: Api) -> None:
+    alice, bob = await api.people("alice", "bob")
+    direct = await alice.direct_with(bob)
+    await bob.drain()
+    seen_ids: set[str] = set()
+    for n in range(3):
+        sent = await alice.send(direct, f"round {n}")
+        assert sent["id"] not in seen_ids, "a deleted message's id was handed out again"
+        seen_ids.add(sent["id"])
+        await bob.drain()  # delivered to every device: deleted
+        receipts = [e["receipt"] for e in await alice.drain() if e["__typename"] == "ReceiptEvent"]
+        assert [(r["status"], r["messageId"]) for r in receipts] == [("DELIVERED", sent["id"])]

@@ -32,7 +32,8 @@ def upgrade() -> None:
     sa.Column('created_at', models.columns.UTCDateTime(timezone=True), nullable=False),
     sa.Column('last_activity_at', models.columns.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('direct_key')
+    sa.UniqueConstraint('direct_key'),
+    sqlite_autoincrement=True
     )
     op.create_table('users',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -41,7 +42,8 @@ def upgrade() -> None:
     sa.Column('display_name_key', sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
     sa.Column('password_hash', sqlmodel.sql.sqltypes.AutoString(length=255), nullable=False),
     sa.Column('created_at', models.columns.UTCDateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('id')
+    sa.PrimaryKeyConstraint('id'),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('users', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_users_display_name_key'), ['display_name_key'], unique=False)
@@ -57,7 +59,8 @@ def upgrade() -> None:
     sa.Column('acked_seq', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.ForeignKeyConstraint(['user_id'], ['users.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
-    sa.UniqueConstraint('token_hash')
+    sa.UniqueConstraint('token_hash'),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('devices', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_devices_last_active_at'), ['last_active_at'], unique=False)
@@ -89,7 +92,8 @@ def upgrade() -> None:
     sa.Column('sent_at', models.columns.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['conversation_id'], ['conversations.id'], ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['sender_id'], ['users.id'], ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id')
+    sa.PrimaryKeyConstraint('id'),
+    sqlite_autoincrement=True
     )
     with op.batch_alter_table('messages', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_messages_conversation_id'), ['conversation_id'], unique=False)
