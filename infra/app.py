@@ -17,6 +17,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from graph.schema import build_schema
 from graph.view import ParleyGraphQL
+from infra.body_limit import BodyLimit
 from infra.bus import BroadcastBus
 from infra.db import Database, create_engine
 from infra.migrate import migrate
@@ -59,6 +60,7 @@ def _limits(settings: Settings) -> Limits:
         login_max_failures=settings.login_max_failures,
         login_failure_window_seconds=settings.login_failure_window_seconds,
         device_inactivity_days=settings.device_inactivity_days,
+        send_rate_per_minute=settings.send_rate_per_minute,
     )
 
 
@@ -150,7 +152,7 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> Starle
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
@@ -159,3 +161,5 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> Starle
         ],
         lifespan=lifespan,
     )
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    return app

@@ -48,6 +48,7 @@ def serve(host: str, port: int) -> None:
         log_level=settings.log_level.lower(),
         proxy_headers=True,
         ws="websockets-sansio",
+        ws_max_size=settings.max_request_bytes,
     )
 
 

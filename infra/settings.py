@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     max_aliases: int = Field(default=30, ge=1)
     max_tokens: int = Field(default=2000, ge=100)
     max_subscriptions_per_connection: int = Field(default=20, ge=1)
+    # HTTP request bodies and WebSocket messages, in bytes.
+    max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Messages one user may send per minute (across all devices).
+    send_rate_per_minute: int = Field(default=300, ge=1)
 
     # Brute-force protection: failed logins per username within the window.
     login_max_failures: int = Field(default=10, ge=1)

@@ -414,10 +414,15 @@ async def get_conversation(services: Services, viewer: Viewer, conversation_id: 
 
 
 async def conversation_for_event(services: Services, viewer: Viewer, conversation_id: int) -> ConversationView | None:
-    """A conversation named by an event, shown even to a user the event removed."""
+    """A conversation named by an event; a user no longer in it sees it without its members."""
     async with services.db.session() as session:
         views = await _views(session, [conversation_id], viewer.user_id)
-    return views[0] if views else None
+    if not views:
+        return None
+    view = views[0]
+    if all(member.user_id != viewer.user_id for member in view.members):
+        return ConversationView(view.conversation, members=[], muted=False)
+    return view
 
 
 async def list_conversations(services: Services, viewer: Viewer) -> list[ConversationView]:

@@ -14,7 +14,7 @@ from sqlmodel import col
 from models import Device, EventKind, Message, SentKey
 from resolvers.accounts import Viewer
 from resolvers.conversations import member_ids, membership, touch_activity
-from resolvers.errors import BadUserInput
+from resolvers.errors import BadUserInput, RateLimited
 from resolvers.ids import MessageRef
 from resolvers.inbox import Appended, append_events
 from resolvers.notify import commit_then_publish
@@ -74,6 +74,7 @@ async def send_message(
     the message is committed (the SENT moment); a failed publish only delays it.
     """
     text = _check_input(services, client_id, body, attachment_ids)
+    await _check_rate(services, viewer)
 
     async def work(session: AsyncSession) -> tuple[MessageView, list[Appended]]:
         await membership(session, conversation_id, viewer.user_id)
@@ -118,6 +119,18 @@ async def send_message(
         return earlier
     log.info("message %s from user %s in conversation %s", view.ref.message_id, viewer.user_id, conversation_id)
     return view
+
+
+async def _check_rate(services: Services, viewer: Viewer) -> None:
+    limit = services.limits.send_rate_per_minute
+    try:
+        sent = await services.rate_limiter.hit(f"send:{viewer.user_id}", window_seconds=60)
+    except Exception:
+        # Fail open: a cache outage must not stop people from chatting.
+        log.warning("send rate limit unchecked for user %s", viewer.user_id, exc_info=True)
+        return
+    if sent > limit:
+        raise RateLimited(f"At most {limit} messages a minute; try again shortly.")
 
 
 async def _earlier_send(session: AsyncSession, sender_id: int, client_id: str, body: str | None) -> MessageView | None:

@@ -83,6 +83,7 @@ class Limits:
     login_max_failures: int = 10
     login_failure_window_seconds: int = 300
     device_inactivity_days: float = 30
+    send_rate_per_minute: int = 300
 
 
 @dataclass(frozen=True)

@@ -179,3 +179,5 @@ async def test_changes_reach_everyone_concerned_as_events(api: Api) -> None:
     assert last["users"] == [{"id": removed.user_id}]
     assert last["actor"] == {"id": owner.user_id}
     assert last["conversation"]["title"] == "New name"
+    assert last["conversation"]["members"] == [], "a removed member no longer sees who is in it"
+    assert len((await member.pending())[-1]["conversation"]["members"]) == 2

@@ -189,3 +189,53 @@ async def test_parley_migrate_then_serve_against_postgres_and_redis(
         person = await api.register("pg")
         again = await api.login(person.username)
         assert (await again.data("{ me { username } }"))["me"]["username"] == person.username
+
+
+async def test_oversized_request_bodies_are_refused_before_parsing(api: Api) -> None:
+    huge = "x" * (1024 * 1024 + 1)
+    async with httpx.AsyncClient(base_url=api.url) as http:
+        response = await http.post("/graphql", json={"query": "{ me { id } }", "variables": {"pad": huge}})
+    assert response.status_code == 413
+    assert response.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+
+
+async def test_sending_is_rate_limited_per_user(tmp_path: Path) -> None:
+    with ThreadServer(embedded_settings(tmp_path, send_rate_per_minute=3)) as server:
+        api = Api(server.url, server.ws_url, "embedded")
+        alice, bob = await api.people("alice", "bob")
+        direct = await alice.direct_with(bob)
+        laptop = await alice.other_device("laptop")
+        for n in range(2):
+            await alice.send(direct, f"m{n}")
+        await laptop.send(direct, "m2")
+        send = 'mutation S($c: ID!) { sendMessage(input: {conversationId: $c, clientId: "over", body: "x"}) { id } }'
+        assert await laptop.error(send, c=direct) == "RATE_LIMITED", "the limit is per user, across devices"
+        await bob.send(direct, "bob is not limited")
+
+
+class _BrokenBus:
+    """A bus whose subscriptions fail with a bug-like error."""
+
+    def __init__(self, inner: object) -> None:
+        self._inner = inner
+
+    def subscribe(self, channel: str) -> object:
+        raise RuntimeError("secret internal detail of the bus")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+
+async def test_subscription_errors_are_masked_too(tmp_path: Path) -> None:
+    from tests.client import GraphQLFailed  # noqa: PLC0415
+
+    def broken(services: Services) -> Services:
+        return replace(services, bus=_BrokenBus(services.bus))  # type: ignore[arg-type]
+
+    with ThreadServer(embedded_settings(tmp_path), Overrides(wrap=broken, fast_password_hashing=True)) as server:
+        person = await Api(server.url, server.ws_url, "embedded").register("sub")
+        with pytest.raises(GraphQLFailed) as failed:
+            async with person.events() as events:
+                await events.next()
+    assert failed.value.code == "INTERNAL_SERVER_ERROR"
+    assert "secret" not in str(failed.value.errors)
