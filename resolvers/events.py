@@ -19,7 +19,7 @@ from models import Device, EventKind, InboxEntry, Message
 from resolvers.accounts import Viewer
 from resolvers.errors import BadUserInput, Unauthenticated
 from resolvers.ids import format_cursor, parse_cursor
-from resolvers.inbox import read_entries
+from resolvers.inbox import head_position, read_entries
 from resolvers.messages import MessageView
 from resolvers.notify import user_channel
 from resolvers.ports import Services
@@ -100,13 +100,16 @@ async def _read_after(
 
 
 async def _start_position(services: Services, viewer: Viewer, after: str | None) -> int:
-    if after is not None:
-        return parse_cursor(after)
     async with services.db.session() as session:
         device = await session.get(Device, viewer.device_id)
         if device is None:
             raise Unauthenticated("This device has logged out.")
-        return device.acked_seq
+        if after is None:
+            return device.acked_seq
+        position = parse_cursor(after)
+        if position > await head_position(session, viewer.user_id):
+            raise BadUserInput("That cursor is ahead of every event of this device.")
+        return position
 
 
 async def pending_events(services: Services, viewer: Viewer, *, after: str | None, first: int) -> list[DurableEvent]:

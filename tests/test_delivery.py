@@ -253,6 +253,8 @@ async def test_bad_messages_and_cursors_are_refused(api: Api) -> None:
     assert await bob.error(ack, c="not-a-cursor") == "BAD_USER_INPUT"
     assert await bob.error(ack, c="99999999") == "BAD_USER_INPUT"
     assert await bob.error("{ pendingEvents(first: 0) { __typename } }") == "BAD_USER_INPUT"
+    assert await bob.error('{ pendingEvents(after: "99999999") { __typename } }') == "BAD_USER_INPUT"
+    assert await bob.error('{ pendingEvents(after: "-1") { __typename } }') == "BAD_USER_INPUT"
     assert await bob.error("{ pendingEvents(first: 501) { __typename } }") == "BAD_USER_INPUT"
     mark = "mutation M($c: ID!, $m: [ID!]!) { markRead(conversationId: $c, messageIds: $m) }"
     assert await bob.error(mark, c=direct, m=["forged.1.1.0000"]) == "BAD_USER_INPUT"
