@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from infra.app import Overrides
-from resolvers.ports import Services
 from tests.backing_services import RedisTarget
 from tests.conftest import embedded_settings, production_settings
+from tests.faults import FaultyBus, replacing
 from tests.helpers import Api
 from tests.redis_server import RedisServer
 from tests.servers import ProcessServer, ThreadServer
@@ -78,24 +76,9 @@ async def test_redis_restart_resumes_live_delivery_and_loses_nothing(
             assert (await next_of(bob_events, "MessageEvent"))["message"]["body"] == "after"
 
 
-class _FailingBus:
-    """A bus whose publishes all fail after the commit (a broker that vanished mid-request)."""
-
-    def __init__(self, inner: object) -> None:
-        self._inner = inner
-
-    async def publish_many(self, items: Sequence[tuple[str, str]]) -> None:
-        raise ConnectionError("injected publish failure")
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._inner, name)
-
-
 async def test_failed_publish_after_commit_loses_nothing(tmp_path: Path) -> None:
-    def failing(services: Services) -> Services:
-        return replace(services, bus=_FailingBus(services.bus))  # type: ignore[arg-type]
-
-    with ThreadServer(embedded_settings(tmp_path), Overrides(wrap=failing, fast_password_hashing=True)) as server:
+    overrides = replacing(bus=lambda s: FaultyBus(s.bus, publish=ConnectionError("injected publish failure")))
+    with ThreadServer(embedded_settings(tmp_path), overrides) as server:
         api = Api(server.url, server.ws_url, "embedded")
         alice, bob = await api.people("alice", "bob")
         direct = await alice.direct_with(bob)

@@ -7,19 +7,17 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import pytest
 from pydantic import ValidationError
 
-from infra.app import Overrides
 from infra.settings import DEFAULT_SECRET_KEY, Settings
-from resolvers.ports import Services
 from tests.backing_services import RedisTarget
 from tests.client import HttpClient
 from tests.conftest import TEST_SECRET, embedded_settings, production_settings
+from tests.faults import FaultyBus, replacing
 from tests.helpers import PASSWORD, Api, unique_name
 from tests.servers import ThreadServer
 
@@ -107,11 +105,7 @@ class _BrokenPresence:
 
 
 async def test_unexpected_errors_are_masked_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    def broken(services: Services) -> Services:
-        return replace(services, presence=_BrokenPresence())  # type: ignore[arg-type]
-
-    settings = embedded_settings(tmp_path)
-    with ThreadServer(settings, Overrides(wrap=broken, fast_password_hashing=True)) as server:
+    with ThreadServer(embedded_settings(tmp_path), replacing(presence=lambda _: _BrokenPresence())) as server:
         client = HttpClient(server.url)
         registered = await client.data(
             "mutation R($u: String!, $p: String!) { register(username: $u, password: $p) { token } }",
@@ -213,26 +207,11 @@ async def test_sending_is_rate_limited_per_user(tmp_path: Path) -> None:
         await bob.send(direct, "bob is not limited")
 
 
-class _BrokenBus:
-    """A bus whose subscriptions fail with a bug-like error."""
-
-    def __init__(self, inner: object) -> None:
-        self._inner = inner
-
-    def subscribe(self, channel: str) -> object:
-        raise RuntimeError("secret internal detail of the bus")
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._inner, name)
-
-
 async def test_subscription_errors_are_masked_too(tmp_path: Path) -> None:
     from tests.client import GraphQLFailed  # noqa: PLC0415
 
-    def broken(services: Services) -> Services:
-        return replace(services, bus=_BrokenBus(services.bus))  # type: ignore[arg-type]
-
-    with ThreadServer(embedded_settings(tmp_path), Overrides(wrap=broken, fast_password_hashing=True)) as server:
+    overrides = replacing(bus=lambda s: FaultyBus(s.bus, subscribe=RuntimeError("secret internal detail of the bus")))
+    with ThreadServer(embedded_settings(tmp_path), overrides) as server:
         person = await Api(server.url, server.ws_url, "embedded").register("sub")
         with pytest.raises(GraphQLFailed) as failed:
             async with person.events() as events:
