@@ -46,18 +46,23 @@ def build_schema(
     introspection: bool = True,
 ) -> strawberry.Schema:
     """The Parley schema with its limits; `introspection=False` for production."""
+    # The depth and alias limits are validation rules, built once here: the validation
+    # cache keys on the rule classes, and fresh ones per request would never hit it.
+    rules = [
+        *QueryDepthLimiter(max_depth=max_depth).validation_rules,
+        *MaxAliasesLimiter(max_alias_count=max_aliases).validation_rules,
+    ]
+    if not introspection:
+        rules.append(NoSchemaIntrospectionCustomRule)
     # Factories, not instances: strawberry builds fresh extensions per operation
     # (the parser and validation caches live at module level and are shared).
     extensions: list[Callable[[], SchemaExtension]] = [
         lambda: ParserCache(maxsize=512),
         lambda: ValidationCache(maxsize=512),
-        lambda: QueryDepthLimiter(max_depth=max_depth),
-        lambda: MaxAliasesLimiter(max_alias_count=max_aliases),
+        lambda: AddValidationRules(rules),
         lambda: MaxTokensLimiter(max_token_count=max_tokens),
         ErrorCodes,
     ]
-    if not introspection:
-        extensions.append(lambda: AddValidationRules([NoSchemaIntrospectionCustomRule]))
     kwargs: dict[str, Any] = {
         "extensions": extensions,
         "config": StrawberryConfig(auto_camel_case=True),

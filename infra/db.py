@@ -35,11 +35,13 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
             cursor.close()
 
         return engine
-    return create_async_engine(url, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    # No pool_pre_ping: it costs a round trip per checkout. After a database restart the
+    # first failing statement invalidates the whole pool, and `transaction` runs again.
+    return create_async_engine(url, echo=echo, pool_size=10, max_overflow=20, pool_recycle=1800)
 
 
 class Database:
-    """Hands out sessions; `transaction` retries deadlocks so callers need not."""
+    """Hands out sessions; `transaction` retries deadlocks and dropped connections so callers need not."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
@@ -52,7 +54,7 @@ class Database:
             yield session
 
     async def transaction(self, work: Callable[[AsyncSession], Awaitable[T]], *, attempts: int = 5) -> T:
-        """Runs `work` in one transaction and commits; reruns it on a deadlock."""
+        """Runs `work` in one transaction and commits; reruns it on a deadlock or a dropped connection."""
         for attempt in range(1, attempts + 1):
             async with self._sessions() as session:
                 try:
@@ -62,7 +64,8 @@ class Database:
                 except DBAPIError as error:
                     await session.rollback()
                     code = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
-                    if code not in _RETRYABLE_SQLSTATES or attempt == attempts:
+                    retryable = code in _RETRYABLE_SQLSTATES or error.connection_invalidated
+                    if not retryable or attempt == attempts:
                         raise
         raise AssertionError("unreachable")
 
