@@ -14,7 +14,7 @@ from models import ConversationKind as ConversationKindModel
 from models import MemberRole as MemberRoleModel
 from models import User as UserRow
 from models.user import Device as DeviceRow
-from resolvers.conversations import ConversationView
+from resolvers.conversations import ConversationView, conversation_for_event
 from resolvers.events import (
     ConversationEventView,
     MessageEventView,
@@ -203,8 +203,6 @@ class ConversationEvent:
 
     @strawberry.field
     async def conversation(self, info: Info) -> Conversation:
-        from resolvers.conversations import conversation_for_event  # noqa: PLC0415 - avoids a cycle at import
-
         view = await conversation_for_event(
             info.context.services, await info.context.require_viewer(), self.conversation_id
         )
@@ -241,7 +239,6 @@ class TypingEvent:
 
 
 Event = Annotated[MessageEvent | ReceiptEvent | ConversationEvent | TypingEvent, strawberry.union("Event")]
-DurableEventType = MessageEvent | ReceiptEvent | ConversationEvent
 
 
 def event_from_view(

@@ -44,6 +44,7 @@ class Member(SQLModel, table=True):
     """A user's membership of a conversation; `muted` is that user's own setting."""
 
     __tablename__ = "members"
+    # The primary key serves "members of a conversation"; this serves "conversations of a user".
     __table_args__ = (UniqueConstraint("user_id", "conversation_id"),)
 
     conversation_id: int = Field(foreign_key="conversations.id", primary_key=True, sa_type=BigId, ondelete="CASCADE")

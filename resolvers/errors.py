@@ -38,10 +38,3 @@ class Conflict(ParleyError):
 
 class RateLimited(ParleyError):
     code = "RATE_LIMITED"
-
-
-class Unavailable(ParleyError):
-    code = "UNAVAILABLE"
-
-    def __init__(self, message: str = "A backing service is unavailable; nothing was stored.") -> None:
-        super().__init__(message)
