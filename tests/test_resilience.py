@@ -94,8 +94,8 @@ async def test_failed_publish_after_commit_loses_nothing(tmp_path: Path) -> None
 async def test_inactive_devices_expire_with_their_pending_events(tmp_path: Path) -> None:
     from tests.database_dump import dump_settings_tables  # noqa: PLC0415
 
-    # Devices idle for more than a second expire; the sweep runs every 0.2 s.
-    settings = embedded_settings(tmp_path, device_inactivity_days=1 / 86400, sweep_interval_seconds=0.2)
+    # Devices idle for more than three seconds expire; the sweep runs every 0.2 s.
+    settings = embedded_settings(tmp_path, device_inactivity_days=3 / 86400, sweep_interval_seconds=0.2)
     with ThreadServer(settings) as server:
         api = Api(server.url, server.ws_url, "embedded")
         alice, bob = await api.people("alice", "bob")
@@ -103,6 +103,6 @@ async def test_inactive_devices_expire_with_their_pending_events(tmp_path: Path)
         secret = f"never-read-{uuid.uuid4().hex}"
         await alice.send(direct, secret)
         assert secret in await dump_settings_tables(settings)
-        await asyncio.sleep(2.5)
+        await asyncio.sleep(4.5)
         assert secret not in await dump_settings_tables(settings)
         assert await bob.error("{ me { id } }") == "UNAUTHENTICATED"
