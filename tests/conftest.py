@@ -76,6 +76,18 @@ def production_settings(postgres: str, redis: RedisTarget, **changes: object) ->
     )
 
 
+def production_env(postgres: str, redis: RedisTarget) -> dict[str, str]:
+    """The PARLEY_* variables of a `parley` process in the production mode for this run."""
+    return {
+        "PARLEY_ENV": "production",
+        "PARLEY_DATABASE_URL": postgres,
+        "PARLEY_REDIS_URL": redis.url,
+        "PARLEY_REDIS_PREFIX": redis.prefix,
+        "PARLEY_SECRET_KEY": TEST_SECRET,
+        "PARLEY_LOG_LEVEL": "WARNING",
+    }
+
+
 @pytest.fixture(scope="session")
 def migrated_postgres(postgres_url: str) -> str:
     """This run's PostgreSQL database after `parley migrate`."""

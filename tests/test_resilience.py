@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.backing_services import RedisTarget
-from tests.conftest import embedded_settings, production_settings
+from tests.conftest import embedded_settings, production_env, production_settings
 from tests.faults import FaultyBus, replacing
 from tests.helpers import Api
 from tests.redis_server import RedisServer
@@ -21,13 +21,7 @@ from tests.test_delivery import bodies, next_of
 async def test_two_server_processes_deliver_and_route_receipts(
     migrated_postgres: str, redis_target: RedisTarget, tmp_path: Path
 ) -> None:
-    env = {
-        "PARLEY_DATABASE_URL": migrated_postgres,
-        "PARLEY_REDIS_URL": redis_target.url,
-        "PARLEY_REDIS_PREFIX": redis_target.prefix,
-        "PARLEY_SECRET_KEY": "two-process-test-secret-0123456789abcdef",
-        "PARLEY_LOG_LEVEL": "WARNING",
-    }
+    env = production_env(migrated_postgres, redis_target)
     async with (
         ProcessServer(env, log_path=tmp_path / "one.log") as one,
         ProcessServer(env, log_path=tmp_path / "two.log") as two,

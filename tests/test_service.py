@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from infra.settings import DEFAULT_SECRET_KEY, Settings
 from tests.backing_services import RedisTarget
 from tests.client import HttpClient
-from tests.conftest import TEST_SECRET, embedded_settings, production_settings
+from tests.conftest import TEST_SECRET, embedded_settings, production_env, production_settings
 from tests.faults import FaultyBus, replacing
 from tests.helpers import PASSWORD, Api, unique_name
 from tests.servers import ThreadServer
@@ -160,13 +160,7 @@ async def test_parley_migrate_then_serve_against_postgres_and_redis(
 ) -> None:
     from tests.servers import ProcessServer  # noqa: PLC0415
 
-    env = {
-        "PARLEY_DATABASE_URL": empty_postgres_url,
-        "PARLEY_REDIS_URL": redis_target.url,
-        "PARLEY_REDIS_PREFIX": redis_target.prefix,
-        "PARLEY_SECRET_KEY": TEST_SECRET,
-        "PARLEY_ENV": "production",
-    }
+    env = production_env(empty_postgres_url, redis_target)
     parley = str(Path(sys.executable).parent / "parley")
     migrated = await asyncio.to_thread(
         subprocess.run,
