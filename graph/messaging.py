@@ -48,7 +48,7 @@ class MessagingMutation:
     )
     async def acknowledge(self, info: Info, cursor: str) -> bool:
         viewer = await info.context.require_viewer()
-        await receipts.acknowledge(info.context.services, viewer, info.context.ids, cursor)
+        await receipts.acknowledge(info.context.services, viewer, cursor)
         return True
 
     @strawberry.mutation(

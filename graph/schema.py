@@ -7,6 +7,7 @@ from typing import Any
 
 import strawberry
 from graphql import GraphQLError
+from graphql.execution import Executor as GraphQLExecutionContext
 from graphql.validation import NoSchemaIntrospectionCustomRule
 from strawberry.extensions import (
     AddValidationRules,
@@ -24,6 +25,7 @@ from strawberry.types import ExecutionContext
 from graph.accounts import AccountMutation, AccountQuery
 from graph.conversations import ConversationMutation, ConversationQuery
 from graph.errors import ErrorCodes, log_errors
+from graph.executor import ProjectingExecutionContext
 from graph.messaging import MessagingMutation, MessagingQuery, MessagingSubscription
 
 Query = merge_types("Query", (AccountQuery, ConversationQuery, MessagingQuery))
@@ -44,8 +46,14 @@ def build_schema(
     max_aliases: int = 30,
     max_tokens: int = 2000,
     introspection: bool = True,
+    subscription: type = Subscription,
+    execution_context_class: type[GraphQLExecutionContext[Any]] = ProjectingExecutionContext,
 ) -> strawberry.Schema:
-    """The Parley schema with its limits; `introspection=False` for production."""
+    """The Parley schema with its limits; `introspection=False` for production.
+
+    `subscription` and `execution_context_class` replace the subscription root and the
+    executor, for benchmarks and tests that feed events in-process or compare executors.
+    """
     # The depth and alias limits are validation rules, built once here: the validation
     # cache keys on the rule classes, and fresh ones per request would never hit it.
     rules = [
@@ -66,5 +74,7 @@ def build_schema(
     kwargs: dict[str, Any] = {
         "extensions": extensions,
         "config": StrawberryConfig(auto_camel_case=True),
+        # The default bounds memory per open subscription and projects events without execution.
+        "execution_context_class": execution_context_class,
     }
-    return ParleySchema(query=Query, mutation=Mutation, subscription=Subscription, **kwargs)
+    return ParleySchema(query=Query, mutation=Mutation, subscription=subscription, **kwargs)

@@ -21,6 +21,7 @@ from resolvers.events import (
     ReceiptEventView,
     TypingEventView,
 )
+from resolvers.ids import MessageIds
 from resolvers.messages import MessageView
 
 ConversationKind = strawberry.enum(ConversationKindModel, name="ConversationKind")
@@ -142,26 +143,44 @@ class Message:
     id: strawberry.ID
     client_id: str = strawberry.field(description="The sender's idempotency key, echoed back.")
     conversation_id: strawberry.ID
-    sender_id: strawberry.Private[int]
+    # A plain attribute built from what the message carries: no lookup per event.
+    sender: User
     body: str | None
     attachments: list[Attachment]
     sent_at: datetime = strawberry.field(description="Server time at which the message was accepted (the SENT moment).")
 
-    @strawberry.field
-    async def sender(self, info: Info) -> User:
-        return await load_user(info, self.sender_id)
-
     @classmethod
     def from_view(cls, view: MessageView, info: Info) -> Message:
-        return cls(
-            id=strawberry.ID(info.context.ids.encode(view.ref)),
+        """The API object of a message; one per view, shared by every subscriber it is sent to."""
+        ids = info.context.ids
+        cached = _MESSAGES.get(id(view))
+        if cached is not None and cached[0] is view and cached[1] is ids:
+            return cached[2]
+        ref = view.ref
+        message = cls(
+            id=strawberry.ID(ids.encode(ref)),
             client_id=view.client_id,
-            conversation_id=strawberry.ID(str(view.ref.conversation_id)),
-            sender_id=view.ref.sender_id,
+            conversation_id=strawberry.ID(str(ref.conversation_id)),
+            sender=User(
+                id=strawberry.ID(str(ref.sender_id)),
+                username=view.sender_username,
+                display_name=view.sender_display_name,
+            ),
             body=view.body,
             attachments=[],
             sent_at=view.sent_at,
         )
+        if len(_MESSAGES) >= _MESSAGE_CACHE_SIZE:
+            _MESSAGES.pop(next(iter(_MESSAGES)))
+        # Holding the view keeps its id() from being reused while the entry lives.
+        _MESSAGES[id(view)] = (view, ids, message)
+        return message
+
+
+# The API objects of the most recent message views: a group message reaches every local
+# member's stream as one view, and is built (and projected, see graph/projection.py) once.
+_MESSAGE_CACHE_SIZE = 256
+_MESSAGES: dict[int, tuple[MessageView, MessageIds, Message]] = {}
 
 
 @strawberry.type(
@@ -171,13 +190,10 @@ class Message:
 class Receipt:
     conversation_id: strawberry.ID
     message_id: strawberry.ID
-    reader_id: strawberry.Private[int]
+    # A plain attribute: receipts carry their reader's names, so no lookup per event.
+    user: User
     status: ReceiptStatus
     at: datetime
-
-    @strawberry.field
-    async def user(self, info: Info) -> User:
-        return await load_user(info, self.reader_id)
 
 
 @strawberry.type(description="Durable events carry a cursor and stay pending for the device until acknowledged.")
@@ -249,10 +265,15 @@ def event_from_view(
         return MessageEvent(cursor=view.cursor, message=Message.from_view(view.message, info))
     if isinstance(view, ReceiptEventView):
         r = view.receipt
+        message_id = r.message if isinstance(r.message, str) else info.context.ids.encode(r.message)
         receipt = Receipt(
             conversation_id=strawberry.ID(str(r.conversation_id)),
-            message_id=strawberry.ID(r.message_id),
-            reader_id=r.reader_id,
+            message_id=strawberry.ID(message_id),
+            user=User(
+                id=strawberry.ID(str(r.reader_id)),
+                username=r.reader_username or "deleted",
+                display_name=r.reader_display_name or "Deleted user",
+            ),
             status=ReceiptStatus(r.status),
             at=r.at,
         )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -31,6 +33,19 @@ class ParleyGraphQL(GraphQL[Context, None]):
         self._services = services
         self._ids = ids
         self._throttle = ActivityThrottle()
+
+    def encode_json(self, data: object) -> str:
+        """JSON text of an HTTP response or a WebSocket message, encoded by orjson (about 15 times faster than json)."""
+        try:
+            # Text, not bytes: strawberry sends bytes as a binary WebSocket frame and
+            # graphql-ws clients only read text frames.
+            return orjson.dumps(data).decode()
+        except TypeError:
+            # orjson refuses what we never send but json writes (non-str dict keys,
+            # integers beyond 64 bits, lone surrogates, deep nesting): same output as before.
+            # (NaN would differ, null instead of json's invalid NaN token, but GraphQL's
+            # Float output coercion refuses non-finite numbers.)
+            return json.dumps(data, separators=(",", ":"))
 
     async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
         context = Context(

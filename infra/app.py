@@ -7,7 +7,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.applications import Starlette
@@ -20,15 +20,18 @@ from graph.view import ParleyGraphQL
 from infra.body_limit import BodyLimit
 from infra.bus import BroadcastBus
 from infra.db import Database, create_engine
+from infra.fanout import Fanout
 from infra.migrate import migrate
 from infra.passwords import Argon2Hasher
+from infra.pg_delivery import PgDeliveryStore
 from infra.presence import MemoryPresence, RedisPresence
 from infra.rate_limit import MemoryRateLimiter, RedisRateLimiter
 from infra.settings import Settings
 from models.columns import utcnow
 from resolvers.ids import MessageIds
 from resolvers.maintenance import sweep
-from resolvers.ports import Limits, Services
+from resolvers.ports import DeliveryStore, Limits, Services
+from resolvers.sql_delivery import SqlDeliveryStore
 
 log = logging.getLogger("parley.app")
 
@@ -73,6 +76,60 @@ async def _sweep_forever(services: Services, interval: float) -> None:
             log.exception("sweep failed; trying again in %.0f s", interval)
 
 
+@contextlib.asynccontextmanager
+async def _connected_services(settings: Settings, overrides: Overrides) -> AsyncIterator[Services]:
+    """Opens every connection, yields the services wired on them, and closes them all."""
+    if settings.is_sqlite:
+        await migrate(settings.database_url)
+    db = Database(create_engine(settings.database_url))
+    redis: Redis | None = None
+    node_id = uuid.uuid4().hex[:12]
+    if settings.redis_url:
+        # Blocking pool: a burst waits briefly for a connection instead of failing at once.
+        pool = BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=64, timeout=5, socket_timeout=5, socket_connect_timeout=5
+        )
+        redis = Redis.from_pool(pool)  # the client owns the pool and closes it
+    bus = BroadcastBus(settings.redis_url or "memory://", channel_prefix=settings.redis_prefix if redis else "")
+    await bus.connect()
+    # The hot path runs on asyncpg directly on PostgreSQL (infra/pg_delivery.py says why).
+    pg_store: PgDeliveryStore | None = None
+    delivery: DeliveryStore = SqlDeliveryStore(db)
+    if settings.database_url.startswith("postgresql"):
+        delivery = pg_store = await PgDeliveryStore.connect(settings.database_url)
+    services = Services(
+        db=db,
+        bus=bus,
+        fanout=Fanout(bus),
+        delivery=delivery,
+        presence=RedisPresence(redis, prefix=settings.redis_prefix, node_id=node_id) if redis else MemoryPresence(),
+        rate_limiter=RedisRateLimiter(redis, prefix=settings.redis_prefix) if redis else MemoryRateLimiter(),
+        passwords=Argon2Hasher(fast=overrides.fast_password_hashing),
+        limits=_limits(settings),
+    )
+    if overrides.wrap:
+        services = overrides.wrap(services)
+        if services.bus is not bus:  # fan out through the replaced bus
+            services = replace(services, fanout=Fanout(services.bus))
+    log.info(
+        "Parley node %s started (%s mode, database %s, broker %s)",
+        node_id,
+        "production" if settings.is_production else "development",
+        settings.database_url.split("://")[0],
+        "redis" if redis else "in-process",
+    )
+    try:
+        yield services
+    finally:
+        await bus.disconnect()
+        if pg_store is not None:
+            await pg_store.close()
+        if redis is not None:
+            await redis.aclose()
+        await db.close()
+        log.info("Parley node %s stopped", node_id)
+
+
 def create_app(settings: Settings, overrides: Overrides | None = None) -> Starlette:
     """A Starlette app serving Parley; connections open in its lifespan, none at import."""
     overrides = overrides or Overrides()
@@ -94,48 +151,16 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> Starle
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        if settings.is_sqlite:
-            await migrate(settings.database_url)
-        db = Database(create_engine(settings.database_url))
-        redis: Redis | None = None
-        node_id = uuid.uuid4().hex[:12]
-        if settings.redis_url:
-            # Blocking pool: a burst waits briefly for a connection instead of failing at once.
-            pool = BlockingConnectionPool.from_url(
-                settings.redis_url, max_connections=64, timeout=5, socket_timeout=5, socket_connect_timeout=5
-            )
-            redis = Redis.from_pool(pool)  # the client owns the pool and closes it
-        bus = BroadcastBus(settings.redis_url or "memory://", channel_prefix=settings.redis_prefix if redis else "")
-        await bus.connect()
-        services = Services(
-            db=db,
-            bus=bus,
-            presence=RedisPresence(redis, prefix=settings.redis_prefix, node_id=node_id) if redis else MemoryPresence(),
-            rate_limiter=RedisRateLimiter(redis, prefix=settings.redis_prefix) if redis else MemoryRateLimiter(),
-            passwords=Argon2Hasher(fast=overrides.fast_password_hashing),
-            limits=_limits(settings),
-        )
-        runtime.services = overrides.wrap(services) if overrides.wrap else services
-        sweeper = asyncio.create_task(_sweep_forever(runtime.services, settings.sweep_interval_seconds))
-        log.info(
-            "Parley node %s started (%s mode, database %s, broker %s)",
-            node_id,
-            "production" if settings.is_production else "development",
-            settings.database_url.split("://")[0],
-            "redis" if redis else "in-process",
-        )
-        try:
-            yield
-        finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
-            await bus.disconnect()
-            if redis is not None:
-                await redis.aclose()
-            await db.close()
-            runtime.services = None
-            log.info("Parley node %s stopped", node_id)
+        async with _connected_services(settings, overrides) as services:
+            runtime.services = services
+            sweeper = asyncio.create_task(_sweep_forever(services, settings.sweep_interval_seconds))
+            try:
+                yield
+            finally:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
+                runtime.services = None
 
     async def healthz(_request: Request) -> PlainTextResponse:
         return PlainTextResponse("ok")

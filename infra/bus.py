@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol, Self
+from typing import Any, Generic, Protocol, Self, TypeVar
 from urllib.parse import urlparse
 
 from broadcaster import Broadcast, BroadcastBackend, Event
@@ -65,11 +65,14 @@ class _Closed(enum.Enum):
     TOKEN = enum.auto()
 
 
-class Subscription:
-    """What `BroadcastBus.subscribe` yields: a channel's messages and `Resync` notices, in order."""
+T = TypeVar("T")
+
+
+class Subscription(Generic[T]):
+    """A bounded feed of items and `Resync` notices, in order (what `BroadcastBus.subscribe` yields)."""
 
     def __init__(self, max_queue: int) -> None:
-        self._queue: asyncio.Queue[str | Resync | _Closed] = asyncio.Queue(maxsize=max_queue)
+        self._queue: asyncio.Queue[T | Resync | _Closed] = asyncio.Queue(maxsize=max_queue)
         self._closed = False
 
     @property
@@ -80,14 +83,14 @@ class Subscription:
     def __aiter__(self) -> Self:
         return self
 
-    async def __anext__(self) -> str | Resync:
+    async def __anext__(self) -> T | Resync:
         item = await self._queue.get()
         if isinstance(item, _Closed):
             self._queue.put_nowait(item)  # so that every later read ends too
             raise StopAsyncIteration
         return item
 
-    def _offer(self, item: str | Resync) -> bool:
+    def _offer(self, item: T | Resync) -> bool:
         """Queues `item` without waiting; True if the queue was full (overflow)."""
         if self._closed:
             return False
@@ -349,7 +352,7 @@ class _Channel:
         # first subscribers share one instead of replacing each other's.
         self.lock = asyncio.Lock()
         self.refs = 0  # subscribers plus those still joining; the state goes away at 0
-        self.subscribers: set[Subscription] = set()
+        self.subscribers: set[Subscription[str]] = set()
         self.stack: AsyncExitStack | None = None
         self.pump: asyncio.Task[None] | None = None
 
@@ -430,9 +433,9 @@ class BroadcastBus:
                 await broadcast.publish(channel, message)
 
     @asynccontextmanager
-    async def subscribe(self, channel: str) -> AsyncIterator[Subscription]:
+    async def subscribe(self, channel: str) -> AsyncIterator[Subscription[str]]:
         """Subscribes to `channel`; what is published once this has entered is delivered."""
-        subscription = Subscription(self._max_queue)
+        subscription: Subscription[str] = Subscription(self._max_queue)
         state = self._channels.get(channel)
         if state is None:
             state = self._channels[channel] = _Channel()
@@ -451,7 +454,7 @@ class BroadcastBus:
         if self._redis is not None:
             await self._redis.ping()
 
-    async def _join(self, channel: str, state: _Channel, subscription: Subscription) -> None:
+    async def _join(self, channel: str, state: _Channel, subscription: Subscription[str]) -> None:
         async with state.lock:
             broadcast = self._broadcast
             if broadcast is None:
@@ -463,7 +466,7 @@ class BroadcastBus:
                 state.pump = asyncio.create_task(self._pump(channel, state, source), name=f"parley.bus.pump:{channel}")
             state.subscribers.add(subscription)
 
-    async def _leave(self, channel: str, state: _Channel, subscription: Subscription) -> None:
+    async def _leave(self, channel: str, state: _Channel, subscription: Subscription[str]) -> None:
         async with state.lock:
             state.subscribers.discard(subscription)  # trap 2: discard, it may never have joined
             subscription._close()  # reading it after leaving ends instead of waiting forever

@@ -49,6 +49,9 @@ def serve(host: str, port: int) -> None:
         proxy_headers=True,
         ws="websockets-sansio",
         ws_max_size=settings.max_request_bytes,
+        # Frames are small JSON; deflate doubles the CPU per frame and keeps ≈35 KiB of
+        # zlib state per socket whose client offers it.
+        ws_per_message_deflate=False,
     )
 
 

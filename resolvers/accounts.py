@@ -18,7 +18,7 @@ from models import Device, InboxHead, User
 from models.columns import utcnow
 from resolvers.errors import BadUserInput, Conflict, RateLimited, Unauthenticated
 from resolvers.inbox import prune_inbox
-from resolvers.notify import logout_notice, publish_best_effort, user_channel
+from resolvers.notify import notify_best_effort
 from resolvers.ports import Services
 
 log = logging.getLogger("parley.accounts")
@@ -174,7 +174,7 @@ async def logout(services: Services, viewer: Viewer) -> None:
 
     await services.db.transaction(work)
     # Ends this device's open event streams now, on whichever process holds them.
-    await publish_best_effort(services, [(user_channel(viewer.user_id), logout_notice(viewer.device_id))])
+    await notify_best_effort(services, [viewer.user_id], {"logout": viewer.device_id})
     log.info("device %s of user %s logged out", viewer.device_id, viewer.user_id)
 
 

@@ -1,9 +1,11 @@
 """A device's durable events: pending ones for pull sync, and the live stream.
 
-The stream subscribes to the user's bus channel first, then replays the inbox
-after the cursor, then follows notices, each time reading from the database
-everything after the last position it yielded. A notice is only a wake-up, so a
-lost, late or duplicated notice can delay an event but never skip or repeat it.
+The stream starts listening for the user's notices first, then replays the inbox
+after the cursor, then follows notices. A notice for exactly the next position
+that carries its entry is yielded as it is; anything else (a gap, a notice
+without the entry, a `Resync` after a broker outage) makes the stream read the
+database from its last position. So a lost, late or duplicated notice can delay
+an event but never skip or repeat it.
 """
 
 from __future__ import annotations
@@ -15,14 +17,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from models import Device, EventKind, InboxEntry, Message
-from resolvers.accounts import Viewer
+from resolvers.accounts import Viewer, get_users
 from resolvers.errors import BadUserInput, Unauthenticated
-from resolvers.ids import format_cursor, parse_cursor
-from resolvers.inbox import head_position, read_entries
+from resolvers.ids import MessageRef, format_cursor, parse_cursor
 from resolvers.messages import MessageView
-from resolvers.notify import user_channel
-from resolvers.ports import Services
+from resolvers.notify import MESSAGE_KIND, RECEIPT_KIND
+from resolvers.ports import Delivered, Notice, Services, SharedEvent, StoredEntry, StoredMessage
 
 log = logging.getLogger("parley.events")
 
@@ -30,28 +30,32 @@ MAX_PENDING_PAGE = 500
 REPLAY_BATCH = 200
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MessageEventView:
     cursor: str
     message: MessageView
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ReceiptView:
+    """A receipt; `message` is a reference to sign, or an id signed when it was stored (older entries)."""
+
     conversation_id: int
-    message_id: str
+    message: MessageRef | str
     reader_id: int
+    reader_username: str | None
+    reader_display_name: str | None
     status: str
     at: datetime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ReceiptEventView:
     cursor: str
     receipt: ReceiptView
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ConversationEventView:
     cursor: str
     change: str
@@ -61,7 +65,7 @@ class ConversationEventView:
     at: datetime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TypingEventView:
     conversation_id: int
     user_id: int
@@ -73,43 +77,129 @@ DurableEvent = MessageEventView | ReceiptEventView | ConversationEventView
 Event = DurableEvent | TypingEventView
 
 
-def _render(entry: InboxEntry, message: Message | None) -> DurableEvent | None:
-    cursor = format_cursor(entry.seq)
-    if entry.kind is EventKind.MESSAGE:
-        return MessageEventView(cursor, MessageView.from_row(message)) if message is not None else None
-    data: dict[str, Any] = json.loads(entry.payload or "{}")
-    at = datetime.fromisoformat(data["at"])
-    if entry.kind is EventKind.RECEIPT:
-        receipt = ReceiptView(data["conversation_id"], data["message_id"], data["reader_id"], data["status"], at)
-        return ReceiptEventView(cursor, receipt)
-    return ConversationEventView(
-        cursor, data["change"], data["conversation_id"], data["user_ids"], data["actor_id"], at
+def _receipt(data: dict[str, Any]) -> ReceiptView:
+    conversation_id = int(data["conversation_id"])
+    signed = data.get("message_id")
+    message = (
+        signed if isinstance(signed, str) else MessageRef(int(data["message"]), conversation_id, int(data["sender_id"]))
     )
+    return ReceiptView(
+        conversation_id=conversation_id,
+        message=message,
+        reader_id=int(data["reader_id"]),
+        reader_username=data.get("reader_username"),
+        reader_display_name=data.get("reader_display_name"),
+        status=data["status"],
+        at=datetime.fromisoformat(data["at"]),
+    )
+
+
+def _render_entry(entry: StoredEntry) -> DurableEvent | None:
+    cursor = format_cursor(entry.seq)
+    if entry.kind == "MESSAGE":
+        return MessageEventView(cursor, MessageView.from_stored(entry.message)) if entry.message is not None else None
+    data: dict[str, Any] = json.loads(entry.payload or "{}")
+    if entry.kind == "RECEIPT":
+        return ReceiptEventView(cursor, _receipt(data))
+    return ConversationEventView(
+        cursor,
+        data["change"],
+        data["conversation_id"],
+        data["user_ids"],
+        data["actor_id"],
+        datetime.fromisoformat(data["at"]),
+    )
+
+
+def _render_wire(wire: dict[str, Any]) -> MessageView | ReceiptView | None:
+    """What a notice carries, rendered; None for anything this version does not know."""
+    kind = wire.get("k")
+    if kind == MESSAGE_KIND:
+        return MessageView.from_stored(
+            StoredMessage(
+                id=wire["id"],
+                conversation_id=wire["c"],
+                sender_id=wire["s"],
+                sender_username=wire["su"],
+                sender_display_name=wire["sd"],
+                client_id=wire["ci"],
+                body=wire["b"],
+                sent_at=datetime.fromisoformat(wire["t"]),
+            )
+        )
+    if kind == RECEIPT_KIND:
+        return _receipt(wire["p"])
+    return None
+
+
+def _shared_body(event: SharedEvent) -> MessageView | ReceiptView | None:
+    """The rendered entry of a notice, rendered once per process however many streams it reaches."""
+    if event.rendered is None:
+        try:
+            event.rendered = _render_wire(event.wire) or False
+        except (KeyError, TypeError, ValueError):
+            log.warning("could not render a notice's event; reading it from the database", exc_info=True)
+            event.rendered = False
+    body = event.rendered
+    return body if isinstance(body, MessageView | ReceiptView) else None
+
+
+async def _with_reader_names(services: Services, events: list[DurableEvent]) -> list[DurableEvent]:
+    """Receipts stored before reader names were kept with them get the names now, in one query."""
+    missing = {
+        e.receipt.reader_id for e in events if isinstance(e, ReceiptEventView) and e.receipt.reader_username is None
+    }
+    if not missing:
+        return events
+    users = await get_users(services, list(missing))
+    named: list[DurableEvent] = []
+    for event in events:
+        if isinstance(event, ReceiptEventView) and event.receipt.reader_username is None:
+            user = users.get(event.receipt.reader_id)
+            receipt = event.receipt
+            named.append(
+                ReceiptEventView(
+                    event.cursor,
+                    ReceiptView(
+                        receipt.conversation_id,
+                        receipt.message,
+                        receipt.reader_id,
+                        user.username if user else "deleted",
+                        user.display_name if user else "Deleted user",
+                        receipt.status,
+                        receipt.at,
+                    ),
+                )
+            )
+        else:
+            named.append(event)
+    return named
 
 
 async def _read_after(
     services: Services, viewer: Viewer, after: int, limit: int
 ) -> tuple[list[DurableEvent], int, int]:
     """Events after `after`, the last position read and the rows read; `Unauthenticated` once the device is gone."""
-    async with services.db.session() as session:
-        if await session.get(Device, viewer.device_id) is None:
-            raise Unauthenticated("This device has logged out.")
-        rows = await read_entries(session, viewer.user_id, after=after, limit=limit)
-    events = [event for entry, message in rows if (event := _render(entry, message)) is not None]
-    return events, (rows[-1][0].seq if rows else after), len(rows)
+    entries = await services.delivery.read_after(
+        user_id=viewer.user_id, device_id=viewer.device_id, after=after, limit=limit
+    )
+    if entries is None:
+        raise Unauthenticated("This device has logged out.")
+    events = [event for entry in entries if (event := _render_entry(entry)) is not None]
+    return await _with_reader_names(services, events), (entries[-1].seq if entries else after), len(entries)
 
 
 async def _start_position(services: Services, viewer: Viewer, after: str | None) -> int:
-    async with services.db.session() as session:
-        device = await session.get(Device, viewer.device_id)
-        if device is None:
-            raise Unauthenticated("This device has logged out.")
-        if after is None:
-            return device.acked_seq
-        position = parse_cursor(after)
-        if position > await head_position(session, viewer.user_id):
-            raise BadUserInput("That cursor is ahead of every event of this device.")
-        return position
+    positions = await services.delivery.positions(viewer.device_id)
+    if positions is None:
+        raise Unauthenticated("This device has logged out.")
+    acked, head = positions
+    if after is None:
+        return acked
+    position = parse_cursor(after)
+    if position > head:
+        raise BadUserInput("That cursor is ahead of every event of this device.")
+    return position
 
 
 async def pending_events(services: Services, viewer: Viewer, *, after: str | None, first: int) -> list[DurableEvent]:
@@ -124,25 +214,36 @@ async def pending_events(services: Services, viewer: Viewer, *, after: str | Non
 async def stream_events(services: Services, viewer: Viewer, *, after: str | None) -> AsyncIterator[Event]:
     """Replays pending events, then follows live ones: no gap, no duplicate, in order."""
     position = _Position(await _start_position(services, viewer, after))
-    async with services.bus.subscribe(user_channel(viewer.user_id)) as notices:
-        # Subscribed before reading: whatever commits from here on also sends a notice.
+    async with services.fanout.listen(viewer.user_id) as inbox:
+        # Listening before reading: whatever commits from here on also sends a notice.
         async for event in _replay(services, viewer, position):
             yield event
-        async for notice in notices:
-            if isinstance(notice, str):
-                data = json.loads(notice)
-                if data.get("logout") == viewer.device_id:
-                    raise Unauthenticated("This device has logged out.")
-                if "ephemeral" in data:
-                    if (typing := _typing(data["ephemeral"])) is not None:
-                        yield typing
-                    continue
-                if int(data.get("seq", 0)) <= position.value:
+        async for item in inbox:
+            if isinstance(item, Delivered):
+                if item.seq <= position.value:
                     continue  # already read with an earlier batch
+                if item.seq == position.value + 1 and item.event is not None:
+                    body = _shared_body(item.event)
+                    if body is not None:
+                        position.value = item.seq
+                        yield _with_cursor(item.seq, body)
+                        continue
+            elif isinstance(item, Notice):
+                if item.data.get("logout") == viewer.device_id:
+                    raise Unauthenticated("This device has logged out.")
+                if (typing := _typing(item.data.get("typing"))) is not None:
+                    yield typing
+                continue
             else:
-                log.info("user %s stream resyncing (%s)", viewer.user_id, notice.reason)
+                log.info("user %s stream resyncing (%s)", viewer.user_id, item.reason)
             async for event in _replay(services, viewer, position):
                 yield event
+
+
+def _with_cursor(seq: int, body: MessageView | ReceiptView) -> DurableEvent:
+    if isinstance(body, MessageView):
+        return MessageEventView(format_cursor(seq), body)
+    return ReceiptEventView(format_cursor(seq), body)
 
 
 @dataclass
@@ -162,7 +263,9 @@ async def _replay(services: Services, viewer: Viewer, position: _Position) -> As
             return
 
 
-def _typing(data: dict[str, Any]) -> TypingEventView | None:
+def _typing(data: Any) -> TypingEventView | None:
+    if not isinstance(data, dict):
+        return None
     try:
         return TypingEventView(
             int(data["conversation_id"]),

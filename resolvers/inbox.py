@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, exists, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from models import Device, EventKind, InboxEntry, InboxHead, Message
+from models import Device, EventKind, InboxEntry, InboxHead, Message, User
 from models.columns import utcnow
 
 
@@ -36,6 +37,8 @@ async def append_events(
     *,
     message_id: int | None = None,
     payload: dict[str, Any] | None = None,
+    payload_text: str | None = None,
+    at: datetime | None = None,
 ) -> list[Appended]:
     """Appends one entry per user, in the caller's transaction; returns the positions taken."""
     users = sorted(set(user_ids))
@@ -56,8 +59,8 @@ async def append_events(
             .returning(col(InboxHead.user_id), col(InboxHead.last_seq))
         )
     ).all()
-    now = utcnow()
-    text = json.dumps(payload, separators=(",", ":")) if payload is not None else None
+    now = at or utcnow()
+    text = json.dumps(payload, separators=(",", ":")) if payload is not None else payload_text
     entries = [
         {
             "user_id": uid,
@@ -76,18 +79,19 @@ async def append_events(
 
 async def read_entries(
     session: AsyncSession, user_id: int, *, after: int, limit: int
-) -> list[tuple[InboxEntry, Message | None]]:
-    """The user's entries after position `after`, oldest first, with their messages."""
+) -> list[tuple[InboxEntry, Message | None, User | None]]:
+    """The user's entries after position `after`, oldest first, with their messages and senders."""
     rows = (
         await session.execute(
-            select(InboxEntry, Message)
+            select(InboxEntry, Message, User)
             .outerjoin(Message, col(Message.id) == col(InboxEntry.message_id))
+            .outerjoin(User, col(User.id) == col(Message.sender_id))
             .where(col(InboxEntry.user_id) == user_id, col(InboxEntry.seq) > after)
             .order_by(col(InboxEntry.seq))
             .limit(limit)
         )
     ).all()
-    return [(entry, message) for entry, message in rows]
+    return [(entry, message, user) for entry, message, user in rows]
 
 
 async def head_position(session: AsyncSession, user_id: int) -> int:
@@ -102,6 +106,11 @@ async def prune_inbox(session: AsyncSession, user_ids: Sequence[int]) -> int:
     A user with no device keeps everything: the next device to log in gets it.
     Returns how many messages were deleted.
     """
+    return await delete_orphaned_messages(session, await prune_entries(session, user_ids))
+
+
+async def prune_entries(session: AsyncSession, user_ids: Sequence[int]) -> set[int]:
+    """Deletes entries every device of these users has acknowledged; returns the messages they named."""
     message_ids: set[int] = set()
     for user_id in set(user_ids):
         floor = select(func.min(col(Device.acked_seq))).where(col(Device.user_id) == user_id).scalar_subquery()
@@ -111,7 +120,7 @@ async def prune_inbox(session: AsyncSession, user_ids: Sequence[int]) -> int:
             .returning(col(InboxEntry.message_id))
         )
         message_ids.update(mid for (mid,) in deleted if mid is not None)
-    return await delete_orphaned_messages(session, message_ids)
+    return message_ids
 
 
 async def delete_orphaned_messages(session: AsyncSession, message_ids: set[int]) -> int:

@@ -10,7 +10,7 @@ from sqlalchemy import delete, exists
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from models import Device, InboxEntry, SentKey
+from models import Device, InboxEntry, Message, SentKey
 from resolvers.inbox import delete_orphaned_messages, prune_inbox
 from resolvers.ports import Services
 
@@ -18,6 +18,9 @@ log = logging.getLogger("parley.maintenance")
 
 # Idempotency records outlive their messages this long: longer than any client retries.
 SENT_KEY_RETENTION = timedelta(days=7)
+# A message is stored with its inbox entries in one transaction; this only keeps the sweep
+# clear of clocks that disagree between processes.
+ORPHAN_GRACE = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,15 @@ async def sweep(services: Services, *, now: datetime) -> SweepResult:
             )
         ).all()
         deleted_messages += await delete_orphaned_messages(session, {mid for (mid,) in orphaned if mid is not None})
+        # Messages nothing refers to: left by a process that died between an acknowledgement's
+        # commit and its orphan check, or sent to a conversation with nobody else to deliver to.
+        unreferenced = await session.execute(
+            delete(Message).where(
+                col(Message.sent_at) < now - ORPHAN_GRACE,
+                ~exists().where(col(InboxEntry.message_id) == col(Message.id)),
+            )
+        )
+        deleted_messages += int(unreferenced.rowcount or 0)  # type: ignore[attr-defined]
         await session.execute(delete(SentKey).where(col(SentKey.sent_at) < now - SENT_KEY_RETENTION))
         return SweepResult(devices=len(expired), entries=len(orphaned), messages=deleted_messages)
 

@@ -6,40 +6,40 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlmodel import col
-
-from models import Device, EventKind, Message, SentKey
-from resolvers.accounts import Viewer
-from resolvers.conversations import member_ids, membership, touch_activity
-from resolvers.errors import BadUserInput, RateLimited
+from models.columns import utcnow
+from resolvers.accounts import Viewer, get_users
+from resolvers.errors import BadUserInput, NotFound, RateLimited
 from resolvers.ids import MessageRef
-from resolvers.inbox import Appended, append_events
-from resolvers.notify import commit_then_publish
-from resolvers.ports import Services
+from resolvers.notify import deliver_best_effort, message_wire
+from resolvers.ports import Services, StoredMessage
 
 log = logging.getLogger("parley.messages")
 
 MAX_CLIENT_ID = 64
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MessageView:
-    """A message as the API shows it."""
+    """A message as the API shows it, with what it shows of the sender."""
 
     ref: MessageRef
     client_id: str
     body: str | None
     sent_at: datetime
+    sender_username: str
+    sender_display_name: str
 
     @classmethod
-    def from_row(cls, message: Message) -> MessageView:
-        """The view of a stored message."""
-        assert message.id is not None
-        ref = MessageRef(message.id, message.conversation_id, message.sender_id)
-        return cls(ref=ref, client_id=message.client_id, body=message.body, sent_at=message.sent_at)
+    def from_stored(cls, message: StoredMessage) -> MessageView:
+        """The view of a stored (or just sent) message."""
+        return cls(
+            ref=MessageRef(message.id, message.conversation_id, message.sender_id),
+            client_id=message.client_id,
+            body=message.body,
+            sent_at=message.sent_at,
+            sender_username=message.sender_username,
+            sender_display_name=message.sender_display_name,
+        )
 
 
 def _check_input(services: Services, client_id: str, body: str | None, attachment_ids: list[str]) -> str | None:
@@ -67,7 +67,7 @@ async def send_message(
     body: str | None,
     attachment_ids: list[str],
 ) -> MessageView:
-    """Stores a message and its inbox entries in one transaction, then publishes notices.
+    """Stores a message and its inbox entries in one transaction, then publishes them.
 
     Idempotent by (sender, clientId): a retry returns the first message and stores
     nothing, even after that message was delivered and deleted. Returning means
@@ -75,50 +75,24 @@ async def send_message(
     """
     text = _check_input(services, client_id, body, attachment_ids)
     await _check_rate(services, viewer)
-
-    async def work(session: AsyncSession) -> tuple[MessageView, list[Appended]]:
-        await membership(session, conversation_id, viewer.user_id)
-        earlier = await _earlier_send(session, viewer.user_id, client_id, text)
-        if earlier is not None:
-            return earlier, []
-        message = Message(
-            conversation_id=conversation_id,
-            sender_id=viewer.user_id,
-            client_id=client_id,
-            body=text,
-        )
-        session.add(message)
-        await session.flush()
-        assert message.id is not None
-        session.add(
-            SentKey(
-                sender_id=viewer.user_id,
-                client_id=client_id,
-                message_id=message.id,
-                conversation_id=conversation_id,
-                sent_at=message.sent_at,
-            )
-        )
-        await session.flush()
-        recipients = await member_ids(session, conversation_id)
-        if not await _has_other_devices(session, viewer):
-            # Nobody else of the sender's to tell; the sending device already has it.
-            recipients = [uid for uid in recipients if uid != viewer.user_id]
-        appended = await append_events(session, recipients, EventKind.MESSAGE, message_id=message.id)
-        await touch_activity(session, conversation_id, message.sent_at)
-        return MessageView.from_row(message), appended
-
-    try:
-        view = await commit_then_publish(services, work)
-    except IntegrityError:
-        # The same clientId raced itself: the other request stored it; answer as it did.
-        async with services.db.session() as session:
-            earlier = await _earlier_send(session, viewer.user_id, client_id, text)
-        if earlier is None:
-            raise
-        return earlier
-    log.info("message %s from user %s in conversation %s", view.ref.message_id, viewer.user_id, conversation_id)
-    return view
+    outcome = await services.delivery.send(
+        sender_id=viewer.user_id,
+        device_id=viewer.device_id,
+        conversation_id=conversation_id,
+        client_id=client_id,
+        body=text,
+        sent_at=utcnow(),
+    )
+    if not outcome.is_member:
+        raise NotFound("No such conversation.")
+    if outcome.message is None:
+        return await _earlier_send(services, viewer, client_id, text)
+    # The notice carries the message itself: streams expecting it yield it without a read.
+    await deliver_best_effort(
+        services, [(uid, seq, 0) for uid, seq in outcome.deliveries], [message_wire(outcome.message)]
+    )
+    log.debug("message %s from user %s in conversation %s", outcome.message.id, viewer.user_id, conversation_id)
+    return MessageView.from_stored(outcome.message)
 
 
 async def _check_rate(services: Services, viewer: Viewer) -> None:
@@ -133,20 +107,20 @@ async def _check_rate(services: Services, viewer: Viewer) -> None:
         raise RateLimited(f"At most {limit} messages a minute; try again shortly.")
 
 
-async def _earlier_send(session: AsyncSession, sender_id: int, client_id: str, body: str | None) -> MessageView | None:
-    key = await session.get(SentKey, (sender_id, client_id))
-    if key is None:
-        return None
-    message = await session.get(Message, key.message_id)
-    if message is not None:
-        return MessageView.from_row(message)
+async def _earlier_send(services: Services, viewer: Viewer, client_id: str, body: str | None) -> MessageView:
+    earlier = await services.delivery.earlier_send(viewer.user_id, client_id)
+    if earlier is None:  # cannot happen: the store found the key a moment ago, and keys outlive retries
+        raise RuntimeError(f"idempotency key of user {viewer.user_id} vanished")
+    if earlier.message is not None:
+        return MessageView.from_stored(earlier.message)
     # Delivered and deleted since: answer from the idempotency record and the retry's body.
-    ref = MessageRef(key.message_id, key.conversation_id, sender_id)
-    return MessageView(ref=ref, client_id=client_id, body=body, sent_at=key.sent_at)
-
-
-async def _has_other_devices(session: AsyncSession, viewer: Viewer) -> bool:
-    count = await session.scalar(
-        select(func.count()).where(col(Device.user_id) == viewer.user_id, col(Device.id) != viewer.device_id)
+    ref = MessageRef(earlier.message_id, earlier.conversation_id, viewer.user_id)
+    user = (await get_users(services, [viewer.user_id])).get(viewer.user_id)
+    return MessageView(
+        ref=ref,
+        client_id=client_id,
+        body=body,
+        sent_at=earlier.sent_at,
+        sender_username=user.username if user else "deleted",
+        sender_display_name=user.display_name if user else "Deleted user",
     )
-    return bool(count)

@@ -1,78 +1,83 @@
-"""Live notices after commit: one small publish per recipient user, batched.
+"""Live notices after commit: each inbox entry announced to its user's streams, batched.
 
-A notice only says "your inbox has grown to position N"; the subscriber reads the
-events themselves from the database. So a lost notice (broker down, process
-killed between commit and publish) delays delivery until the next replay, and
-never loses an event.
+A notice says "your inbox has grown to position N" and, on the hot path, carries
+the entry itself (a message or a receipt) so a stream that expects position N
+yields it without reading the database. The database stays the truth: a lost
+notice (broker down, process killed between commit and publish) delays delivery
+until the next replay, and never loses an event.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.inbox import Appended
-from resolvers.ports import Services
+from resolvers.ports import Services, StoredMessage
 
 log = logging.getLogger("parley.notify")
 
 T = TypeVar("T")
 
-
-def user_channel(user_id: int) -> str:
-    """The bus channel that reaches every connection of one user."""
-    return f"user:{user_id}"
+MESSAGE_KIND = "M"
+RECEIPT_KIND = "R"
 
 
-def inbox_notice(seq: int) -> str:
-    """A notice that a user's inbox has grown to `seq`."""
-    return json.dumps({"seq": seq})
+def message_wire(message: StoredMessage) -> dict[str, Any]:
+    """A message as a notice carries it (see `resolvers.events.render_wire`)."""
+    return {
+        "k": MESSAGE_KIND,
+        "id": message.id,
+        "c": message.conversation_id,
+        "s": message.sender_id,
+        "su": message.sender_username,
+        "sd": message.sender_display_name,
+        "ci": message.client_id,
+        "b": message.body,
+        "t": message.sent_at.isoformat(),
+    }
 
 
-def logout_notice(device_id: int) -> str:
-    """A notice that a device logged out: its streams end."""
-    return json.dumps({"logout": device_id})
-
-
-def ephemeral_notice(event: dict[str, Any]) -> str:
-    """A notice that carries a best-effort event (typing) itself."""
-    return json.dumps({"ephemeral": event})
+def receipt_wire(payload: str) -> dict[str, Any]:
+    """A receipt as a notice carries it: its stored payload."""
+    data: dict[str, Any] = json.loads(payload)
+    return {"k": RECEIPT_KIND, "p": data}
 
 
 async def commit_then_publish(
     services: Services, work: Callable[[AsyncSession], Awaitable[tuple[T, list[Appended]]]]
 ) -> T:
-    """Runs `work` in one transaction, then publishes notices for the entries it appended.
+    """Runs `work` in one transaction, then announces the entries it appended.
 
     The order is the delivery guarantee: nothing is announced that is not committed.
     """
     result, appended = await services.db.transaction(work)
-    await publish_appended(services, appended)
+    await deliver_best_effort(services, [(entry.user_id, entry.seq, 0) for entry in appended], [None])
     return result
 
 
-async def publish_appended(services: Services, appended: Iterable[Appended]) -> None:
-    """Publishes one notice per user for entries already committed; never raises."""
-    newest: dict[int, int] = {}
-    for entry in appended:
-        newest[entry.user_id] = max(entry.seq, newest.get(entry.user_id, 0))
-    if not newest:
+async def deliver_best_effort(
+    services: Services, entries: Sequence[tuple[int, int, int]], events: Sequence[dict[str, Any] | None]
+) -> None:
+    """Announces committed entries `(user, seq, index into events)`; logs instead of raising."""
+    if not entries:
         return
-    items = [(user_channel(uid), inbox_notice(seq)) for uid, seq in newest.items()]
-    await publish_best_effort(services, items)
-
-
-async def publish_best_effort(services: Services, items: list[tuple[str, str]]) -> None:
-    """Publishes, logging instead of raising: what matters is already committed or ephemeral."""
     try:
-        await services.bus.publish_many(items)
+        await services.fanout.deliver(entries, events)
     except Exception:
-        log.warning(
-            "publish of %d notices failed; subscribers catch up on replay",
-            len(items),
-            exc_info=True,
-        )
+        log.warning("publish of %d notices failed; streams catch up on replay", len(entries), exc_info=True)
+
+
+async def notify_best_effort(services: Services, user_ids: Iterable[int], data: dict[str, Any]) -> None:
+    """Sends a best-effort notice (typing, logout) to these users' streams; logs instead of raising."""
+    users = list(user_ids)
+    if not users:
+        return
+    try:
+        await services.fanout.notify(users, data)
+    except Exception:
+        log.warning("publish of a notice to %d users failed", len(users), exc_info=True)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -28,6 +28,147 @@ class Bus(Protocol):
     def subscribe(self, channel: str) -> AbstractAsyncContextManager[AsyncIterator[str | Resync]]: ...
 
     async def ping(self) -> None: ...
+
+
+@dataclass(slots=True)
+class SharedEvent:
+    """A durable event as carried by a live notice, shared by every local stream it reaches.
+
+    `wire` is the event as published; `rendered` caches what the first stream made of it,
+    so a group message is decoded and rendered once per process, not once per member.
+    """
+
+    wire: dict[str, Any]
+    rendered: object = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """A user's inbox grew to position `seq`; `event` is that entry when the notice carried it."""
+
+    seq: int
+    event: SharedEvent | None
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A best-effort notice for a user's streams (typing, logout): never stored."""
+
+    data: dict[str, Any]
+
+
+Inbound = Delivered | Notice | Resync
+
+
+class Fanout(Protocol):
+    """Live notices to users' streams on whichever process holds them."""
+
+    async def deliver(self, entries: Sequence[tuple[int, int, int]], events: Sequence[dict[str, Any] | None]) -> None:
+        """Publishes `(user_id, seq, index into events)` triples; raises when the broker fails."""
+        ...
+
+    async def notify(self, user_ids: Sequence[int], data: dict[str, Any]) -> None:
+        """Publishes a best-effort notice to these users' streams."""
+        ...
+
+    def listen(self, user_id: int) -> AbstractAsyncContextManager[AsyncIterator[Inbound]]:
+        """This process's feed of one user's notices; whatever is published once it has entered arrives."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A pending message with what its events show of the sender."""
+
+    id: int
+    conversation_id: int
+    sender_id: int
+    sender_username: str
+    sender_display_name: str
+    client_id: str
+    body: str | None
+    sent_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    """One inbox entry read back: a message (`message` set, or None once deleted) or a JSON payload."""
+
+    seq: int
+    kind: str
+    message: StoredMessage | None
+    payload: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    """What storing a message did: `message` is None when the clientId was used before."""
+
+    is_member: bool
+    message: StoredMessage | None
+    deliveries: list[tuple[int, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class EarlierSend:
+    """The idempotency record of a send; `message` is None once it was delivered and deleted."""
+
+    message_id: int
+    conversation_id: int
+    sent_at: datetime
+    message: StoredMessage | None
+
+
+@dataclass(frozen=True, slots=True)
+class AckOutcome:
+    """What an acknowledgement did.
+
+    `acked_before` is None when the device is gone; `receipts` are the DELIVERED entries
+    appended to senders' inboxes as (sender, seq, payload JSON); `pruned_messages` are
+    messages whose entries were deleted and that may now be unreferenced.
+    """
+
+    acked_before: int | None
+    head: int
+    receipts: list[tuple[int, int, str]]
+    pruned_messages: list[int]
+
+
+class DeliveryStore(Protocol):
+    """The hot path's storage: send, acknowledge, read back. One round trip each where the engine allows."""
+
+    async def send(
+        self,
+        *,
+        sender_id: int,
+        device_id: int,
+        conversation_id: int,
+        client_id: str,
+        body: str | None,
+        sent_at: datetime,
+    ) -> SendOutcome:
+        """Stores the message, its idempotency key and one inbox entry per recipient, atomically."""
+        ...
+
+    async def earlier_send(self, sender_id: int, client_id: str) -> EarlierSend | None:
+        """The first send with this clientId, if any."""
+        ...
+
+    async def acknowledge(self, *, user_id: int, device_id: int, seq: int, at: datetime) -> AckOutcome:
+        """Advances the device, raises DELIVERED watermarks, prunes what every device has."""
+        ...
+
+    async def delete_orphans(self, message_ids: Sequence[int]) -> int:
+        """Deletes those messages no entry refers to any more (run after the pruning commit)."""
+        ...
+
+    async def positions(self, device_id: int) -> tuple[int, int] | None:
+        """The device's acknowledged position and its user's head; None when the device is gone."""
+        ...
+
+    async def read_after(self, *, user_id: int, device_id: int, after: int, limit: int) -> list[StoredEntry] | None:
+        """Entries after `after`, oldest first; None when the device is gone."""
+        ...
 
 
 class Presence(Protocol):
@@ -92,6 +233,8 @@ class Services:
 
     db: Database
     bus: Bus
+    fanout: Fanout
+    delivery: DeliveryStore
     presence: Presence
     rate_limiter: RateLimiter
     passwords: PasswordHasher

@@ -5,7 +5,7 @@ from __future__ import annotations
 from models.columns import utcnow
 from resolvers.accounts import Viewer
 from resolvers.conversations import member_ids, membership
-from resolvers.notify import ephemeral_notice, publish_best_effort, user_channel
+from resolvers.notify import notify_best_effort
 from resolvers.ports import Services
 
 
@@ -14,12 +14,10 @@ async def set_typing(services: Services, viewer: Viewer, *, conversation_id: int
     async with services.db.session() as session:
         await membership(session, conversation_id, viewer.user_id)
         others = [uid for uid in await member_ids(session, conversation_id) if uid != viewer.user_id]
-    notice = ephemeral_notice(
-        {
-            "conversation_id": conversation_id,
-            "user_id": viewer.user_id,
-            "typing": typing,
-            "at": utcnow().isoformat(),
-        }
-    )
-    await publish_best_effort(services, [(user_channel(uid), notice) for uid in others])
+    event = {
+        "conversation_id": conversation_id,
+        "user_id": viewer.user_id,
+        "typing": typing,
+        "at": utcnow().isoformat(),
+    }
+    await notify_best_effort(services, others, {"typing": event})

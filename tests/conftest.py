@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from infra.settings import Settings
-from tests.backing_services import (
+from infra.testing.services import (
     MissingService,
     RedisTarget,
     fresh_database,
@@ -74,18 +74,6 @@ def production_settings(postgres: str, redis: RedisTarget, **changes: object) ->
         secret_key=TEST_SECRET,
         **changes,  # type: ignore[arg-type]
     )
-
-
-def production_env(postgres: str, redis: RedisTarget) -> dict[str, str]:
-    """The PARLEY_* variables of a `parley` process in the production mode for this run."""
-    return {
-        "PARLEY_ENV": "production",
-        "PARLEY_DATABASE_URL": postgres,
-        "PARLEY_REDIS_URL": redis.url,
-        "PARLEY_REDIS_PREFIX": redis.prefix,
-        "PARLEY_SECRET_KEY": TEST_SECRET,
-        "PARLEY_LOG_LEVEL": "WARNING",
-    }
 
 
 @pytest.fixture(scope="session")

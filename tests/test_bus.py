@@ -12,7 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from infra.bus import BroadcastBus, Bus, BusUnavailable, Resync, Subscription
-from tests.redis_server import RedisServer
+from infra.testing.redis_process import RedisServer
 
 # Generous for a healthy run, short enough that a missing fix fails instead of hanging.
 STEP = 3.0

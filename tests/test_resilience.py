@@ -9,19 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.backing_services import RedisTarget
-from tests.conftest import embedded_settings, production_env, production_settings
+from infra.testing.processes import ProcessServer, production_env
+from infra.testing.redis_process import RedisServer
+from infra.testing.services import RedisTarget
+from tests.conftest import TEST_SECRET, embedded_settings, production_settings
 from tests.faults import FaultyBus, replacing
 from tests.helpers import Api
-from tests.redis_server import RedisServer
-from tests.servers import ProcessServer, ThreadServer
+from tests.servers import ThreadServer
 from tests.test_delivery import bodies, next_of
 
 
 async def test_two_server_processes_deliver_and_route_receipts(
     migrated_postgres: str, redis_target: RedisTarget, tmp_path: Path
 ) -> None:
-    env = production_env(migrated_postgres, redis_target)
+    env = production_env(migrated_postgres, redis_target, TEST_SECRET)
     async with (
         ProcessServer(env, log_path=tmp_path / "one.log") as one,
         ProcessServer(env, log_path=tmp_path / "two.log") as two,

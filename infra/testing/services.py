@@ -1,9 +1,9 @@
-"""PostgreSQL and Redis for the test run: the machine's own when running, else throwaway ones.
+"""PostgreSQL and Redis for a test or benchmark run: the machine's own when running, else throwaway ones.
 
 Each run gets a database of its own (created here, dropped at the end) and a
 Redis DB number and key/channel prefix of its own; nothing it did not create is
-touched. When a service is missing and cannot be started, the run stops with a
-message saying what to install: it never turns into skipped tests.
+touched. When a service is missing and cannot be started, `MissingService` says
+what to install: the tests stop with it rather than turn into skipped tests.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from pathlib import Path
 import asyncpg
 import redis
 
-from tests.redis_server import RedisServer
+from infra.testing.processes import free_port
+from infra.testing.redis_process import RedisServer
 
 
 class MissingService(RuntimeError):
@@ -55,7 +56,7 @@ def _throwaway_postgres() -> Iterator[str]:
             "PostgreSQL is not running on 127.0.0.1:5432 and its server binaries (initdb, pg_ctl) are not "
             "installed: run `apt-get install postgresql` or start a server there."
         )
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="parley-pg-") as tmp:
         data = Path(tmp) / "data"
         run_as: list[str] = []
@@ -93,12 +94,6 @@ def _throwaway_postgres() -> Iterator[str]:
             )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def postgres_server() -> Iterator[str]:
     """A PostgreSQL server URL (without database): the local one, else a throwaway."""
@@ -110,9 +105,9 @@ def postgres_server() -> Iterator[str]:
 
 
 @contextmanager
-def fresh_database(server_url: str) -> Iterator[str]:
+def fresh_database(server_url: str, *, prefix: str = "parley_test") -> Iterator[str]:
     """A new, empty database for this run (an asyncpg SQLAlchemy URL); dropped afterwards."""
-    name = f"parley_test_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
 
     async def admin(sql: str) -> None:
         connection = await asyncpg.connect(f"{server_url}/postgres")  # type: ignore[no-untyped-call]
@@ -130,6 +125,8 @@ def fresh_database(server_url: str) -> Iterator[str]:
 
 @dataclass(frozen=True)
 class RedisTarget:
+    """A Redis URL with its DB number, and the key/channel prefix of this run."""
+
     url: str
     prefix: str
 
@@ -150,9 +147,9 @@ def redis_server() -> Iterator[str]:
 
 
 @contextmanager
-def fresh_redis(server_url: str) -> Iterator[RedisTarget]:
+def fresh_redis(server_url: str, *, prefix: str = "parley-test") -> Iterator[RedisTarget]:
     """An empty Redis DB number for this run plus a unique prefix; only our keys are deleted after."""
-    prefix = f"parley-test-{uuid.uuid4().hex[:12]}:"
+    prefix = f"{prefix}-{uuid.uuid4().hex[:12]}:"
     db = next((n for n in range(15, 0, -1) if _empty(f"{server_url}/{n}")), 0)
     url = f"{server_url}/{db}"
     try:

@@ -1,4 +1,4 @@
-"""A throwaway `redis-server` on a free 127.0.0.1 port, for tests that need a real Redis."""
+"""A throwaway `redis-server` on a free 127.0.0.1 port, for tests and benchmarks that need a real Redis."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+
+from infra.testing.processes import free_port
 
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 5.0
@@ -45,7 +47,7 @@ class RedisServer:
                 "install Redis (e.g. `apt-get install redis-server`) to run the bus tests"
             )
         if self._port is None:
-            self._port = _free_port()
+            self._port = free_port()
         if self._dir is None:
             self._dir = Path(tempfile.mkdtemp(prefix="parley-redis-"))
         log = self._dir / "redis.log"
@@ -108,13 +110,6 @@ class RedisServer:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _answers_ping(port: int) -> bool:

@@ -1,0 +1,193 @@
+"""The hot path's storage through SQLAlchemy: what the embedded mode (SQLite) runs.
+
+It does in several statements, inside one transaction, what `infra/pg_delivery.py`
+does in one statement on PostgreSQL; both satisfy `DeliveryStore` and the same
+API tests run against each. SQLite serializes writers, so the orphan check can
+run in the pruning transaction here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from models import Conversation, Device, EventKind, InboxEntry, InboxHead, Member, Message, SentKey, User
+from resolvers.ids import MessageRef
+from resolvers.inbox import append_events, delete_orphaned_messages, prune_entries, read_entries
+from resolvers.ports import AckOutcome, Database, EarlierSend, SendOutcome, StoredEntry, StoredMessage
+from resolvers.watermarks import advance_watermarks
+
+
+def _stored(message: Message, sender: User | None) -> StoredMessage:
+    assert message.id is not None
+    return StoredMessage(
+        id=message.id,
+        conversation_id=message.conversation_id,
+        sender_id=message.sender_id,
+        sender_username=sender.username if sender else "deleted",
+        sender_display_name=sender.display_name if sender else "Deleted user",
+        client_id=message.client_id,
+        body=message.body,
+        sent_at=message.sent_at,
+    )
+
+
+class SqlDeliveryStore:
+    """`DeliveryStore` on SQLAlchemy sessions."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def send(
+        self,
+        *,
+        sender_id: int,
+        device_id: int,
+        conversation_id: int,
+        client_id: str,
+        body: str | None,
+        sent_at: datetime,
+    ) -> SendOutcome:
+        """Stores the message, its idempotency key and one inbox entry per recipient, in one transaction."""
+
+        async def work(session: AsyncSession) -> SendOutcome:
+            if await session.get(Member, (conversation_id, sender_id)) is None:
+                return SendOutcome(is_member=False, message=None)
+            if await session.get(SentKey, (sender_id, client_id)) is not None:
+                return SendOutcome(is_member=True, message=None)
+            message = Message(
+                conversation_id=conversation_id, sender_id=sender_id, client_id=client_id, body=body, sent_at=sent_at
+            )
+            session.add(message)
+            await session.flush()
+            assert message.id is not None
+            session.add(
+                SentKey(
+                    sender_id=sender_id,
+                    client_id=client_id,
+                    message_id=message.id,
+                    conversation_id=conversation_id,
+                    sent_at=sent_at,
+                )
+            )
+            await session.flush()
+            recipients = list(
+                (
+                    await session.execute(
+                        select(col(Member.user_id)).where(col(Member.conversation_id) == conversation_id)
+                    )
+                ).scalars()
+            )
+            others = await session.scalar(
+                select(func.count()).where(col(Device.user_id) == sender_id, col(Device.id) != device_id)
+            )
+            if not others:  # nobody else of the sender's to tell; the sending device has it
+                recipients = [uid for uid in recipients if uid != sender_id]
+            appended = await append_events(session, recipients, EventKind.MESSAGE, message_id=message.id, at=sent_at)
+            await session.execute(
+                update(Conversation).where(col(Conversation.id) == conversation_id).values(last_activity_at=sent_at)
+            )
+            sender = await session.get(User, sender_id)
+            return SendOutcome(
+                is_member=True, message=_stored(message, sender), deliveries=[(a.user_id, a.seq) for a in appended]
+            )
+
+        try:
+            return await self._db.transaction(work)
+        except IntegrityError:
+            # The same clientId raced itself: the other request stored it.
+            return SendOutcome(is_member=True, message=None)
+
+    async def earlier_send(self, sender_id: int, client_id: str) -> EarlierSend | None:
+        """The first send with this clientId, if any."""
+        async with self._db.session() as session:
+            key = await session.get(SentKey, (sender_id, client_id))
+            if key is None:
+                return None
+            message = await session.get(Message, key.message_id)
+            sender = await session.get(User, sender_id) if message is not None else None
+        stored = _stored(message, sender) if message is not None else None
+        return EarlierSend(key.message_id, key.conversation_id, key.sent_at, stored)
+
+    async def acknowledge(self, *, user_id: int, device_id: int, seq: int, at: datetime) -> AckOutcome:
+        """Advances the device, raises DELIVERED watermarks and prunes, in one transaction."""
+
+        async def work(session: AsyncSession) -> AckOutcome:
+            device = await session.get(Device, device_id, with_for_update=True)
+            head = int(
+                await session.scalar(select(col(InboxHead.last_seq)).where(col(InboxHead.user_id) == user_id)) or 0
+            )
+            if device is None:
+                return AckOutcome(acked_before=None, head=head, receipts=[], pruned_messages=[])
+            before = device.acked_seq
+            if seq <= before or seq > head:
+                return AckOutcome(acked_before=before, head=head, receipts=[], pruned_messages=[])
+            covered = (
+                await session.execute(
+                    select(col(Message.conversation_id), col(Message.sender_id), func.max(col(Message.id)))
+                    .join(InboxEntry, col(InboxEntry.message_id) == col(Message.id))
+                    .where(
+                        col(InboxEntry.user_id) == user_id,
+                        col(InboxEntry.seq) > before,
+                        col(InboxEntry.seq) <= seq,
+                        col(Message.sender_id) != user_id,
+                    )
+                    .group_by(col(Message.conversation_id), col(Message.sender_id))
+                )
+            ).all()
+            device.acked_seq = seq
+            session.add(device)
+            await session.flush()
+            refs = [MessageRef(mid, cid, sid) for cid, sid, mid in covered if mid is not None]
+            receipts = await advance_watermarks(session, user_id, refs, "DELIVERED", at=at)
+            pruned = await prune_entries(session, [user_id])
+            await delete_orphaned_messages(session, pruned)
+            return AckOutcome(
+                acked_before=before,
+                head=head,
+                receipts=[(entry.user_id, entry.seq, payload) for entry, payload in receipts],
+                pruned_messages=[],
+            )
+
+        return await self._db.transaction(work)
+
+    async def delete_orphans(self, message_ids: Sequence[int]) -> int:
+        """Deletes those messages no entry refers to any more."""
+
+        async def work(session: AsyncSession) -> int:
+            return await delete_orphaned_messages(session, set(message_ids))
+
+        return await self._db.transaction(work) if message_ids else 0
+
+    async def positions(self, device_id: int) -> tuple[int, int] | None:
+        """The device's acknowledged position and its user's head; None when the device is gone."""
+        async with self._db.session() as session:
+            row = (
+                await session.execute(
+                    select(col(Device.acked_seq), col(InboxHead.last_seq))
+                    .join(InboxHead, col(InboxHead.user_id) == col(Device.user_id))
+                    .where(col(Device.id) == device_id)
+                )
+            ).one_or_none()
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    async def read_after(self, *, user_id: int, device_id: int, after: int, limit: int) -> list[StoredEntry] | None:
+        """Entries after `after`, oldest first; None when the device is gone."""
+        async with self._db.session() as session:
+            if await session.get(Device, device_id) is None:
+                return None
+            rows = await read_entries(session, user_id, after=after, limit=limit)
+        return [
+            StoredEntry(
+                seq=entry.seq,
+                kind=entry.kind.value,
+                message=_stored(message, sender) if message is not None else None,
+                payload=entry.payload,
+            )
+            for entry, message, sender in rows
+        ]

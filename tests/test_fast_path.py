@@ -1,0 +1,195 @@
+"""The hot path's promises: live events without database reads, fan-out by shard, batched acknowledgements.
+
+Each runs against a real server in the production mode (PostgreSQL + Redis), with
+the store or the bus wrapped to count what the server does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from typing import Any
+
+from infra.testing.services import RedisTarget
+from resolvers.ports import AckOutcome, Bus, DeliveryStore, EarlierSend, Resync, SendOutcome, StoredEntry
+from tests.conftest import production_settings
+from tests.database_dump import dump_settings_tables
+from tests.faults import replacing
+from tests.helpers import Api
+from tests.servers import ThreadServer
+from tests.test_delivery import bodies, next_of
+
+
+class CountingStore:
+    """The real store, counting reads of the inbox."""
+
+    def __init__(self, inner: DeliveryStore) -> None:
+        self._inner = inner
+        self.reads = 0
+
+    async def send(
+        self,
+        *,
+        sender_id: int,
+        device_id: int,
+        conversation_id: int,
+        client_id: str,
+        body: str | None,
+        sent_at: datetime,
+    ) -> SendOutcome:
+        return await self._inner.send(
+            sender_id=sender_id,
+            device_id=device_id,
+            conversation_id=conversation_id,
+            client_id=client_id,
+            body=body,
+            sent_at=sent_at,
+        )
+
+    async def earlier_send(self, sender_id: int, client_id: str) -> EarlierSend | None:
+        return await self._inner.earlier_send(sender_id, client_id)
+
+    async def acknowledge(self, *, user_id: int, device_id: int, seq: int, at: datetime) -> AckOutcome:
+        return await self._inner.acknowledge(user_id=user_id, device_id=device_id, seq=seq, at=at)
+
+    async def delete_orphans(self, message_ids: Sequence[int]) -> int:
+        return await self._inner.delete_orphans(message_ids)
+
+    async def positions(self, device_id: int) -> tuple[int, int] | None:
+        return await self._inner.positions(device_id)
+
+    async def read_after(self, *, user_id: int, device_id: int, after: int, limit: int) -> list[StoredEntry] | None:
+        self.reads += 1
+        return await self._inner.read_after(user_id=user_id, device_id=device_id, after=after, limit=limit)
+
+
+class RecordingBus:
+    """The real bus, recording every published (channel, message) and able to drop the next N."""
+
+    def __init__(self, inner: Bus) -> None:
+        self._inner = inner
+        self.published: list[tuple[str, str]] = []
+        self.drop_next = 0
+
+    async def publish_many(self, items: Sequence[tuple[str, str]]) -> None:
+        self.published.extend(items)
+        if self.drop_next > 0:
+            self.drop_next -= 1
+            return
+        await self._inner.publish_many(items)
+
+    def subscribe(self, channel: str) -> AbstractAsyncContextManager[AsyncIterator[str | Resync]]:
+        return self._inner.subscribe(channel)
+
+    async def ping(self) -> None:
+        await self._inner.ping()
+
+
+async def test_live_events_are_delivered_from_notices_without_reading_the_database(
+    migrated_postgres: str, redis_target: RedisTarget
+) -> None:
+    stores: list[CountingStore] = []
+
+    def counting(services: Any) -> CountingStore:
+        stores.append(CountingStore(services.delivery))
+        return stores[-1]
+
+    with ThreadServer(production_settings(migrated_postgres, redis_target), replacing(delivery=counting)) as server:
+        api = Api(server.url, server.ws_url, "production")
+        alice, bob = await api.people("alice", "bob")
+        direct = await alice.direct_with(bob)
+        await bob.drain()
+        async with alice.events() as alice_events, bob.events() as bob_events:
+            await asyncio.sleep(0.2)  # both streams past their initial replay
+            store = stores[0]
+            reads_before = store.reads
+            for n in range(20):
+                await alice.send(direct, f"live {n}")
+                received = await next_of(bob_events, "MessageEvent")
+                assert received["message"]["body"] == f"live {n}"
+                assert received["message"]["sender"]["username"] == alice.username
+                await bob.acknowledge(str(received["cursor"]))
+                receipt = await next_of(alice_events, "ReceiptEvent")
+                assert receipt["receipt"]["status"] == "DELIVERED"
+                assert receipt["receipt"]["messageId"] == received["message"]["id"]
+            assert store.reads == reads_before, "live messages and receipts came from their notices"
+
+
+async def test_a_lost_notice_is_recovered_by_the_next_one_in_order(
+    migrated_postgres: str, redis_target: RedisTarget
+) -> None:
+    buses: list[RecordingBus] = []
+
+    def recording(services: Any) -> RecordingBus:
+        buses.append(RecordingBus(services.bus))
+        return buses[-1]
+
+    with ThreadServer(production_settings(migrated_postgres, redis_target), replacing(bus=recording)) as server:
+        api = Api(server.url, server.ws_url, "production")
+        alice, bob = await api.people("alice", "bob")
+        direct = await alice.direct_with(bob)
+        await bob.drain()
+        async with bob.events() as bob_events:
+            await asyncio.sleep(0.2)
+            buses[0].drop_next = 1
+            await alice.send(direct, "its notice is lost")
+            await bob_events.expect_silence(0.3)
+            await alice.send(direct, "this one's notice reveals the gap")
+            first = await next_of(bob_events, "MessageEvent")
+            second = await next_of(bob_events, "MessageEvent")
+            assert [first["message"]["body"], second["message"]["body"]] == [
+                "its notice is lost",
+                "this one's notice reveals the gap",
+            ]
+            await bob_events.expect_silence(0.3)
+
+
+async def test_a_group_message_is_one_publish_per_shard_not_per_member(
+    migrated_postgres: str, redis_target: RedisTarget
+) -> None:
+    buses: list[RecordingBus] = []
+
+    def recording(services: Any) -> RecordingBus:
+        buses.append(RecordingBus(services.bus))
+        return buses[-1]
+
+    with ThreadServer(production_settings(migrated_postgres, redis_target), replacing(bus=recording)) as server:
+        api = Api(server.url, server.ws_url, "production")
+        people = await asyncio.gather(*(api.register(f"m{n}") for n in range(40)))
+        owner, *members = people
+        group = await owner.create_group("forty", members=members)
+        listener = members[-1]
+        await listener.drain()
+        async with listener.events() as events:
+            await asyncio.sleep(0.2)
+            buses[0].published.clear()
+            await owner.send(group, "to all forty")
+            assert (await next_of(events, "MessageEvent"))["message"]["body"] == "to all forty"
+        publishes = [channel for channel, _ in buses[0].published if "inbox:" in channel]
+        assert 1 <= len(publishes) <= 16 < len(members), publishes
+
+
+async def test_concurrent_acknowledgements_of_a_group_message_leave_no_copy_and_every_receipt(
+    migrated_postgres: str, redis_target: RedisTarget
+) -> None:
+    settings = production_settings(migrated_postgres, redis_target)
+    with ThreadServer(settings) as server:
+        api = Api(server.url, server.ws_url, "production")
+        people = await asyncio.gather(*(api.register(f"a{n}") for n in range(30)))
+        owner, *members = people
+        group = await owner.create_group("thirty", members=members)
+        await asyncio.gather(owner.drain(), *(m.drain() for m in members))
+        secret = f"gone-after-ack-{uuid.uuid4().hex}"
+        sent = await owner.send(group, secret)
+        pending = await asyncio.gather(*(m.pending() for m in members))
+        assert all(bodies(events) == [secret] for events in pending)
+        # Everyone acknowledges at once: the acknowledgements share statements, and the last
+        # prune of the message must see every other member's.
+        await asyncio.gather(*(m.acknowledge(events[-1]["cursor"]) for m, events in zip(members, pending, strict=True)))
+        assert secret not in await dump_settings_tables(settings)
+        receipts = [e for e in await owner.pending(first=500) if e["__typename"] == "ReceiptEvent"]
+        readers = {r["receipt"]["user"]["id"] for r in receipts if r["receipt"]["messageId"] == sent["id"]}
+        assert readers == {m.user_id for m in members}
