@@ -9,24 +9,19 @@ import strawberry
 from graphql import GraphQLError
 from graphql.execution import Executor as GraphQLExecutionContext
 from graphql.validation import NoSchemaIntrospectionCustomRule
-from strawberry.extensions import (
-    AddValidationRules,
-    MaxAliasesLimiter,
-    MaxTokensLimiter,
-    ParserCache,
-    QueryDepthLimiter,
-    SchemaExtension,
-    ValidationCache,
-)
+from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter, SchemaExtension
+from strawberry.extensions.runner import SchemaExtensionsRunner
 from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
+from strawberry.types import ExecutionResult as StrawberryExecutionResult
 
 from graph.accounts import AccountMutation, AccountQuery
 from graph.conversations import ConversationMutation, ConversationQuery
-from graph.errors import ErrorCodes, log_errors
+from graph.errors import log_errors, shape_errors
 from graph.executor import ProjectingExecutionContext
 from graph.messaging import MessagingMutation, MessagingQuery, MessagingSubscription
+from graph.policy import OperationPolicy
 
 Query = merge_types("Query", (AccountQuery, ConversationQuery, MessagingQuery))
 Mutation = merge_types("Mutation", (AccountMutation, ConversationMutation, MessagingMutation))
@@ -34,10 +29,31 @@ Subscription = merge_types("Subscription", (MessagingSubscription,))
 
 
 class ParleySchema(strawberry.Schema):
-    """strawberry's Schema, logging unexpected errors only (the default logs every error with a traceback)."""
+    """strawberry's Schema: unexpected errors logged, and every error shaped for clients.
+
+    Shaping here, where strawberry finishes every result (query, mutation, each
+    subscription event, over HTTP and WebSocket), does what MaskErrors does as an
+    extension without its two hooks per operation and per event (graph/policy.py).
+    """
 
     def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
         log_errors(errors)
+
+    async def _handle_execution_result(
+        self,
+        context: ExecutionContext,
+        result: Any,
+        extensions_runner: SchemaExtensionsRunner,
+        *,
+        skip_process_errors: bool = False,
+    ) -> StrawberryExecutionResult:
+        handled = await super()._handle_execution_result(
+            context, result, extensions_runner, skip_process_errors=skip_process_errors
+        )
+        errors = getattr(handled, "errors", None)
+        if errors:
+            handled.errors = shape_errors(errors)
+        return handled
 
 
 def build_schema(
@@ -62,15 +78,9 @@ def build_schema(
     ]
     if not introspection:
         rules.append(NoSchemaIntrospectionCustomRule)
-    # Factories, not instances: strawberry builds fresh extensions per operation
+    # A factory, not an instance: strawberry builds fresh extensions per operation
     # (the parser and validation caches live at module level and are shared).
-    extensions: list[Callable[[], SchemaExtension]] = [
-        lambda: ParserCache(maxsize=512),
-        lambda: ValidationCache(maxsize=512),
-        lambda: AddValidationRules(rules),
-        lambda: MaxTokensLimiter(max_token_count=max_tokens),
-        ErrorCodes,
-    ]
+    extensions: list[Callable[[], SchemaExtension]] = [lambda: OperationPolicy(rules, max_tokens)]
     kwargs: dict[str, Any] = {
         "extensions": extensions,
         "config": StrawberryConfig(auto_camel_case=True),

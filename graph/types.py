@@ -153,8 +153,9 @@ class Message:
     def from_view(cls, view: MessageView, info: Info) -> Message:
         """The API object of a message; one per view, shared by every subscriber it is sent to."""
         ids = info.context.ids
-        cached = _MESSAGES.get(id(view))
-        if cached is not None and cached[0] is view and cached[1] is ids:
+        # Keyed by message: a group message reaches a process once per channel shard, as equal views.
+        cached = _MESSAGES.get(view.ref.message_id)
+        if cached is not None and cached[1] is ids and (cached[0] is view or cached[0] == view):
             return cached[2]
         ref = view.ref
         message = cls(
@@ -172,13 +173,12 @@ class Message:
         )
         if len(_MESSAGES) >= _MESSAGE_CACHE_SIZE:
             _MESSAGES.pop(next(iter(_MESSAGES)))
-        # Holding the view keeps its id() from being reused while the entry lives.
-        _MESSAGES[id(view)] = (view, ids, message)
+        _MESSAGES[view.ref.message_id] = (view, ids, message)
         return message
 
 
-# The API objects of the most recent message views: a group message reaches every local
-# member's stream as one view, and is built (and projected, see graph/projection.py) once.
+# The API objects of the most recent messages: a group message reaches every local member's
+# stream as one view per shard, and is built (and projected, see graph/projection.py) once.
 _MESSAGE_CACHE_SIZE = 256
 _MESSAGES: dict[int, tuple[MessageView, MessageIds, Message]] = {}
 

@@ -27,6 +27,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from infra.coalesce import Coalescer
+
 logger = logging.getLogger("parley.bus")
 
 # redis-py's own defaults are 5 s; a publish in a request should fail faster than that.
@@ -163,6 +165,8 @@ class _RedisBackend(BroadcastBackend):
         # (a future) or, after a reconnect, send Resync (None).
         self._replies: dict[str, deque[asyncio.Future[None] | None]] = {}
         self._events: asyncio.Queue[Event] = asyncio.Queue()
+        # Every send publishes: group-commit them into shared pipelines (infra/coalesce.py).
+        self._publishes: Coalescer[Sequence[tuple[str, str]], None] = Coalescer(self._publish_batches, max_batch=200)
         # Serialises SUBSCRIBE/UNSUBSCRIBE with reconnecting, so no channel is missed by either.
         self._lock = asyncio.Lock()
         self._supervisor: asyncio.Task[None] | None = None
@@ -228,14 +232,19 @@ class _RedisBackend(BroadcastBackend):
         await self.publish_many([(channel, message)])
 
     async def publish_many(self, items: Sequence[tuple[str, str]]) -> None:
-        """Publishes every item in one round trip."""
+        """Publishes every item; concurrent callers share one round trip, each keeping its order."""
+        await self._publishes.submit(items)
+
+    async def _publish_batches(self, batches: list[Sequence[tuple[str, str]]]) -> list[None]:
         try:
             async with self._client.pipeline(transaction=False) as pipe:
-                for channel, message in items:
-                    pipe.publish(channel, message)
+                for items in batches:
+                    for channel, message in items:
+                        pipe.publish(channel, message)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise BusUnavailable(f"cannot publish to Redis: {exc}") from exc
+        return [None] * len(batches)
 
     async def ping(self) -> None:
         """Raises BusUnavailable unless Redis answers."""

@@ -6,6 +6,8 @@ import time
 
 from redis.asyncio import Redis
 
+from infra.coalesce import Coalescer
+
 
 class MemoryRateLimiter:
     """Fixed-window counters for a single process."""
@@ -31,21 +33,39 @@ class MemoryRateLimiter:
         self._counts.pop(key, None)
 
 
+# One round trip, atomic: the first hit of a window sets its expiry, so a key can never
+# be left without one (INCR then EXPIRE as two commands could, if the process died between).
+_HIT = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return count
+"""
+
+
 class RedisRateLimiter:
-    """Fixed-window counters in Redis (INCR + EXPIRE), shared by every process."""
+    """Fixed-window counters in Redis, shared by every process.
+
+    Hits are counted on every send, so concurrent ones share one pipeline
+    (`infra/coalesce.py`): a busy process pays one round trip per batch, not per message.
+    """
 
     def __init__(self, redis: Redis, *, prefix: str) -> None:
         self._redis = redis
         self._prefix = prefix
+        self._hits: Coalescer[tuple[str, int], int] = Coalescer(self._hit_many, max_batch=500)
 
     async def hit(self, key: str, *, window_seconds: int) -> int:
         """Counts one event for `key` and returns the window's count."""
-        full = f"{self._prefix}rate:{key}"
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.incr(full)
-            pipe.expire(full, window_seconds, nx=True)
-            count, _ = await pipe.execute()
-        return int(count)
+        return await self._hits.submit((f"{self._prefix}rate:{key}", window_seconds))
+
+    async def _hit_many(self, hits: list[tuple[str, int]]) -> list[int]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key, window in hits:
+                # EVAL, not redis-py's Script: in a pipeline that one asks SCRIPT EXISTS first,
+                # a second round trip per batch; Redis caches the compiled script either way.
+                pipe.eval(_HIT, 1, key, window)
+            counts = await pipe.execute()
+        return [int(count) for count in counts]
 
     async def count(self, key: str) -> int:
         """Events counted for `key` in its current window."""

@@ -10,10 +10,11 @@ an event but never skip or repeat it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +29,9 @@ log = logging.getLogger("parley.events")
 
 MAX_PENDING_PAGE = 500
 REPLAY_BATCH = 200
+# How long a stream holds entries that arrived ahead of a missing one before reading the database.
+GAP_WAIT_SECONDS = 0.05
+MAX_EARLY = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,24 +222,30 @@ async def stream_events(services: Services, viewer: Viewer, *, after: str | None
         # Listening before reading: whatever commits from here on also sends a notice.
         async for event in _replay(services, viewer, position):
             yield event
-        async for item in inbox:
+        feed = aiter(inbox)
+        while True:
+            try:
+                item = await (asyncio.wait_for(anext(feed), GAP_WAIT_SECONDS) if position.early else anext(feed))
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                item = None  # the missing notice is lost, or slow: read the database
             if isinstance(item, Delivered):
-                if item.seq <= position.value:
-                    continue  # already read with an earlier batch
-                if item.seq == position.value + 1 and item.event is not None:
-                    body = _shared_body(item.event)
-                    if body is not None:
-                        position.value = item.seq
-                        yield _with_cursor(item.seq, body)
-                        continue
+                ready = position.accept(item)
+                if ready is not None:
+                    for event in ready:
+                        yield event
+                    continue
             elif isinstance(item, Notice):
                 if item.data.get("logout") == viewer.device_id:
                     raise Unauthenticated("This device has logged out.")
                 if (typing := _typing(item.data.get("typing"))) is not None:
                     yield typing
                 continue
-            else:
+            elif item is not None:
                 log.info("user %s stream resyncing (%s)", viewer.user_id, item.reason)
+            # Published after commit, every entry held early is in the database by now.
+            position.early.clear()
             async for event in _replay(services, viewer, position):
                 yield event
 
@@ -248,9 +258,33 @@ def _with_cursor(seq: int, body: MessageView | ReceiptView) -> DurableEvent:
 
 @dataclass
 class _Position:
-    """The last inbox position a stream has read."""
+    """The last inbox position a stream has yielded, and entries that arrived ahead of a missing one.
+
+    Concurrent senders commit one user's entries in position order but may publish
+    them in another; an entry that overtook its predecessor waits here briefly.
+    """
 
     value: int
+    early: dict[int, MessageView | ReceiptView] = field(default_factory=dict)
+
+    def accept(self, item: Delivered) -> list[DurableEvent] | None:
+        """The events now in order (maybe none); None when the database must be read instead."""
+        if item.seq <= self.value:
+            return []  # already read with an earlier batch
+        body = _shared_body(item.event) if item.event is not None else None
+        if body is None:
+            return None
+        if item.seq != self.value + 1:
+            if len(self.early) >= MAX_EARLY:
+                return None
+            self.early[item.seq] = body
+            return []
+        self.value = item.seq
+        ready = [_with_cursor(item.seq, body)]
+        while (body := self.early.pop(self.value + 1, None)) is not None:
+            self.value += 1
+            ready.append(_with_cursor(self.value, body))
+        return ready
 
 
 async def _replay(services: Services, viewer: Viewer, position: _Position) -> AsyncIterator[DurableEvent]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
+from functools import lru_cache
 
 from resolvers.errors import BadUserInput, NotFound
 
@@ -37,12 +38,17 @@ class MessageIds:
 
     def __init__(self, secret_key: str) -> None:
         self._key = hashlib.sha256(b"parley message id\x00" + secret_key.encode()).digest()
+        # Every receipt of a group message names the same message: sign it once, not per reader.
+        self._cached_encode = lru_cache(maxsize=4096)(self._encode)
 
     def _sign(self, body: str) -> str:
         return hmac.new(self._key, body.encode(), hashlib.sha256).hexdigest()[:16]
 
     def encode(self, ref: MessageRef) -> str:
         """The public id of a message."""
+        return self._cached_encode(ref)
+
+    def _encode(self, ref: MessageRef) -> str:
         body = f"{ref.message_id}.{ref.conversation_id}.{ref.sender_id}"
         return f"{body}.{self._sign(body)}"
 

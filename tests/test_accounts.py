@@ -127,6 +127,19 @@ async def test_too_deep_query_is_rejected(api: Api) -> None:
     assert not any("depth" in e["message"] for e in allowed.errors)
 
 
+async def test_too_many_aliases_or_tokens_are_rejected(api: Api) -> None:
+    person = await api.register("greedy")
+    aliases = " ".join(f"a{n}: me {{ id }}" for n in range(31))
+    too_many = await person.http.error(f"{{ {aliases} }}")
+    assert too_many.code == "BAD_USER_INPUT"
+    assert any("aliases" in e["message"] for e in too_many.errors)
+    assert await person.data(f"{{ {' '.join(f'a{n}: me {{ id }}' for n in range(30))} }}")
+
+    huge = await person.http.error("{ me { " + "id " * 2000 + "} }")
+    assert huge.code == "BAD_USER_INPUT"
+    assert any("tokens" in e["message"] for e in huge.errors)
+
+
 async def test_invalid_query_gets_a_code_and_no_internals(api: Api) -> None:
     body = await api.anonymous.post("{ me { nonexistentField } }")
     assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"

@@ -73,12 +73,16 @@ class RecordingBus:
         self._inner = inner
         self.published: list[tuple[str, str]] = []
         self.drop_next = 0
+        self.delay_next = 0.0
 
     async def publish_many(self, items: Sequence[tuple[str, str]]) -> None:
         self.published.extend(items)
         if self.drop_next > 0:
             self.drop_next -= 1
             return
+        if self.delay_next:
+            delay, self.delay_next = self.delay_next, 0.0
+            await asyncio.sleep(delay)
         await self._inner.publish_many(items)
 
     def subscribe(self, channel: str) -> AbstractAsyncContextManager[AsyncIterator[str | Resync]]:
@@ -145,6 +149,40 @@ async def test_a_lost_notice_is_recovered_by_the_next_one_in_order(
                 "this one's notice reveals the gap",
             ]
             await bob_events.expect_silence(0.3)
+
+
+async def test_notices_that_overtake_each_other_are_put_back_in_order_without_a_read(
+    migrated_postgres: str, redis_target: RedisTarget
+) -> None:
+    buses: list[RecordingBus] = []
+    stores: list[CountingStore] = []
+
+    def recording(services: Any) -> RecordingBus:
+        buses.append(RecordingBus(services.bus))
+        return buses[-1]
+
+    def counting(services: Any) -> CountingStore:
+        stores.append(CountingStore(services.delivery))
+        return stores[-1]
+
+    overrides = replacing(bus=recording, delivery=counting)
+    with ThreadServer(production_settings(migrated_postgres, redis_target), overrides) as server:
+        api = Api(server.url, server.ws_url, "production")
+        alice, bob = await api.people("alice", "bob")
+        direct = await alice.direct_with(bob)
+        await bob.drain()
+        async with bob.events() as bob_events:
+            await asyncio.sleep(0.2)
+            reads_before = stores[0].reads
+            buses[0].delay_next = 0.02  # the first message's notice is published late
+            first = asyncio.create_task(alice.send(direct, "first"))
+            await asyncio.sleep(0.005)
+            await alice.send(direct, "second")
+            await first
+            received = [await next_of(bob_events, "MessageEvent") for _ in range(2)]
+            assert [e["message"]["body"] for e in received] == ["first", "second"]
+            assert int(received[1]["cursor"]) == int(received[0]["cursor"]) + 1
+            assert stores[0].reads == reads_before, "held until the late notice came, not read again"
 
 
 async def test_a_group_message_is_one_publish_per_shard_not_per_member(

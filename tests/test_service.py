@@ -187,8 +187,20 @@ async def test_oversized_request_bodies_are_refused_before_parsing(api: Api) -> 
 
 
 async def test_sending_is_rate_limited_per_user(tmp_path: Path) -> None:
-    with ThreadServer(embedded_settings(tmp_path, send_rate_per_minute=3)) as server:
-        api = Api(server.url, server.ws_url, "embedded")
+    await _three_sends_a_minute(embedded_settings(tmp_path, send_rate_per_minute=3), "embedded")
+
+
+async def test_sending_is_rate_limited_per_user_across_processes_in_redis(
+    migrated_postgres: str, redis_target: RedisTarget
+) -> None:
+    # A prefix of this test's own: the shared test server's counters do not count here.
+    own = RedisTarget(redis_target.url, f"{redis_target.prefix}ratelimit:")
+    await _three_sends_a_minute(production_settings(migrated_postgres, own, send_rate_per_minute=3), "production")
+
+
+async def _three_sends_a_minute(settings: Settings, mode: str) -> None:
+    with ThreadServer(settings) as server:
+        api = Api(server.url, server.ws_url, mode)
         alice, bob = await api.people("alice", "bob")
         direct = await alice.direct_with(bob)
         laptop = await alice.other_device("laptop")
