@@ -26,6 +26,7 @@ from infra.passwords import Argon2Hasher
 from infra.pg_delivery import PgDeliveryStore
 from infra.presence import MemoryPresence, RedisPresence
 from infra.rate_limit import MemoryRateLimiter, RedisRateLimiter
+from infra.redis_batch import RedisBatch
 from infra.settings import Settings
 from models.columns import utcnow
 from resolvers.ids import MessageIds
@@ -83,6 +84,7 @@ async def _connected_services(settings: Settings, overrides: Overrides) -> Async
         await migrate(settings.database_url)
     db = Database(create_engine(settings.database_url))
     redis: Redis | None = None
+    batch: RedisBatch | None = None
     node_id = uuid.uuid4().hex[:12]
     if settings.redis_url:
         # Blocking pool: a burst waits briefly for a connection instead of failing at once.
@@ -90,6 +92,7 @@ async def _connected_services(settings: Settings, overrides: Overrides) -> Async
             settings.redis_url, max_connections=64, timeout=5, socket_timeout=5, socket_connect_timeout=5
         )
         redis = Redis.from_pool(pool)  # the client owns the pool and closes it
+        batch = RedisBatch(redis)
     bus = BroadcastBus(settings.redis_url or "memory://", channel_prefix=settings.redis_prefix if redis else "")
     await bus.connect()
     # The hot path runs on asyncpg directly on PostgreSQL (infra/pg_delivery.py says why).
@@ -102,8 +105,12 @@ async def _connected_services(settings: Settings, overrides: Overrides) -> Async
         bus=bus,
         fanout=Fanout(bus),
         delivery=delivery,
-        presence=RedisPresence(redis, prefix=settings.redis_prefix, node_id=node_id) if redis else MemoryPresence(),
-        rate_limiter=RedisRateLimiter(redis, prefix=settings.redis_prefix) if redis else MemoryRateLimiter(),
+        presence=RedisPresence(redis, prefix=settings.redis_prefix, node_id=node_id, batch=batch)
+        if redis
+        else MemoryPresence(),
+        rate_limiter=RedisRateLimiter(redis, prefix=settings.redis_prefix, batch=batch)
+        if redis
+        else MemoryRateLimiter(),
         passwords=Argon2Hasher(fast=overrides.fast_password_hashing),
         limits=_limits(settings),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -14,6 +15,9 @@ from pydantic import ValidationError
 from infra.settings import Settings
 
 log = logging.getLogger("parley")
+
+# Objects allocated (net) before a young-generation collection; CPython's default is 700.
+GC_YOUNG_THRESHOLD = 20_000
 
 
 def configure_logging(level: str) -> None:
@@ -40,6 +44,7 @@ def serve(host: str, port: int) -> None:
     settings = _settings()
     configure_logging(settings.log_level)
     app = create_app(settings)
+    tune_garbage_collector()
     log.info("GraphQL at http://%s:%d/graphql", host, port)
     uvicorn.run(
         app,
@@ -53,6 +58,20 @@ def serve(host: str, port: int) -> None:
         # zlib state per socket whose client offers it.
         ws_per_message_deflate=False,
     )
+
+
+def tune_garbage_collector() -> None:
+    """Fewer, cheaper cyclic collections for a long-running server holding many sockets.
+
+    A full collection walks every object alive: with thousands of open sockets that
+    was ~10% of a reconnect storm's CPU, charged to whichever allocation set it off.
+    What exists once the app is built (modules, the schema) lives as long as the
+    process: `gc.freeze()` keeps collections from walking it again. Allocation-heavy
+    requests then trigger the youngest generation less often.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
 
 
 def migrate_command() -> None:

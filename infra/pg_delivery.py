@@ -214,6 +214,15 @@ ORDER BY e.seq
 LIMIT $4
 """
 
+# $1 the hash of a bearer token, $2 now, $3 record activity only if last recorded before this.
+SESSION_DEVICE = """
+WITH found AS (SELECT id, user_id, last_active_at FROM devices WHERE token_hash = $1),
+touched AS (
+    UPDATE devices d SET last_active_at = $2 FROM found WHERE d.id = found.id AND found.last_active_at < $3
+)
+SELECT id, user_id FROM found
+"""
+
 DEVICE_EXISTS = "SELECT EXISTS (SELECT 1 FROM devices WHERE id = $1)"
 
 
@@ -259,6 +268,13 @@ class PgDeliveryStore:
                     raise StoreUnavailable(f"PostgreSQL is unavailable: {error}") from error
                 log.warning("lost a PostgreSQL connection (%s); trying again", error)
         raise AssertionError("unreachable")
+
+    async def device_for_token(
+        self, token_hash: str, *, now: datetime, touch_before: datetime
+    ) -> tuple[int, int] | None:
+        """The (device, user) a token names, recording activity at most once per interval; one statement."""
+        row = await self._run(lambda c: c.fetchrow(SESSION_DEVICE, token_hash, now, touch_before))
+        return None if row is None else (row["id"], row["user_id"])
 
     async def send(
         self,

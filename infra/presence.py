@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 
 from redis.asyncio import Redis
 
+from infra.redis_batch import RedisBatch
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -54,8 +56,18 @@ class RedisPresence:
     entries can be swept when it dies (see the presence issue for the sweeper).
     """
 
-    def __init__(self, redis: Redis, *, prefix: str, node_id: str, last_seen_ttl: int = 90 * 86400) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        prefix: str,
+        node_id: str,
+        last_seen_ttl: int = 90 * 86400,
+        batch: RedisBatch | None = None,
+    ) -> None:
         self._redis = redis
+        # Connects, disconnects and activity come in bursts (a reconnect storm): share round trips.
+        self._batch = batch or RedisBatch(redis)
         self._prefix = prefix
         self._node = node_id
         self._ttl = last_seen_ttl
@@ -63,7 +75,7 @@ class RedisPresence:
     async def touch(self, user_id: int) -> datetime:
         """Records activity now and returns the stored time."""
         now = time.time()
-        await self._redis.set(f"{self._prefix}seen:{user_id}", f"{now:.3f}", ex=self._ttl)
+        await self._batch.call("SET", f"{self._prefix}seen:{user_id}", f"{now:.3f}", "EX", self._ttl)
         return datetime.fromtimestamp(now, UTC)
 
     async def last_seen(self, user_ids: Sequence[int]) -> dict[int, datetime]:
@@ -89,10 +101,10 @@ class RedisPresence:
 
     async def connected(self, user_id: int) -> None:
         """A WebSocket of `user_id` opened on this node."""
-        await self._redis.hincrby(f"{self._prefix}conn:{user_id}", self._node, 1)
+        await self._batch.call("HINCRBY", f"{self._prefix}conn:{user_id}", self._node, 1)
 
     async def disconnected(self, user_id: int) -> None:
         """A WebSocket of `user_id` closed on this node."""
         key = f"{self._prefix}conn:{user_id}"
-        if await self._redis.hincrby(key, self._node, -1) <= 0:
-            await self._redis.hdel(key, self._node)
+        if int(await self._batch.call("HINCRBY", key, self._node, -1)) <= 0:
+            await self._batch.call("HDEL", key, self._node)

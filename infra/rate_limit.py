@@ -6,7 +6,7 @@ import time
 
 from redis.asyncio import Redis
 
-from infra.coalesce import Coalescer
+from infra.redis_batch import RedisBatch
 
 
 class MemoryRateLimiter:
@@ -43,29 +43,18 @@ return count
 
 
 class RedisRateLimiter:
-    """Fixed-window counters in Redis, shared by every process.
+    """Fixed-window counters in Redis, shared by every process; concurrent hits share a pipeline."""
 
-    Hits are counted on every send, so concurrent ones share one pipeline
-    (`infra/coalesce.py`): a busy process pays one round trip per batch, not per message.
-    """
-
-    def __init__(self, redis: Redis, *, prefix: str) -> None:
+    def __init__(self, redis: Redis, *, prefix: str, batch: RedisBatch | None = None) -> None:
         self._redis = redis
         self._prefix = prefix
-        self._hits: Coalescer[tuple[str, int], int] = Coalescer(self._hit_many, max_batch=500)
+        self._batch = batch or RedisBatch(redis)
 
     async def hit(self, key: str, *, window_seconds: int) -> int:
         """Counts one event for `key` and returns the window's count."""
-        return await self._hits.submit((f"{self._prefix}rate:{key}", window_seconds))
-
-    async def _hit_many(self, hits: list[tuple[str, int]]) -> list[int]:
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key, window in hits:
-                # EVAL, not redis-py's Script: in a pipeline that one asks SCRIPT EXISTS first,
-                # a second round trip per batch; Redis caches the compiled script either way.
-                pipe.eval(_HIT, 1, key, window)
-            counts = await pipe.execute()
-        return [int(count) for count in counts]
+        # EVAL, not redis-py's Script: in a pipeline that one asks SCRIPT EXISTS first, a
+        # second round trip per batch; Redis caches the compiled script either way.
+        return int(await self._batch.call("EVAL", _HIT, 1, f"{self._prefix}rate:{key}", window_seconds))
 
     async def count(self, key: str) -> int:
         """Events counted for `key` in its current window."""

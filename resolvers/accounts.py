@@ -9,7 +9,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -146,22 +146,13 @@ async def authenticate(services: Services, authorization: str | None) -> Viewer:
     scheme, _, token = authorization.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip() or len(token) > 200:
         raise Unauthenticated("The Authorization value must be 'Bearer <token>'.")
-    async with services.db.session() as session:
-        row = (
-            await session.execute(
-                select(col(Device.id), col(Device.user_id), col(Device.last_active_at)).where(
-                    col(Device.token_hash) == hash_token(token.strip())
-                )
-            )
-        ).one_or_none()
-        if row is None:
-            raise Unauthenticated("This token is not valid (logged out or expired).")
-        device_id, user_id, last_active = row
-        now = utcnow()
-        if now - last_active > ACTIVITY_WRITE_INTERVAL:
-            await session.execute(update(Device).where(col(Device.id) == device_id).values(last_active_at=now))
-            await session.commit()
-    assert device_id is not None
+    now = utcnow()
+    found = await services.delivery.device_for_token(
+        hash_token(token.strip()), now=now, touch_before=now - ACTIVITY_WRITE_INTERVAL
+    )
+    if found is None:
+        raise Unauthenticated("This token is not valid (logged out or expired).")
+    device_id, user_id = found
     return Viewer(user_id=user_id, device_id=device_id)
 
 

@@ -135,7 +135,13 @@ class AckOutcome:
 
 
 class DeliveryStore(Protocol):
-    """The hot path's storage: send, acknowledge, read back. One round trip each where the engine allows."""
+    """The hot path's storage: authenticate, send, acknowledge, read back. One round trip each where it can."""
+
+    async def device_for_token(
+        self, token_hash: str, *, now: datetime, touch_before: datetime
+    ) -> tuple[int, int] | None:
+        """The (device, user) a token names; records `now` as its activity if last recorded before `touch_before`."""
+        ...
 
     async def send(
         self,

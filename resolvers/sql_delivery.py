@@ -43,6 +43,27 @@ class SqlDeliveryStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
+    async def device_for_token(
+        self, token_hash: str, *, now: datetime, touch_before: datetime
+    ) -> tuple[int, int] | None:
+        """The (device, user) a token names, recording activity at most once per interval."""
+        async with self._db.session() as session:
+            row = (
+                await session.execute(
+                    select(col(Device.id), col(Device.user_id), col(Device.last_active_at)).where(
+                        col(Device.token_hash) == token_hash
+                    )
+                )
+            ).one_or_none()
+            if row is None:
+                return None
+            device_id, user_id, last_active = row
+            assert device_id is not None  # a primary key read back
+            if last_active < touch_before:
+                await session.execute(update(Device).where(col(Device.id) == device_id).values(last_active_at=now))
+                await session.commit()
+        return device_id, user_id
+
     async def send(
         self,
         *,

@@ -30,6 +30,11 @@ class CountingStore:
         self._inner = inner
         self.reads = 0
 
+    async def device_for_token(
+        self, token_hash: str, *, now: datetime, touch_before: datetime
+    ) -> tuple[int, int] | None:
+        return await self._inner.device_for_token(token_hash, now=now, touch_before=touch_before)
+
     async def send(
         self,
         *,
@@ -73,17 +78,21 @@ class RecordingBus:
         self._inner = inner
         self.published: list[tuple[str, str]] = []
         self.drop_next = 0
-        self.delay_next = 0.0
+        self.hold_next = False
+        self._held: Sequence[tuple[str, str]] = ()
 
     async def publish_many(self, items: Sequence[tuple[str, str]]) -> None:
         self.published.extend(items)
         if self.drop_next > 0:
             self.drop_next -= 1
             return
-        if self.delay_next:
-            delay, self.delay_next = self.delay_next, 0.0
-            await asyncio.sleep(delay)
+        if self.hold_next:  # published right after the next publish: that one overtakes it
+            self.hold_next, self._held = False, items
+            return
         await self._inner.publish_many(items)
+        held, self._held = self._held, ()
+        if held:
+            await self._inner.publish_many(held)
 
     def subscribe(self, channel: str) -> AbstractAsyncContextManager[AsyncIterator[str | Resync]]:
         return self._inner.subscribe(channel)
@@ -174,11 +183,9 @@ async def test_notices_that_overtake_each_other_are_put_back_in_order_without_a_
         async with bob.events() as bob_events:
             await asyncio.sleep(0.2)
             reads_before = stores[0].reads
-            buses[0].delay_next = 0.02  # the first message's notice is published late
-            first = asyncio.create_task(alice.send(direct, "first"))
-            await asyncio.sleep(0.005)
+            buses[0].hold_next = True  # the first message's notice goes out after the second's
+            await alice.send(direct, "first")
             await alice.send(direct, "second")
-            await first
             received = [await next_of(bob_events, "MessageEvent") for _ in range(2)]
             assert [e["message"]["body"] for e in received] == ["first", "second"]
             assert int(received[1]["cursor"]) == int(received[0]["cursor"]) + 1
