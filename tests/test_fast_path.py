@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from infra.testing.services import RedisTarget
-from resolvers.ports import AckOutcome, Bus, DeliveryStore, EarlierSend, Resync, SendOutcome, StoredEntry
+from resolvers.ports import AckOutcome, Bus, DeliveryStore, EarlierSend, Resync, SendOutcome, Services, StoredEntry
+from tests.client import Subscription
 from tests.conftest import production_settings
 from tests.database_dump import dump_settings_tables
 from tests.faults import replacing
-from tests.helpers import Api
+from tests.helpers import Api, Person
 from tests.servers import ThreadServer
 from tests.test_delivery import bodies, next_of
 
@@ -101,23 +103,54 @@ class RecordingBus:
         await self._inner.ping()
 
 
+@dataclass
+class Observed:
+    """A production-mode server whose bus and delivery store are wrapped to be watched."""
+
+    api: Api
+    bus: RecordingBus
+    store: CountingStore
+
+
+@contextmanager
+def observed_server(postgres: str, redis: RedisTarget) -> Iterator[Observed]:
+    """A real server (PostgreSQL + Redis) with a recording bus and a counting store."""
+    wrapped: dict[str, Any] = {}
+
+    def wrap(name: str, make: Callable[[Any], Any]) -> Callable[[Services], Any]:
+        def factory(services: Services) -> Any:
+            wrapped[name] = make(getattr(services, name))
+            return wrapped[name]
+
+        return factory
+
+    overrides = replacing(bus=wrap("bus", RecordingBus), delivery=wrap("delivery", CountingStore))
+    with ThreadServer(production_settings(postgres, redis), overrides) as server:
+        yield Observed(Api(server.url, server.ws_url, "production"), wrapped["bus"], wrapped["delivery"])
+
+
+@asynccontextmanager
+async def bob_listening(api: Api) -> AsyncIterator[tuple[Person, str, Subscription]]:
+    """Alice, her direct conversation with Bob, and Bob's live stream past its initial replay."""
+    alice, bob = await api.people("alice", "bob")
+    direct = await alice.direct_with(bob)
+    await bob.drain()
+    async with bob.events() as bob_events:
+        await asyncio.sleep(0.2)
+        yield alice, direct, bob_events
+
+
 async def test_live_events_are_delivered_from_notices_without_reading_the_database(
     migrated_postgres: str, redis_target: RedisTarget
 ) -> None:
-    stores: list[CountingStore] = []
-
-    def counting(services: Any) -> CountingStore:
-        stores.append(CountingStore(services.delivery))
-        return stores[-1]
-
-    with ThreadServer(production_settings(migrated_postgres, redis_target), replacing(delivery=counting)) as server:
-        api = Api(server.url, server.ws_url, "production")
+    with observed_server(migrated_postgres, redis_target) as observed:
+        api = observed.api
         alice, bob = await api.people("alice", "bob")
         direct = await alice.direct_with(bob)
         await bob.drain()
         async with alice.events() as alice_events, bob.events() as bob_events:
             await asyncio.sleep(0.2)  # both streams past their initial replay
-            store = stores[0]
+            store = observed.store
             reads_before = store.reads
             for n in range(20):
                 await alice.send(direct, f"live {n}")
@@ -134,20 +167,9 @@ async def test_live_events_are_delivered_from_notices_without_reading_the_databa
 async def test_a_lost_notice_is_recovered_by_the_next_one_in_order(
     migrated_postgres: str, redis_target: RedisTarget
 ) -> None:
-    buses: list[RecordingBus] = []
-
-    def recording(services: Any) -> RecordingBus:
-        buses.append(RecordingBus(services.bus))
-        return buses[-1]
-
-    with ThreadServer(production_settings(migrated_postgres, redis_target), replacing(bus=recording)) as server:
-        api = Api(server.url, server.ws_url, "production")
-        alice, bob = await api.people("alice", "bob")
-        direct = await alice.direct_with(bob)
-        await bob.drain()
-        async with bob.events() as bob_events:
-            await asyncio.sleep(0.2)
-            buses[0].drop_next = 1
+    with observed_server(migrated_postgres, redis_target) as observed:
+        async with bob_listening(observed.api) as (alice, direct, bob_events):
+            observed.bus.drop_next = 1
             await alice.send(direct, "its notice is lost")
             await bob_events.expect_silence(0.3)
             await alice.send(direct, "this one's notice reveals the gap")
@@ -163,46 +185,23 @@ async def test_a_lost_notice_is_recovered_by_the_next_one_in_order(
 async def test_notices_that_overtake_each_other_are_put_back_in_order_without_a_read(
     migrated_postgres: str, redis_target: RedisTarget
 ) -> None:
-    buses: list[RecordingBus] = []
-    stores: list[CountingStore] = []
-
-    def recording(services: Any) -> RecordingBus:
-        buses.append(RecordingBus(services.bus))
-        return buses[-1]
-
-    def counting(services: Any) -> CountingStore:
-        stores.append(CountingStore(services.delivery))
-        return stores[-1]
-
-    overrides = replacing(bus=recording, delivery=counting)
-    with ThreadServer(production_settings(migrated_postgres, redis_target), overrides) as server:
-        api = Api(server.url, server.ws_url, "production")
-        alice, bob = await api.people("alice", "bob")
-        direct = await alice.direct_with(bob)
-        await bob.drain()
-        async with bob.events() as bob_events:
-            await asyncio.sleep(0.2)
-            reads_before = stores[0].reads
-            buses[0].hold_next = True  # the first message's notice goes out after the second's
+    with observed_server(migrated_postgres, redis_target) as observed:
+        async with bob_listening(observed.api) as (alice, direct, bob_events):
+            reads_before = observed.store.reads
+            observed.bus.hold_next = True  # the first message's notice goes out after the second's
             await alice.send(direct, "first")
             await alice.send(direct, "second")
             received = [await next_of(bob_events, "MessageEvent") for _ in range(2)]
             assert [e["message"]["body"] for e in received] == ["first", "second"]
             assert int(received[1]["cursor"]) == int(received[0]["cursor"]) + 1
-            assert stores[0].reads == reads_before, "held until the late notice came, not read again"
+            assert observed.store.reads == reads_before, "held until the late notice came, not read again"
 
 
 async def test_a_group_message_is_one_publish_per_shard_not_per_member(
     migrated_postgres: str, redis_target: RedisTarget
 ) -> None:
-    buses: list[RecordingBus] = []
-
-    def recording(services: Any) -> RecordingBus:
-        buses.append(RecordingBus(services.bus))
-        return buses[-1]
-
-    with ThreadServer(production_settings(migrated_postgres, redis_target), replacing(bus=recording)) as server:
-        api = Api(server.url, server.ws_url, "production")
+    with observed_server(migrated_postgres, redis_target) as observed:
+        api = observed.api
         people = await asyncio.gather(*(api.register(f"m{n}") for n in range(40)))
         owner, *members = people
         group = await owner.create_group("forty", members=members)
@@ -210,10 +209,10 @@ async def test_a_group_message_is_one_publish_per_shard_not_per_member(
         await listener.drain()
         async with listener.events() as events:
             await asyncio.sleep(0.2)
-            buses[0].published.clear()
+            observed.bus.published.clear()
             await owner.send(group, "to all forty")
             assert (await next_of(events, "MessageEvent"))["message"]["body"] == "to all forty"
-        publishes = [channel for channel, _ in buses[0].published if "inbox:" in channel]
+        publishes = [channel for channel, _ in observed.bus.published if "inbox:" in channel]
         assert 1 <= len(publishes) <= 16 < len(members), publishes
 
 
