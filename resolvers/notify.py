@@ -28,7 +28,7 @@ RECEIPT_KIND = "R"
 
 
 def message_wire(message: StoredMessage) -> dict[str, Any]:
-    """A message as a notice carries it (see `resolvers.events.render_wire`)."""
+    """A message as a notice carries it (read back by `resolvers.events._render_wire`)."""
     return {
         "k": MESSAGE_KIND,
         "id": message.id,
