@@ -11,7 +11,6 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -440,10 +439,3 @@ async def list_conversations(services: Services, viewer: Viewer) -> list[Convers
             ).scalars()
         )
         return await _views(session, [i for i in ids if i is not None], viewer.user_id)
-
-
-async def touch_activity(session: AsyncSession, conversation_id: int, at: datetime) -> None:
-    """Marks a conversation active (orders the conversation list)."""
-    await session.execute(
-        update(Conversation).where(col(Conversation.id) == conversation_id).values(last_activity_at=at)
-    )

@@ -94,23 +94,12 @@ async def read_entries(
     return [(entry, message, user) for entry, message, user in rows]
 
 
-async def head_position(session: AsyncSession, user_id: int) -> int:
-    """The last position handed out in the user's inbox."""
-    value = await session.scalar(select(col(InboxHead.last_seq)).where(col(InboxHead.user_id) == user_id))
-    return int(value or 0)
-
-
 async def prune_inbox(session: AsyncSession, user_ids: Sequence[int]) -> int:
     """Deletes entries every device of these users has acknowledged, then orphaned messages.
 
     A user with no device keeps everything: the next device to log in gets it.
     Returns how many messages were deleted.
     """
-    return await delete_orphaned_messages(session, await prune_entries(session, user_ids))
-
-
-async def prune_entries(session: AsyncSession, user_ids: Sequence[int]) -> set[int]:
-    """Deletes entries every device of these users has acknowledged; returns the messages they named."""
     message_ids: set[int] = set()
     for user_id in set(user_ids):
         floor = select(func.min(col(Device.acked_seq))).where(col(Device.user_id) == user_id).scalar_subquery()
@@ -120,7 +109,7 @@ async def prune_entries(session: AsyncSession, user_ids: Sequence[int]) -> set[i
             .returning(col(InboxEntry.message_id))
         )
         message_ids.update(mid for (mid,) in deleted if mid is not None)
-    return message_ids
+    return await delete_orphaned_messages(session, message_ids)
 
 
 async def delete_orphaned_messages(session: AsyncSession, message_ids: set[int]) -> int:

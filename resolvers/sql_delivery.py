@@ -18,7 +18,7 @@ from sqlmodel import col
 
 from models import Conversation, Device, EventKind, InboxEntry, InboxHead, Member, Message, SentKey, User
 from resolvers.ids import MessageRef
-from resolvers.inbox import append_events, delete_orphaned_messages, prune_entries, read_entries
+from resolvers.inbox import append_events, delete_orphaned_messages, prune_inbox, read_entries
 from resolvers.ports import AckOutcome, Database, EarlierSend, SendOutcome, StoredEntry, StoredMessage
 from resolvers.watermarks import advance_watermarks
 
@@ -166,8 +166,7 @@ class SqlDeliveryStore:
             await session.flush()
             refs = [MessageRef(mid, cid, sid) for cid, sid, mid in covered if mid is not None]
             receipts = await advance_watermarks(session, user_id, refs, "DELIVERED", at=at)
-            pruned = await prune_entries(session, [user_id])
-            await delete_orphaned_messages(session, pruned)
+            await prune_inbox(session, [user_id])
             return AckOutcome(
                 acked_before=before,
                 head=head,
