@@ -65,6 +65,11 @@ def _limits(settings: Settings) -> Limits:
         login_failure_window_seconds=settings.login_failure_window_seconds,
         device_inactivity_days=settings.device_inactivity_days,
         send_rate_per_minute=settings.send_rate_per_minute,
+        auth_attempts_per_address=settings.auth_attempts_per_address,
+        conversations_per_hour=settings.conversations_per_hour,
+        member_additions_per_hour=settings.member_additions_per_hour,
+        renames_per_hour=settings.renames_per_hour,
+        typing_interval_seconds=settings.typing_interval_seconds,
     )
 
 

@@ -43,9 +43,29 @@ class Settings(BaseSettings):
     # Messages one user may send per minute (across all devices).
     send_rate_per_minute: int = Field(default=300, ge=1)
 
-    # Brute-force protection: failed logins per username within the window.
+    # Brute-force protection: failed logins per username within the window (the window ends,
+    # so a stranger cannot lock a user out for good).
     login_max_failures: int = Field(default=10, ge=1)
     login_failure_window_seconds: int = Field(default=300, ge=1)
+    # login/register attempts per client address within the same window.
+    auth_attempts_per_address: int = Field(default=30, ge=1)
+    # Password hashes (argon2, 64 MiB each) running at once in this process; more get RATE_LIMITED.
+    max_concurrent_password_hashes: int = Field(default=4, ge=1)
+    # Addresses of reverse proxies whose X-Forwarded-For is believed (comma-separated IPs or
+    # CIDR networks). Empty: the client address is the socket's peer.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # Fan-out abuse: per user and hour, conversations started or created, members added, renames.
+    conversations_per_hour: int = Field(default=60, ge=1)
+    member_additions_per_hour: int = Field(default=500, ge=1)
+    renames_per_hour: int = Field(default=30, ge=1)
+    # A typing indicator is passed on at most once per (user, conversation) per this many seconds.
+    typing_interval_seconds: float = Field(default=2.0, ge=0)
+
+    # Query cost per document: fields weighted by the sizes of the lists they sit in.
+    max_query_cost: int = Field(default=50_000, ge=100)
+    # Sockets that do not send connection_init within this many seconds are closed (4408).
+    connection_init_timeout_seconds: float = Field(default=10.0, gt=0)
 
     # Devices unused this long are expired with their pending events (contract point 8).
     device_inactivity_days: float = Field(default=30, gt=0)
@@ -59,7 +79,7 @@ class Settings(BaseSettings):
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
 
-    @field_validator("allowed_origins", mode="before")
+    @field_validator("allowed_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):

@@ -1,11 +1,13 @@
 """SQLModel tables: importing this package registers every table on `SQLModel.metadata`."""
 
+from models.block import Block
 from models.conversation import Conversation, ConversationKind, Member, MemberRole
 from models.inbox import EventKind, InboxEntry, InboxHead, ReceiptWatermark
 from models.message import Message, SentKey
 from models.user import Device, User
 
 __all__ = [
+    "Block",
     "Conversation",
     "ConversationKind",
     "Device",

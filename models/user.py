@@ -22,6 +22,8 @@ class User(SQLModel, table=True):
     # Lowercased display name, for prefix search without a functional index.
     display_name_key: str = Field(max_length=64, index=True)
     password_hash: str = Field(max_length=255)
+    # Privacy: when set, nobody sees this user's last-seen time (setPrivacy).
+    hide_last_seen: bool = Field(default=False)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 

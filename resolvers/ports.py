@@ -231,6 +231,11 @@ class Limits:
     login_failure_window_seconds: int = 300
     device_inactivity_days: float = 30
     send_rate_per_minute: int = 300
+    auth_attempts_per_address: int = 30
+    conversations_per_hour: int = 60
+    member_additions_per_hour: int = 500
+    renames_per_hour: int = 30
+    typing_interval_seconds: float = 2.0
 
 
 @dataclass(frozen=True)
