@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
-from strawberry.dataloader import DataLoader
 from strawberry.types import Info as StrawberryInfo
 
-from models import User
+from graph.loaders import Loaders, LoaderScopes
 from resolvers import accounts
 from resolvers.accounts import Viewer
+from resolvers.errors import Unauthenticated
 from resolvers.ids import MessageIds
 from resolvers.ports import Services
+
+if TYPE_CHECKING:
+    from graph.sockets import SocketRegistry
 
 log = logging.getLogger("parley.presence")
 
@@ -55,15 +58,30 @@ class Context:
     response: Response | WebSocket | None = None
     connection_params: dict[str, Any] = field(default_factory=dict)
     viewer: Viewer | None = None
+    # WebSocket: the viewer is authenticated once, at connection_init; `revoked` is set when
+    # its device is revoked (graph/sockets.py) and refuses every later operation at once.
+    revoked: bool = False
+    sockets: SocketRegistry | None = None
 
     def __post_init__(self) -> None:
-        # Uncached: a WebSocket context lives as long as its connection (PITFALLS.md).
-        self.users: DataLoader[int, User | None] = DataLoader(self._load_users, cache=False)
-        self.online: DataLoader[int, bool] = DataLoader(self._load_online, cache=False)
-        self.last_seen: DataLoader[int, datetime | None] = DataLoader(self._load_last_seen, cache=False)
+        # DataLoaders per operation (graph/loaders.py): a WebSocket context lives as long as
+        # its connection (PITFALLS.md), so caches must not live on the context itself.
+        self.loader_scopes: LoaderScopes = LoaderScopes(self)
+
+    def loaders(self, info: Info) -> Loaders:
+        """The DataLoaders of the operation (or subscription event) `info` belongs to."""
+        return self.loader_scopes.get(info)
+
+    @property
+    def client_address(self) -> str | None:
+        """The caller's IP address (behind a trusted proxy, the one it forwarded: infra/forwarded.py)."""
+        client = self.request.client
+        return client.host if client else None
 
     async def require_viewer(self) -> Viewer:
         """The authenticated viewer; `Unauthenticated` otherwise. Records activity."""
+        if self.revoked:
+            raise Unauthenticated("This token is not valid (logged out or expired).")
         if self.viewer is None:
             self.viewer = await accounts.authenticate(self.services, self.request.headers.get("authorization"))
         if self.throttle.due(self.viewer.user_id):
@@ -73,17 +91,16 @@ class Context:
                 log.warning("could not record activity of user %s", self.viewer.user_id, exc_info=True)
         return self.viewer
 
-    async def _load_users(self, ids: list[int]) -> list[User | None]:
-        found = await accounts.get_users(self.services, ids)
-        return [found.get(uid) for uid in ids]
+    async def devices_revoked(self, device_ids: Sequence[int]) -> None:
+        """After a revocation committed: this process's sockets of those devices stop at once.
 
-    async def _load_online(self, ids: list[int]) -> list[bool]:
-        online = await self.services.presence.online(ids)
-        return [uid in online for uid in ids]
-
-    async def _load_last_seen(self, ids: list[int]) -> list[datetime | None]:
-        seen = await self.services.presence.last_seen(ids)
-        return [seen.get(uid) for uid in ids]
+        The calling socket, if revoked, is only marked (so its answer still goes out); the
+        bus notice closes it like every other process's sockets.
+        """
+        if self.viewer is not None and self.viewer.device_id in device_ids:
+            self.revoked = True
+        if self.sockets is not None:
+            await self.sockets.revoke(device_ids, spare=self)
 
 
 Info = StrawberryInfo[Context, None]

@@ -7,6 +7,7 @@ import strawberry
 from graph.context import Info
 from graph.types import Conversation, MemberRole
 from resolvers import conversations
+from resolvers.conversations import CONVERSATIONS_PAGE
 from resolvers.errors import BadUserInput
 from resolvers.ids import parse_row_id
 
@@ -25,21 +26,34 @@ def _user_ids(values: list[strawberry.ID]) -> list[int]:
 
 @strawberry.type
 class ConversationQuery:
-    @strawberry.field(description="The viewer's conversations, most recently active first.")
-    async def conversations(self, info: Info) -> list[Conversation]:
-        views = await conversations.list_conversations(info.context.services, await info.context.require_viewer())
-        return [Conversation.from_view(view) for view in views]
+    @strawberry.field(
+        description="The viewer's conversations, most recently active first: `first` (1 to 100) after "
+        "the conversation `after` (the last one of the previous page)."
+    )
+    async def conversations(
+        self, info: Info, first: int | None = CONVERSATIONS_PAGE, after: strawberry.ID | None = None
+    ) -> list[Conversation]:
+        headers = await conversations.list_conversations(
+            info.context.services,
+            await info.context.require_viewer(),
+            first=CONVERSATIONS_PAGE if first is None else first,
+            after=None if after is None else _conversation_id(after),
+        )
+        return [Conversation.from_header(header) for header in headers]
 
     @strawberry.field(description="One of the viewer's conversations; NOT_FOUND for any other id.")
     async def conversation(self, info: Info, id: strawberry.ID) -> Conversation | None:
         viewer = await info.context.require_viewer()
-        view = await conversations.get_conversation(info.context.services, viewer, _conversation_id(id))
-        return Conversation.from_view(view)
+        header = await conversations.get_conversation(info.context.services, viewer, _conversation_id(id))
+        return Conversation.from_header(header)
 
 
 @strawberry.type
 class ConversationMutation:
-    @strawberry.mutation(description="Returns the existing DIRECT conversation with that user, or creates it.")
+    @strawberry.mutation(
+        description="Returns the existing DIRECT conversation with that user, or creates it. Creating one "
+        "counts against an hourly limit (RATE_LIMITED); FORBIDDEN when that user does not accept it."
+    )
     async def start_direct_conversation(self, info: Info, user_id: strawberry.ID) -> Conversation:
         viewer = await info.context.require_viewer()
         view = await conversations.start_direct_conversation(
@@ -47,7 +61,11 @@ class ConversationMutation:
         )
         return Conversation.from_view(view)
 
-    @strawberry.mutation(description="Creates a GROUP with the viewer as OWNER; at most 100 members in all.")
+    @strawberry.mutation(
+        description="Creates a GROUP with the viewer as OWNER; at most 100 members in all. Counts as a new "
+        "conversation and its members as users added (hourly limits, RATE_LIMITED); FORBIDDEN when one of "
+        "them does not accept it."
+    )
     async def create_group(self, info: Info, title: str, member_ids: list[strawberry.ID]) -> Conversation:
         viewer = await info.context.require_viewer()
         view = await conversations.create_group(
@@ -55,7 +73,10 @@ class ConversationMutation:
         )
         return Conversation.from_view(view)
 
-    @strawberry.mutation
+    @strawberry.mutation(
+        description="Adds users to a group (OWNER or ADMIN). Users added count against an hourly limit "
+        "(RATE_LIMITED); FORBIDDEN when one of them does not accept it."
+    )
     async def add_members(
         self, info: Info, conversation_id: strawberry.ID, user_ids: list[strawberry.ID]
     ) -> Conversation:
@@ -97,7 +118,7 @@ class ConversationMutation:
         )
         return Conversation.from_view(view)
 
-    @strawberry.mutation
+    @strawberry.mutation(description="Renames a group (OWNER or ADMIN); renames count against an hourly limit.")
     async def rename_group(self, info: Info, conversation_id: strawberry.ID, title: str) -> Conversation:
         viewer = await info.context.require_viewer()
         view = await conversations.rename_group(

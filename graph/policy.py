@@ -13,10 +13,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
 
-from graphql import parse
+from graphql import GraphQLError, parse
 from graphql.validation import ASTValidationRule
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.schema import validate_document
+
+from graph.input_rules import UNSTORABLE_MESSAGE, unstorable_in
 
 CACHE_SIZE = 512
 
@@ -27,7 +29,11 @@ _validate = lru_cache(maxsize=CACHE_SIZE)(validate_document)
 
 
 class OperationPolicy(SchemaExtension):
-    """The parser and validation caches, with the depth, alias and token limits."""
+    """The parser and validation caches, with the depth, alias and token limits.
+
+    Variables are checked here too (every string storable: graph/input_rules.py), as the
+    document's literals are by a validation rule: per request, as variables change.
+    """
 
     def __init__(self, rules: Sequence[type[ASTValidationRule]], max_tokens: int) -> None:
         self._rules = tuple(rules)
@@ -41,7 +47,9 @@ class OperationPolicy(SchemaExtension):
     def on_validate(self) -> Iterator[None]:
         context = self.execution_context
         assert context.graphql_document is not None
-        context.pre_execution_errors = _validate(
-            context.schema._schema, context.graphql_document, (*context.validation_rules, *self._rules)
-        )
+        errors = _validate(context.schema._schema, context.graphql_document, (*context.validation_rules, *self._rules))
+        if not errors and context.variables and unstorable_in(context.variables):
+            # A new list: the cached one belongs to every request with this document.
+            errors = [GraphQLError(UNSTORABLE_MESSAGE, extensions={"code": "BAD_USER_INPUT"})]
+        context.pre_execution_errors = errors
         yield

@@ -17,14 +17,20 @@ from strawberry.types import ExecutionContext
 from strawberry.types import ExecutionResult as StrawberryExecutionResult
 
 from graph.accounts import AccountMutation, AccountQuery
+from graph.blocks import BlockMutation, BlockQuery
 from graph.conversations import ConversationMutation, ConversationQuery
+from graph.cost import cost_limit_rule
 from graph.errors import log_errors, shape_errors
 from graph.executor import ProjectingExecutionContext
+from graph.input_rules import OnePasswordFieldPerOperation, StorableStringLiterals
 from graph.messaging import MessagingMutation, MessagingQuery, MessagingSubscription
 from graph.policy import OperationPolicy
+from graph.privacy import PrivacyMutation
 
-Query = merge_types("Query", (AccountQuery, ConversationQuery, MessagingQuery))
-Mutation = merge_types("Mutation", (AccountMutation, ConversationMutation, MessagingMutation))
+Query = merge_types("Query", (AccountQuery, ConversationQuery, MessagingQuery, BlockQuery))
+Mutation = merge_types(
+    "Mutation", (AccountMutation, ConversationMutation, MessagingMutation, PrivacyMutation, BlockMutation)
+)
 Subscription = merge_types("Subscription", (MessagingSubscription,))
 
 
@@ -61,6 +67,7 @@ def build_schema(
     max_depth: int = 10,
     max_aliases: int = 30,
     max_tokens: int = 2000,
+    max_query_cost: int = 50_000,
     introspection: bool = True,
     subscription: type = Subscription,
     execution_context_class: type[GraphQLExecutionContext[Any]] = ProjectingExecutionContext,
@@ -75,6 +82,9 @@ def build_schema(
     rules = [
         *QueryDepthLimiter(max_depth=max_depth).validation_rules,
         *MaxAliasesLimiter(max_alias_count=max_aliases).validation_rules,
+        cost_limit_rule(max_query_cost),
+        OnePasswordFieldPerOperation,
+        StorableStringLiterals,
     ]
     if not introspection:
         rules.append(NoSchemaIntrospectionCustomRule)

@@ -11,18 +11,27 @@ import strawberry
 
 from graph.context import Info
 from models import ConversationKind as ConversationKindModel
+from models import Member as MemberRow
 from models import MemberRole as MemberRoleModel
 from models import User as UserRow
 from models.user import Device as DeviceRow
-from resolvers.conversations import ConversationView, conversation_for_event
+from resolvers.conversations import (
+    MAX_MEMBERS_PAGE,
+    MEMBERS_PAGE,
+    ConversationHeader,
+    ConversationView,
+    page_of,
+)
+from resolvers.errors import BadUserInput
 from resolvers.events import (
     ConversationEventView,
     MessageEventView,
     ReceiptEventView,
     TypingEventView,
 )
-from resolvers.ids import MessageIds
+from resolvers.ids import MessageIds, parse_row_id
 from resolvers.messages import MessageView
+from resolvers.privacy import SELF, PresenceVisibility
 
 ConversationKind = strawberry.enum(ConversationKindModel, name="ConversationKind")
 MemberRole = strawberry.enum(MemberRoleModel, name="MemberRole")
@@ -49,23 +58,62 @@ class User:
     id: strawberry.ID
     username: str
     display_name: str
+    # The caller's own account (me, register/login, setPrivacy): shown in full without a lookup,
+    # which also serves register and login, whose callers have no token yet.
+    is_self: strawberry.Private[bool] = False
+    own_hide_last_seen: strawberry.Private[bool | None] = None
 
-    @strawberry.field(description="Online now: at least one live connection anywhere in the cluster.")
+    async def _visibility(self, info: Info) -> PresenceVisibility:
+        if self.is_self:
+            return SELF
+        return await info.context.loaders(info).presence_visibility.load(int(self.id))
+
+    @strawberry.field(
+        description="Online now: at least one live connection anywhere in the cluster. "
+        "Shown only to users who share a conversation with this user (false for anyone else)."
+    )
     async def online(self, info: Info) -> bool:
-        return await info.context.online.load(int(self.id))
+        if not (await self._visibility(info)).online:
+            return False
+        return await info.context.loaders(info).online.load(int(self.id))
 
-    @strawberry.field(description="Last heartbeat or activity; null when never seen.")
+    @strawberry.field(
+        description="Last heartbeat or activity; null when never seen. Shown only to users who share "
+        "a conversation with this user, and to nobody else when the user hides it (setPrivacy)."
+    )
     async def last_seen(self, info: Info) -> datetime | None:
-        return await info.context.last_seen.load(int(self.id))
+        if not (await self._visibility(info)).last_seen:
+            return None
+        return await info.context.loaders(info).last_seen.load(int(self.id))
+
+    @strawberry.field(
+        description="Your own privacy setting: your last seen is hidden from everyone (setPrivacy). "
+        "Null on other users."
+    )
+    async def hide_last_seen(self, info: Info) -> bool | None:
+        if self.is_self:
+            return self.own_hide_last_seen
+        viewer = await info.context.require_viewer()
+        if int(self.id) != viewer.user_id:
+            return None
+        row = await info.context.loaders(info).users.load(viewer.user_id)
+        return row.hide_last_seen if row is not None else None
 
     @classmethod
-    def from_row(cls, row: UserRow) -> User:
-        return cls(id=strawberry.ID(str(row.id)), username=row.username, display_name=row.display_name)
+    def from_row(cls, row: UserRow, *, is_self: bool = False) -> User:
+        """The API user of an account row; `is_self` when it is the caller's own account."""
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            username=row.username,
+            display_name=row.display_name,
+            is_self=is_self,
+            own_hide_last_seen=row.hide_last_seen if is_self else None,
+        )
 
 
 async def load_user(info: Info, user_id: int) -> User:
     """A user by id for nested fields; a deleted account shows as a placeholder, not an error."""
-    row = await info.context.users.load(user_id)
+    row = await info.context.loaders(info).users.load(user_id)
     if row is None:
         return User(id=strawberry.ID(str(user_id)), username="deleted", display_name="Deleted user")
     return User.from_row(row)
@@ -78,10 +126,20 @@ class Device:
     id: strawberry.ID
     name: str
     created_at: datetime
+    last_active_at: datetime = strawberry.field(
+        description="When this device last used the API (recorded every few minutes at most)."
+    )
+    current: bool = strawberry.field(description="Whether this is the device the request's token names.")
 
     @classmethod
-    def from_row(cls, row: DeviceRow) -> Device:
-        return cls(id=strawberry.ID(str(row.id)), name=row.name, created_at=row.created_at)
+    def from_row(cls, row: DeviceRow, *, current: bool = True) -> Device:
+        return cls(
+            id=strawberry.ID(str(row.id)),
+            name=row.name,
+            created_at=row.created_at,
+            last_active_at=row.last_active_at,
+            current=current,
+        )
 
 
 @strawberry.type
@@ -104,25 +162,63 @@ class Member:
         return await load_user(info, self.user_id)
 
 
+async def _members(
+    root: Conversation, info: Info, first: int | None = MEMBERS_PAGE, after: strawberry.ID | None = None
+) -> list[Member]:
+    if not root.members_visible:
+        return []
+    size = MEMBERS_PAGE if first is None else first
+    after_id = None if after is None else parse_row_id(after, what="user")
+    if root.all_members is not None:
+        rows = page_of(root.all_members, first=size, after=after_id)
+    else:
+        if not 1 <= size <= MAX_MEMBERS_PAGE:  # checked before the loader: one bad page must not fail a batch
+            raise BadUserInput(f"first is between 1 and {MAX_MEMBERS_PAGE}.")
+        rows = await info.context.loaders(info).member_pages.load((int(root.id), size, after_id))
+    return [Member(user_id=m.user_id, role=m.role, joined_at=m.joined_at) for m in rows]
+
+
 @strawberry.type
 class Conversation:
     id: strawberry.ID
     kind: ConversationKind  # type: ignore[valid-type]
     title: str | None = strawberry.field(description="Null for DIRECT conversations.")
-    members: list[Member]
+    members: list[Member] = strawberry.field(
+        resolver=_members,
+        description="Members in joining order: `first` (1 to 100) after the member whose user id is `after`. "
+        "A page after a user who is not a member is empty.",
+    )
     created_at: datetime
     muted: bool = strawberry.field(description="Muted for the viewer: no push notifications.")
+    # Every member, when the use case had them already (mutation results): pages are cut from it.
+    all_members: strawberry.Private[list[MemberRow] | None] = None
+    # False for a conversation the viewer has left (an event names it): no members shown.
+    members_visible: strawberry.Private[bool] = True
 
     @classmethod
     def from_view(cls, view: ConversationView) -> Conversation:
+        """A conversation with every member at hand (a mutation's result)."""
         c = view.conversation
         return cls(
             id=strawberry.ID(str(view.id)),
             kind=c.kind,
             title=c.title,
-            members=[Member(user_id=m.user_id, role=m.role, joined_at=m.joined_at) for m in view.members],
             created_at=c.created_at,
             muted=view.muted,
+            all_members=list(view.members),
+        )
+
+    @classmethod
+    def from_header(cls, header: ConversationHeader) -> Conversation:
+        """A conversation whose members are loaded in pages when asked for."""
+        c = header.conversation
+        return cls(
+            id=strawberry.ID(str(header.id)),
+            kind=c.kind,
+            title=c.title,
+            created_at=c.created_at,
+            muted=header.muted,
+            members_visible=header.is_member,
         )
 
 
@@ -219,19 +315,18 @@ class ConversationEvent:
 
     @strawberry.field
     async def conversation(self, info: Info) -> Conversation:
-        view = await conversation_for_event(
-            info.context.services, await info.context.require_viewer(), self.conversation_id
-        )
-        if view is None:  # deleted since: show what the event knew
+        # Batched: every ConversationEvent of one result (pendingEvents) shares one query.
+        header = await info.context.loaders(info).conversations.load(self.conversation_id)
+        if header is None:  # deleted since: show what the event knew
             return Conversation(
                 id=strawberry.ID(str(self.conversation_id)),
                 kind=ConversationKindModel.GROUP,
                 title=None,
-                members=[],
                 created_at=self.at,
                 muted=False,
+                members_visible=False,
             )
-        return Conversation.from_view(view)
+        return Conversation.from_header(header)
 
     @strawberry.field(description="The members the change is about (added, removed, left).")
     async def users(self, info: Info) -> list[User]:

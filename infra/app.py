@@ -8,6 +8,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
+from datetime import timedelta
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.applications import Starlette
@@ -21,12 +22,14 @@ from infra.body_limit import BodyLimit
 from infra.bus import BroadcastBus
 from infra.db import Database, create_engine
 from infra.fanout import Fanout
+from infra.forwarded import TrustedProxies
 from infra.migrate import migrate
 from infra.passwords import Argon2Hasher
 from infra.pg_delivery import PgDeliveryStore
 from infra.presence import MemoryPresence, RedisPresence
 from infra.rate_limit import MemoryRateLimiter, RedisRateLimiter
 from infra.redis_batch import RedisBatch
+from infra.security_headers import SecurityHeaders
 from infra.settings import Settings
 from models.columns import utcnow
 from resolvers.ids import MessageIds
@@ -116,7 +119,9 @@ async def _connected_services(settings: Settings, overrides: Overrides) -> Async
         rate_limiter=RedisRateLimiter(redis, prefix=settings.redis_prefix, batch=batch)
         if redis
         else MemoryRateLimiter(),
-        passwords=Argon2Hasher(fast=overrides.fast_password_hashing),
+        passwords=Argon2Hasher(
+            fast=overrides.fast_password_hashing, max_concurrent=settings.max_concurrent_password_hashes
+        ),
         limits=_limits(settings),
     )
     if overrides.wrap:
@@ -152,6 +157,7 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> Starle
             max_depth=settings.max_query_depth,
             max_aliases=settings.max_aliases,
             max_tokens=settings.max_tokens,
+            max_query_cost=settings.max_query_cost,
             introspection=settings.introspection_enabled,
         ),
         services=runtime.get,
@@ -159,6 +165,7 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> Starle
         graphql_ide="graphiql" if settings.graphiql_enabled else None,
         allowed_origins=settings.allowed_origins,
         max_subscriptions_per_connection=settings.max_subscriptions_per_connection,
+        connection_init_wait_timeout=timedelta(seconds=settings.connection_init_timeout_seconds),
     )
 
     @contextlib.asynccontextmanager
@@ -166,12 +173,15 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> Starle
         async with _connected_services(settings, overrides) as services:
             runtime.services = services
             sweeper = asyncio.create_task(_sweep_forever(services, settings.sweep_interval_seconds))
+            # Closes sockets of revoked devices, keeps connected devices active (graph/sockets.py).
+            sockets = asyncio.create_task(graphql.sockets.run(services))
             try:
                 yield
             finally:
-                sweeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sweeper
+                for task in (sweeper, sockets):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
                 runtime.services = None
 
     async def healthz(_request: Request) -> PlainTextResponse:
@@ -199,4 +209,8 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> Starle
         lifespan=lifespan,
     )
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    # Added last, runs first: the headers go on every response (413s too), and they see the
+    # client and scheme as the trusted proxies report them.
+    app.add_middleware(SecurityHeaders, ide_html=graphql.graphql_ide_html if settings.graphiql_enabled else None)
+    app.add_middleware(TrustedProxies, trusted=settings.trusted_proxies)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import ipaddress
 import logging
 import sys
 from pathlib import Path
@@ -20,6 +21,11 @@ log = logging.getLogger("parley")
 GC_YOUNG_THRESHOLD = 20_000
 
 
+# Libraries whose debug records carry SQL parameters (message bodies, password hashes):
+# kept at INFO even when Parley logs at DEBUG. (SQLAlchemy's own hides them: infra/db.py.)
+PARAMETER_LOGGERS = ("aiosqlite",)
+
+
 def configure_logging(level: str) -> None:
     """One-line log records on stderr: time, level, logger, message."""
     logging.basicConfig(
@@ -27,6 +33,8 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for name in PARAMETER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 def _settings() -> Settings:
@@ -37,12 +45,47 @@ def _settings() -> Settings:
         raise SystemExit(f"parley: refusing to start: {messages}") from None
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only (names other than localhost count as public)."""
+    if host.lower() in {"localhost", "localhost."}:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_secret_exposure(settings: Settings, host: str) -> None:
+    """Refuses or warns when the published development secret would serve other machines.
+
+    With that secret anyone can forge message ids. Production never has it (Settings
+    refuses). On a loopback address it is harmless. On any other address: with
+    PARLEY_ENV unset, refuse to start; with PARLEY_ENV=development chosen explicitly, run
+    but log a loud warning.
+    """
+    if not settings.uses_development_secret or is_loopback(host):
+        return
+    if not settings.env_chosen:
+        raise SystemExit(
+            f"parley: refusing to start: listening on {host} with the public development secret. "
+            "Set PARLEY_SECRET_KEY (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`), "
+            "or set PARLEY_ENV=development to accept the risk on a trusted network."
+        )
+    log.warning(
+        "INSECURE: serving on %s with the public development secret (PARLEY_SECRET_KEY unset): "
+        "anyone who can reach this server can forge message ids. Set PARLEY_SECRET_KEY, or "
+        "listen on 127.0.0.1 only.",
+        host,
+    )
+
+
 def serve(host: str, port: int) -> None:
     """Serves the API with uvicorn (migrating the embedded SQLite database first)."""
     from infra.app import create_app  # noqa: PLC0415 - keep `parley --help` fast
 
     settings = _settings()
     configure_logging(settings.log_level)
+    check_secret_exposure(settings, host)
     app = create_app(settings)
     tune_garbage_collector()
     log.info("GraphQL at http://%s:%d/graphql", host, port)
@@ -51,7 +94,9 @@ def serve(host: str, port: int) -> None:
         host=host,
         port=port,
         log_level=settings.log_level.lower(),
-        proxy_headers=True,
+        # X-Forwarded-For/-Proto are read by the app, from PARLEY_TRUSTED_PROXIES only
+        # (infra/forwarded.py); uvicorn's own handling would trust 127.0.0.1 by default.
+        proxy_headers=False,
         ws="websockets-sansio",
         ws_max_size=settings.max_request_bytes,
         # Frames are small JSON; deflate doubles the CPU per frame and keeps ≈35 KiB of

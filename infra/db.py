@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -15,6 +17,11 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from resolvers.errors import ParleyError
+from resolvers.ports import AFTER_COMMIT
+
+log = logging.getLogger("parley.db")
+
 T = TypeVar("T")
 
 # PostgreSQL's deadlock_detected and serialization_failure: safe to run the transaction again.
@@ -22,9 +29,13 @@ _RETRYABLE_SQLSTATES = {"40P01", "40001"}
 
 
 def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
-    """An engine for `url`; SQLite gets foreign keys, WAL and a busy timeout."""
+    """An engine for `url`; SQLite gets foreign keys, WAL and a busy timeout.
+
+    `hide_parameters`: errors (which are logged) must not carry message bodies, password
+    hashes or token hashes, only the statement.
+    """
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
+        engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30}, hide_parameters=True)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -37,15 +48,34 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         return engine
     # No pool_pre_ping: it costs a round trip per checkout. After a database restart the
     # first failing statement invalidates the whole pool, and `transaction` runs again.
-    return create_async_engine(url, echo=echo, pool_size=10, max_overflow=20, pool_recycle=1800)
+    return create_async_engine(url, echo=echo, pool_size=10, max_overflow=20, pool_recycle=1800, hide_parameters=True)
+
+
+class CommitOutcomeUnknown(ParleyError):
+    """The connection dropped while COMMIT was in flight: the change may or may not be stored."""
+
+    code = "UNAVAILABLE"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The database connection was lost while saving; the change may have been stored. Check before trying again."
+        )
+
+
+AfterCommit = Callable[[AsyncSession], Awaitable[object]]
+
+
+def _sqlstate(error: DBAPIError) -> str | None:
+    code = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
+    return code if isinstance(code, str) else None
 
 
 class Database:
-    """Hands out sessions; `transaction` retries deadlocks and dropped connections so callers need not."""
+    """Hands out sessions; `transaction` retries what surely did not commit, so callers need not."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, session_class: type[AsyncSession] = AsyncSession) -> None:
         self.engine = engine
-        self._sessions = async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+        self._sessions = async_sessionmaker(engine, class_=session_class, expire_on_commit=False)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -54,19 +84,42 @@ class Database:
             yield session
 
     async def transaction(self, work: Callable[[AsyncSession], Awaitable[T]], *, attempts: int = 5) -> T:
-        """Runs `work` in one transaction and commits; reruns it on a deadlock or a dropped connection."""
+        """Runs `work` in one transaction and commits; reruns it only when nothing can have been stored.
+
+        Deadlocks and serialization failures roll back for sure, and so does a connection lost
+        before COMMIT was sent: those run `work` again. A connection lost during COMMIT leaves the
+        outcome unknown; running `work` again could do it twice (a second group, NOT_FOUND for a
+        removal that happened), so that raises `CommitOutcomeUnknown` instead.
+        """
         for attempt in range(1, attempts + 1):
             async with self._sessions() as session:
                 try:
                     result = await work(session)
-                    await session.commit()
-                    return result
                 except DBAPIError as error:
-                    await session.rollback()
-                    code = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
-                    retryable = code in _RETRYABLE_SQLSTATES or error.connection_invalidated
+                    with contextlib.suppress(Exception):
+                        await session.rollback()
+                    retryable = _sqlstate(error) in _RETRYABLE_SQLSTATES or error.connection_invalidated
                     if not retryable or attempt == attempts:
                         raise
+                    continue
+                try:
+                    await session.commit()
+                except DBAPIError as error:
+                    with contextlib.suppress(Exception):
+                        await session.rollback()
+                    if _sqlstate(error) in _RETRYABLE_SQLSTATES and attempt < attempts:
+                        continue  # the server refused the COMMIT: it rolled back
+                    if error.connection_invalidated:
+                        raise CommitOutcomeUnknown() from error
+                    raise
+                hooks: list[AfterCommit] = session.info.pop(AFTER_COMMIT, [])
+            for hook in hooks:
+                try:
+                    await self.transaction(hook)
+                except Exception:
+                    # Best effort: the periodic sweep finds what this leaves behind.
+                    log.warning("after-commit work failed", exc_info=True)
+            return result
         raise AssertionError("unreachable")
 
     async def ping(self) -> None:

@@ -6,8 +6,9 @@ acknowledgement; one prepared statement of data-modifying CTEs costs about
 these statements bypass SQLAlchemy.
 
 Rules the statements keep:
-- Inbox heads are locked in user id order (`ORDER BY … FOR UPDATE`) so concurrent
-  fan-outs to overlapping groups cannot deadlock; a deadlock is retried anyway.
+- Locks are taken in one global order: conversation row, member rows, inbox heads in
+  user id order (`ORDER BY … FOR UPDATE`), so sends, acknowledgements and group changes
+  cannot deadlock each other; a deadlock is retried anyway.
 - Heads stay locked until commit, so one user's entries commit in position order.
 - All sub-statements of one `WITH` share one snapshot: the prune computes its floor
   from the rows it locked, and the orphaned-message check runs as a later
@@ -57,13 +58,30 @@ class StoreUnavailable(ConnectionError):
     """PostgreSQL did not answer (shown to clients as UNAVAILABLE)."""
 
 
+# Locks in the one order every writer of a conversation keeps (resolvers/conversations.py too):
+# the conversation row, then member rows, then inbox heads in user id order. The member rows are
+# locked (FOR KEY SHARE, which a removal's DELETE waits for) so that membership holds until
+# commit; and a member removed while this statement waited for the conversation is skipped,
+# although its snapshot is older. $1 conversation, $2 sender, $3 clientId, $4 body, $5 sent at,
+# $6 sending device.
 SEND = """
-WITH member AS (
-    SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $2
+WITH conv AS (
+    -- only a member (as of the snapshot) may lock the conversation; the member CTE then decides
+    SELECT c.id, c.kind FROM conversations c
+    WHERE c.id = $1 AND EXISTS (SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $2)
+    FOR NO KEY UPDATE OF c
+),
+device AS (
+    SELECT 1 FROM devices WHERE id = $6 AND user_id = $2
+),
+member AS (
+    SELECT 1 FROM members m
+    WHERE m.conversation_id = $1 AND m.user_id = $2 AND EXISTS (SELECT 1 FROM conv)
+    FOR KEY SHARE OF m
 ),
 sent_key AS (
     INSERT INTO sent_keys (sender_id, client_id, message_id, conversation_id, sent_at)
-    SELECT $2, $3, nextval('messages_id_seq'), $1, $5 FROM member
+    SELECT $2, $3, nextval('messages_id_seq'), $1, $5 FROM member WHERE EXISTS (SELECT 1 FROM device)
     ON CONFLICT DO NOTHING
     RETURNING message_id
 ),
@@ -77,6 +95,13 @@ recipients AS (
     WHERE m.conversation_id = $1 AND EXISTS (SELECT 1 FROM message)
       -- the sender's own inbox only when another of their devices needs the message
       AND (m.user_id <> $2 OR EXISTS (SELECT 1 FROM devices d WHERE d.user_id = $2 AND d.id <> $6))
+      -- in a direct conversation, nothing reaches a member who blocked the sender (it stays SENT)
+      AND NOT EXISTS (
+          SELECT 1 FROM blocks b, conv
+          WHERE conv.kind = 'DIRECT' AND b.blocker_id = m.user_id AND b.blocked_id = $2
+      )
+    ORDER BY m.user_id
+    FOR KEY SHARE OF m
 ),
 locked AS (
     SELECT h.user_id FROM inbox_heads h JOIN recipients r ON r.user_id = h.user_id
@@ -96,6 +121,7 @@ touched AS (
     WHERE id = $1 AND last_activity_at < $5 AND EXISTS (SELECT 1 FROM message)
 )
 SELECT EXISTS (SELECT 1 FROM member) AS is_member,
+       EXISTS (SELECT 1 FROM device) AS device_known,
        (SELECT id FROM message) AS message_id,
        u.username, u.display_name,
        (SELECT array_agg(user_id ORDER BY user_id) FROM heads) AS users,
@@ -105,7 +131,9 @@ FROM users u WHERE u.id = $2
 
 EARLIER_SEND = """
 SELECT k.message_id, k.conversation_id, k.sent_at,
-       m.id AS stored_id, m.client_id, m.body, m.sent_at AS stored_at, u.username, u.display_name
+       m.id AS stored_id, m.client_id, m.body, m.sent_at AS stored_at, u.username, u.display_name,
+       (SELECT array_agg(e.user_id ORDER BY e.user_id) FROM inbox_entries e WHERE e.message_id = m.id) AS users,
+       (SELECT array_agg(e.seq ORDER BY e.user_id) FROM inbox_entries e WHERE e.message_id = m.id) AS seqs
 FROM sent_keys k
 LEFT JOIN messages m ON m.id = k.message_id
 LEFT JOIN users u ON u.id = k.sender_id
@@ -291,7 +319,9 @@ class PgDeliveryStore:
             lambda c: c.fetchrow(SEND, conversation_id, sender_id, client_id, body, sent_at, device_id)
         )
         if row is None:  # the sender's account is gone
-            return SendOutcome(is_member=False, message=None)
+            return SendOutcome(is_member=False, message=None, device_known=False)
+        if not row["device_known"]:
+            return SendOutcome(is_member=bool(row["is_member"]), message=None, device_known=False)
         if row["message_id"] is None:
             return SendOutcome(is_member=bool(row["is_member"]), message=None)
         message = StoredMessage(
@@ -324,7 +354,8 @@ class PgDeliveryStore:
                 body=row["body"],
                 sent_at=row["stored_at"],
             )
-        return EarlierSend(row["message_id"], row["conversation_id"], row["sent_at"], message)
+        deliveries = list(zip(row["users"] or (), row["seqs"] or (), strict=True))
+        return EarlierSend(row["message_id"], row["conversation_id"], row["sent_at"], message, deliveries)
 
     async def acknowledge(self, *, user_id: int, device_id: int, seq: int, at: datetime) -> AckOutcome:
         """Advances the device, raises DELIVERED watermarks and prunes; batched with concurrent calls."""

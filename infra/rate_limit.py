@@ -10,23 +10,30 @@ from infra.redis_batch import RedisBatch
 
 
 class MemoryRateLimiter:
-    """Fixed-window counters for a single process."""
+    """Fixed-window counters for a single process; a window ends as a Redis key expires."""
+
+    # Expired windows are dropped when this many keys are held (random usernames and
+    # addresses would otherwise grow the dict without bound).
+    PRUNE_AT = 100_000
 
     def __init__(self) -> None:
-        self._counts: dict[str, tuple[float, int]] = {}
+        self._counts: dict[str, tuple[float, int]] = {}  # key -> (window's end, count)
 
-    async def hit(self, key: str, *, window_seconds: int) -> int:
-        """Counts one event for `key` and returns the window's count."""
+    async def hit(self, key: str, *, window_seconds: int, amount: int = 1) -> int:
+        """Counts `amount` events for `key` and returns the window's count."""
         now = time.monotonic()
-        started, count = self._counts.get(key, (now, 0))
-        if now - started >= window_seconds:
-            started, count = now, 0
-        self._counts[key] = (started, count + 1)
-        return count + 1
+        ends, count = self._counts.get(key, (now, 0))
+        if now >= ends:
+            ends, count = now + window_seconds, 0
+            if len(self._counts) >= self.PRUNE_AT:
+                self._counts = {k: v for k, v in self._counts.items() if v[0] > now}
+        self._counts[key] = (ends, count + amount)
+        return count + amount
 
     async def count(self, key: str) -> int:
-        """Events counted for `key` in its current window."""
-        return self._counts.get(key, (0.0, 0))[1]
+        """Events counted for `key` in its current window (0 once the window has ended)."""
+        ends, count = self._counts.get(key, (0.0, 0))
+        return count if time.monotonic() < ends else 0
 
     async def reset(self, key: str) -> None:
         """Forgets `key`."""
@@ -36,8 +43,8 @@ class MemoryRateLimiter:
 # One round trip, atomic: the first hit of a window sets its expiry, so a key can never
 # be left without one (INCR then EXPIRE as two commands could, if the process died between).
 _HIT = """
-local count = redis.call('INCR', KEYS[1])
-if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+local count = redis.call('INCRBY', KEYS[1], ARGV[2])
+if count == tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return count
 """
 
@@ -50,11 +57,11 @@ class RedisRateLimiter:
         self._prefix = prefix
         self._batch = batch or RedisBatch(redis)
 
-    async def hit(self, key: str, *, window_seconds: int) -> int:
-        """Counts one event for `key` and returns the window's count."""
+    async def hit(self, key: str, *, window_seconds: int, amount: int = 1) -> int:
+        """Counts `amount` events for `key` and returns the window's count."""
         # EVAL, not redis-py's Script: in a pipeline that one asks SCRIPT EXISTS first, a
         # second round trip per batch; Redis caches the compiled script either way.
-        return int(await self._batch.call("EVAL", _HIT, 1, f"{self._prefix}rate:{key}", window_seconds))
+        return int(await self._batch.call("EVAL", _HIT, 1, f"{self._prefix}rate:{key}", window_seconds, amount))
 
     async def count(self, key: str) -> int:
         """Events counted for `key` in its current window."""

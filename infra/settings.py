@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -86,6 +87,16 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        for proxy in value:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(f"{proxy!r} is not an IP address or CIDR network") from None
+        return value
+
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
         if self.env == "production" and (self.secret_key == DEFAULT_SECRET_KEY or len(self.secret_key) < 32):
@@ -94,6 +105,16 @@ class Settings(BaseSettings):
                 "in production (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
             )
         return self
+
+    @property
+    def uses_development_secret(self) -> bool:
+        """True with the published default secret: anyone can forge message ids with it."""
+        return self.secret_key == DEFAULT_SECRET_KEY
+
+    @property
+    def env_chosen(self) -> bool:
+        """Whether PARLEY_ENV (or `env=`) was given, rather than development by default."""
+        return "env" in self.model_fields_set
 
     @property
     def is_production(self) -> bool:

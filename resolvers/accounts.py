@@ -3,23 +3,27 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from models import Device, InboxHead, User
 from models.columns import utcnow
-from resolvers.errors import BadUserInput, Conflict, RateLimited, Unauthenticated
+from resolvers import auth_limits
+from resolvers.errors import BadUserInput, Conflict, NotFound, Unauthenticated
 from resolvers.inbox import prune_inbox
 from resolvers.notify import notify_best_effort
-from resolvers.ports import Services
+from resolvers.ports import Limits, Services
+from resolvers.text import check_visible_text
 
 log = logging.getLogger("parley.accounts")
 
@@ -28,6 +32,7 @@ MIN_PASSWORD, MAX_PASSWORD = 8, 256
 MAX_DISPLAY_NAME = MAX_DEVICE_NAME = 64
 # Device activity is written at most this often, so each request is not a database write.
 ACTIVITY_WRITE_INTERVAL = timedelta(minutes=5)
+GET_USERS_CHUNK = 1000
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,8 @@ class Session:
 
 def hash_token(token: str) -> str:
     """The stored form of a bearer token."""
-    return hashlib.sha256(token.encode()).hexdigest()
+    # surrogatepass: a lone surrogate (JSON connection params allow one) names no token; never crash on it.
+    return hashlib.sha256(token.encode(errors="surrogatepass")).hexdigest()
 
 
 def _clean_username(username: str) -> str:
@@ -68,7 +74,7 @@ def _clean_label(value: str | None, *, what: str, default: str, limit: int) -> s
     text = " ".join((value or "").split())
     if len(text) > limit:
         raise BadUserInput(f"{what} is at most {limit} characters.")
-    return text or default
+    return check_visible_text(text, what=what) or default
 
 
 async def _new_device(session: AsyncSession, user_id: int, device_name: str | None) -> tuple[str, Device]:
@@ -90,11 +96,17 @@ async def register(
     password: str,
     display_name: str | None,
     device_name: str | None,
+    address: str | None = None,
 ) -> Session:
-    """Creates an account and its first device; `Conflict` if the username is taken."""
+    """Creates an account and its first device; `Conflict` if the username is taken.
+
+    Counts against the attempts of the client `address` before the password is hashed.
+    """
     name = _clean_username(username)
     _check_password(password)
     display = _clean_label(display_name, what="displayName", default=name, limit=MAX_DISPLAY_NAME)
+    _clean_label(device_name, what="deviceName", default="", limit=MAX_DEVICE_NAME)  # before the hash
+    await auth_limits.count_attempt(services, address)
     password_hash = await services.passwords.hash(password)
     async with services.db.session() as session:
         user = User(
@@ -117,24 +129,33 @@ async def register(
     return Session(token=token, user=user, device=device)
 
 
-async def login(services: Services, *, username: str, password: str, device_name: str | None) -> Session:
-    """Checks the password and creates a new device; repeated failures are rate limited."""
-    name = username.strip().lower()[:64]
-    limit_key = f"login:{name}"
-    limits = services.limits
-    if await services.rate_limiter.count(limit_key) >= limits.login_max_failures:
-        raise RateLimited("Too many failed logins for this username; try again later.")
+async def login(
+    services: Services, *, username: str, password: str, device_name: str | None, address: str | None = None
+) -> Session:
+    """Checks the password and creates a new device.
+
+    Attempts are counted (per client `address` and per username, atomically) before the
+    password is checked; a success clears the username's failures.
+    """
+    name = username.strip().lower()
+    # Refused before a hash is paid for: the device name, and names no account can have.
+    _clean_label(device_name, what="deviceName", default="", limit=MAX_DEVICE_NAME)
+    if not USERNAME.fullmatch(name) or len(password) > MAX_PASSWORD:
+        raise Unauthenticated("Wrong username or password.")
+    await auth_limits.count_attempt(services, address)
+    await auth_limits.count_login(services, name)
+    # No database connection is held while the hash waits for its slot and runs.
     async with services.db.session() as session:
         user = (await session.execute(select(User).where(col(User.username) == name))).scalar_one_or_none()
-        valid = await services.passwords.verify(user.password_hash if user else None, password)
-        if user is None or not valid:
-            await services.rate_limiter.hit(limit_key, window_seconds=limits.login_failure_window_seconds)
-            log.info("failed login for %r", name)
-            raise Unauthenticated("Wrong username or password.")
-        assert user.id is not None
+    valid = await services.passwords.verify(user.password_hash if user else None, password)
+    if user is None or not valid:
+        log.info("failed login for %r", name)
+        raise Unauthenticated("Wrong username or password.")
+    assert user.id is not None
+    async with services.db.session() as session:
         token, device = await _new_device(session, user.id, device_name)
         await session.commit()
-    await services.rate_limiter.reset(limit_key)
+    await auth_limits.login_succeeded(services, name)
     log.info("user %s logged in as device %s", user.id, device.id)
     return Session(token=token, user=user, device=device)
 
@@ -148,7 +169,7 @@ async def authenticate(services: Services, authorization: str | None) -> Viewer:
         raise Unauthenticated("The Authorization value must be 'Bearer <token>'.")
     now = utcnow()
     found = await services.delivery.device_for_token(
-        hash_token(token.strip()), now=now, touch_before=now - ACTIVITY_WRITE_INTERVAL
+        hash_token(token.strip()), now=now, touch_before=now - activity_interval(services.limits)
     )
     if found is None:
         raise Unauthenticated("This token is not valid (logged out or expired).")
@@ -157,25 +178,30 @@ async def authenticate(services: Services, authorization: str | None) -> Viewer:
 
 
 async def logout(services: Services, viewer: Viewer) -> None:
-    """Revokes the device's token and drops its pending events."""
+    """Revokes the device's token and drops its pending events; its sockets close on every process."""
 
     async def work(session: AsyncSession) -> None:
         await session.execute(delete(Device).where(col(Device.id) == viewer.device_id))
         await prune_inbox(session, [viewer.user_id])
 
     await services.db.transaction(work)
-    # Ends this device's open event streams now, on whichever process holds them.
-    await notify_best_effort(services, [viewer.user_id], {"logout": viewer.device_id})
+    await announce_revoked(services, [(viewer.device_id, viewer.user_id)])
     log.info("device %s of user %s logged out", viewer.device_id, viewer.user_id)
 
 
-async def get_users(services: Services, user_ids: list[int]) -> dict[int, User]:
-    """Users by id (missing ids are absent)."""
-    if not user_ids:
+async def get_users(services: Services, user_ids: Sequence[int]) -> dict[int, User]:
+    """Users by id (missing ids are absent); one session, one statement per 1,000 ids."""
+    unique = list(dict.fromkeys(user_ids))
+    if not unique:
         return {}
+    found: dict[int, User] = {}
     async with services.db.session() as session:
-        rows = (await session.execute(select(User).where(col(User.id).in_(user_ids)))).scalars().all()
-    return {user.id: user for user in rows if user.id is not None}
+        # Chunked: an IN list past the driver's bind-parameter limit (32,767 on asyncpg) fails.
+        for start in range(0, len(unique), GET_USERS_CHUNK):
+            chunk = unique[start : start + GET_USERS_CHUNK]
+            rows = (await session.execute(select(User).where(col(User.id).in_(chunk)))).scalars().all()
+            found.update((user.id, user) for user in rows if user.id is not None)
+    return found
 
 
 async def search_users(services: Services, *, prefix: str, first: int) -> list[User]:
@@ -205,3 +231,163 @@ async def search_users(services: Services, *, prefix: str, first: int) -> list[U
             .all()
         )
     return list(rows)
+
+
+# Bus channel of revocation notices: every process closes the revoked devices' sockets.
+REVOKED_CHANNEL = "devices:revoked"
+# Device ids per statement when touching or checking many (asyncpg takes at most 32,767 binds).
+_ID_CHUNK = 10_000
+_NOTICE_CHUNK = 1_000
+
+
+def activity_interval(limits: Limits) -> timedelta:
+    """How often a device in use has its activity written: rarely, but well within the expiry."""
+    return min(ACTIVITY_WRITE_INTERVAL, timedelta(days=limits.device_inactivity_days) / 4)
+
+
+def revoked_devices(message: str) -> list[int]:
+    """The device ids a notice on `REVOKED_CHANNEL` names (none for anything malformed)."""
+    try:
+        data = json.loads(message)
+        return [int(device_id) for device_id in data["devices"]]
+    except (ValueError, TypeError, KeyError):
+        log.warning("ignored a malformed revocation notice")
+        return []
+
+
+async def announce_revoked(services: Services, revoked: Sequence[tuple[int, int]]) -> None:
+    """Tells every process that these (device, user) pairs are revoked (after the commit).
+
+    Sockets of those devices close and their event streams end; a lost notice leaves a
+    socket open whose operations still fail where they touch the device (and a process
+    re-checks its sockets against the database after a broker outage).
+    """
+    pairs = sorted(set(revoked))
+    # In chunks: a sweep may expire many devices at once, and every stream scans the list.
+    for start in range(0, len(pairs), _NOTICE_CHUNK):
+        chunk = pairs[start : start + _NOTICE_CHUNK]
+        device_ids = [device_id for device_id, _ in chunk]
+        try:
+            await services.bus.publish_many([(REVOKED_CHANNEL, json.dumps({"devices": device_ids}))])
+        except Exception:
+            log.warning("publish of the revocation of %d devices failed", len(device_ids), exc_info=True)
+        # Its event streams end with UNAUTHENTICATED on this per-user notice, if it beats the close.
+        await notify_best_effort(services, {user_id for _, user_id in chunk}, {"revoked": device_ids})
+
+
+async def _require_device(session: AsyncSession, viewer: Viewer) -> None:
+    """`Unauthenticated` unless the viewer's device still exists (a socket's viewer is fixed at connect)."""
+    found = await session.execute(
+        select(col(Device.id)).where(col(Device.id) == viewer.device_id, col(Device.user_id) == viewer.user_id)
+    )
+    if found.scalar_one_or_none() is None:
+        raise Unauthenticated("This token is not valid (logged out or expired).")
+
+
+async def list_devices(services: Services, viewer: Viewer) -> list[Device]:
+    """The viewer's own devices, most recently active first."""
+    async with services.db.session() as session:
+        rows = list(
+            (
+                await session.execute(
+                    select(Device)
+                    .where(col(Device.user_id) == viewer.user_id)
+                    .order_by(col(Device.last_active_at).desc(), col(Device.id).desc())
+                )
+            )
+            .scalars()
+            .all()
+        )
+    if not any(row.id == viewer.device_id for row in rows):
+        raise Unauthenticated("This token is not valid (logged out or expired).")
+    return rows
+
+
+async def revoke_device(services: Services, viewer: Viewer, device_id: int) -> None:
+    """Revokes one of the viewer's devices (maybe the current one) and drops its pending events.
+
+    `NotFound` for a device that is not the viewer's. Its sockets close on every process.
+    """
+
+    async def work(session: AsyncSession) -> None:
+        await _require_device(session, viewer)
+        deleted = await session.execute(
+            delete(Device)
+            .where(col(Device.id) == device_id, col(Device.user_id) == viewer.user_id)
+            .returning(col(Device.id))
+        )
+        if deleted.scalar_one_or_none() is None:
+            raise NotFound("No such device.")
+        await prune_inbox(session, [viewer.user_id])
+
+    await services.db.transaction(work)
+    await announce_revoked(services, [(device_id, viewer.user_id)])
+    log.info("device %s of user %s revoked by device %s", device_id, viewer.user_id, viewer.device_id)
+
+
+async def change_password(services: Services, viewer: Viewer, *, old_password: str, new_password: str) -> list[int]:
+    """Sets a new password and revokes every other device of the user; returns their ids.
+
+    The current device stays logged in. A wrong old password is `Unauthenticated`, and
+    repeated failures are rate limited like logins (a stolen token must not guess it).
+    """
+    # Counted before the check, atomically: parallel guesses cannot all pass.
+    await auth_limits.count_password_check(services, viewer.user_id)
+    async with services.db.session() as session:
+        current = (
+            await session.execute(select(col(User.password_hash)).where(col(User.id) == viewer.user_id))
+        ).scalar_one_or_none()
+    if not await services.passwords.verify(current, old_password):
+        raise Unauthenticated("The old password is wrong.")
+    _check_password(new_password)
+    new_hash = await services.passwords.hash(new_password)
+
+    async def work(session: AsyncSession) -> list[int]:
+        await _require_device(session, viewer)
+        await session.execute(update(User).where(col(User.id) == viewer.user_id).values(password_hash=new_hash))
+        others = await session.execute(
+            delete(Device)
+            .where(col(Device.user_id) == viewer.user_id, col(Device.id) != viewer.device_id)
+            .returning(col(Device.id))
+        )
+        revoked = [device_id for (device_id,) in others.all() if device_id is not None]
+        if revoked:
+            await prune_inbox(session, [viewer.user_id])
+        return revoked
+
+    revoked = await services.db.transaction(work)
+    await auth_limits.password_check_succeeded(services, viewer.user_id)
+    await announce_revoked(services, [(device_id, viewer.user_id) for device_id in revoked])
+    log.info("user %s changed the password; %d other devices revoked", viewer.user_id, len(revoked))
+    return revoked
+
+
+async def touch_devices(services: Services, device_ids: Sequence[int], *, now: datetime) -> None:
+    """Records activity of devices in use without a request (open sockets), as `authenticate` would."""
+    ids = sorted(set(device_ids))
+    touch_before = now - activity_interval(services.limits)
+
+    async def work(session: AsyncSession) -> None:
+        for start in range(0, len(ids), _ID_CHUNK):
+            await session.execute(
+                update(Device)
+                .where(col(Device.id).in_(ids[start : start + _ID_CHUNK]), col(Device.last_active_at) < touch_before)
+                .values(last_active_at=now)
+                .execution_options(synchronize_session=False)
+            )
+
+    if ids:
+        await services.db.transaction(work)
+
+
+async def existing_devices(services: Services, device_ids: Sequence[int]) -> set[int]:
+    """Those of these devices that are not revoked."""
+    ids = sorted(set(device_ids))
+    found: set[int] = set()
+    async with services.db.session() as session:
+        for start in range(0, len(ids), _ID_CHUNK):
+            rows = await session.execute(
+                select(col(Device.id)).where(col(Device.id).in_(ids[start : start + _ID_CHUNK]))
+            )
+            found.update(device_id for (device_id,) in rows.all() if device_id is not None)
+    return found

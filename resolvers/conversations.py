@@ -3,6 +3,15 @@
 Every change is announced as a durable `ConversationEvent` in the inboxes of the
 users concerned (the members after the change, plus anyone removed or leaving),
 written in the same transaction as the change and published after commit.
+
+Lock order, the same as `sendMessage`'s (infra/pg_delivery.py): the conversation row
+(FOR NO KEY UPDATE), then member rows, then inbox heads in user id order. A change
+to a group therefore waits for sends in flight there and the other way round, and
+neither can deadlock the other.
+
+Fan-out is limited per user and hour (settings): conversations created (a direct
+conversation that exists already does not count), users added to groups, renames.
+A user who blocked the viewer cannot be put in a conversation by them (resolvers/blocks.py).
 """
 
 from __future__ import annotations
@@ -15,21 +24,32 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 from sqlmodel import col
 
 from models import Conversation, ConversationKind, EventKind, Member, MemberRole, User
 from models.columns import utcnow
 from resolvers.accounts import Viewer
-from resolvers.errors import BadUserInput, Forbidden, NotFound
+from resolvers.blocks import refuse_if_blocked
+from resolvers.errors import BadUserInput, Forbidden, NotFound, RateLimited
 from resolvers.inbox import Appended, append_events
 from resolvers.notify import commit_then_publish
 from resolvers.ports import Services
+from resolvers.text import check_visible_text
 
 log = logging.getLogger("parley.conversations")
 
 MAX_TITLE = 100
-MAX_CONVERSATIONS_LISTED = 1000
+# Pages of the viewer's conversation list and of a conversation's members (issue 7:
+# a list of every conversation with every member was one unbounded query).
+CONVERSATIONS_PAGE = 50
+MAX_CONVERSATIONS_PAGE = 100
+MEMBERS_PAGE = 100
+MAX_MEMBERS_PAGE = 100
+# Ids per IN list: far below the driver's bind-parameter limit (32,767 on asyncpg).
+BATCH = 1000
 MANAGERS = (MemberRole.OWNER, MemberRole.ADMIN)
+HOUR = 3600
 
 
 class Change:
@@ -41,6 +61,24 @@ class Change:
     RENAMED = "RENAMED"
     LEFT = "LEFT"
     ROLE_CHANGED = "ROLE_CHANGED"
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationHeader:
+    """A conversation as one viewer sees it, without its members (those come in pages).
+
+    `is_member` is False for a conversation the viewer has left or was removed from
+    (an event still names it): its members are not shown.
+    """
+
+    conversation: Conversation
+    muted: bool
+    is_member: bool
+
+    @property
+    def id(self) -> int:
+        assert self.conversation.id is not None
+        return self.conversation.id
 
 
 @dataclass(frozen=True)
@@ -61,7 +99,7 @@ def _title(value: str) -> str:
     title = " ".join(value.split())
     if not 1 <= len(title) <= MAX_TITLE:
         raise BadUserInput(f"A group title is 1 to {MAX_TITLE} characters.")
-    return title
+    return check_visible_text(title, what="A group title")
 
 
 def _user_ids(values: Sequence[int], *, limit: int) -> list[int]:
@@ -97,12 +135,36 @@ async def member_ids(session: AsyncSession, conversation_id: int) -> list[int]:
 
 
 async def _group(session: AsyncSession, conversation_id: int, viewer: Viewer) -> tuple[Conversation, Member]:
+    # The conversation row first, then members (the global lock order); membership is read
+    # after the lock, so it reflects every change committed before ours.
+    conversation = await session.get(Conversation, conversation_id, with_for_update={"key_share": True})
     me = await membership(session, conversation_id, viewer.user_id)
-    conversation = await session.get(Conversation, conversation_id, with_for_update=True)
     assert conversation is not None
     if conversation.kind is not ConversationKind.GROUP:
         raise BadUserInput("Only group conversations have members to change.")
     return conversation, me
+
+
+async def _spend(services: Services, key: str, *, limit: int, amount: int = 1, what: str) -> None:
+    """Counts `amount` against the viewer's hourly `limit`; `RateLimited` past it (fails open)."""
+    try:
+        count = await services.rate_limiter.hit(key, window_seconds=HOUR, amount=amount)
+    except Exception:
+        # Fail open: a cache outage must not stop people from chatting.
+        log.warning("rate limit %s unchecked", key, exc_info=True)
+        return
+    if count > limit:
+        raise RateLimited(f"At most {limit} {what} an hour; try again later.")
+
+
+async def _spend_conversation(services: Services, viewer: Viewer) -> None:
+    limit = services.limits.conversations_per_hour
+    await _spend(services, f"conversations:{viewer.user_id}", limit=limit, what="new conversations")
+
+
+async def _spend_additions(services: Services, viewer: Viewer, count: int) -> None:
+    limit = services.limits.member_additions_per_hour
+    await _spend(services, f"additions:{viewer.user_id}", limit=limit, amount=count, what="users added to groups")
 
 
 def _require_manager(me: Member) -> None:
@@ -183,7 +245,11 @@ async def _create(
 
 
 async def start_direct_conversation(services: Services, viewer: Viewer, *, user_id: int) -> ConversationView:
-    """The one DIRECT conversation of the viewer and `user_id`, created on first use (idempotent)."""
+    """The one DIRECT conversation of the viewer and `user_id`, created on first use (idempotent).
+
+    `Forbidden` when it does not exist yet and `user_id` has blocked the viewer; only a
+    creation counts against the hourly limit.
+    """
     if user_id == viewer.user_id:
         raise BadUserInput("A direct conversation needs another user.")
     low, high = sorted((viewer.user_id, user_id))
@@ -194,8 +260,12 @@ async def start_direct_conversation(services: Services, viewer: Viewer, *, user_
             await session.execute(select(col(Conversation.id)).where(col(Conversation.direct_key) == key))
         ).scalar()
         if existing is not None:
+            # Even if the other has blocked the viewer since: it is theirs already, and what
+            # they send in it is no longer delivered (nothing here says so).
             return await _view(session, existing, viewer.user_id), []
         await _require_users(session, [user_id])
+        await refuse_if_blocked(session, viewer.user_id, [user_id])
+        await _spend_conversation(services, viewer)
         roles = {viewer.user_id: MemberRole.MEMBER, user_id: MemberRole.MEMBER}
         return await _create(
             session, Conversation(kind=ConversationKind.DIRECT, direct_key=key), roles, actor_id=viewer.user_id
@@ -217,7 +287,11 @@ async def start_direct_conversation(services: Services, viewer: Viewer, *, user_
 async def create_group(
     services: Services, viewer: Viewer, *, title: str, member_ids: Sequence[int]
 ) -> ConversationView:
-    """A GROUP with the viewer as OWNER and the others as MEMBERs; at most `max_group_members` in all."""
+    """A GROUP with the viewer as OWNER and the others as MEMBERs; at most `max_group_members` in all.
+
+    Counts as a new conversation and its members as users added (hourly limits); `Forbidden`
+    when one of them has blocked the viewer.
+    """
     name = _title(title)
     limit = services.limits.max_group_members
     others = [uid for uid in _user_ids(member_ids, limit=limit) if uid != viewer.user_id]
@@ -226,6 +300,9 @@ async def create_group(
 
     async def work(session: AsyncSession) -> tuple[ConversationView, list[Appended]]:
         await _require_users(session, others)
+        await refuse_if_blocked(session, viewer.user_id, others)
+        await _spend_conversation(services, viewer)
+        await _spend_additions(services, viewer, len(others))
         roles = {viewer.user_id: MemberRole.OWNER, **dict.fromkeys(others, MemberRole.MEMBER)}
         return await _create(
             session, Conversation(kind=ConversationKind.GROUP, title=name), roles, actor_id=viewer.user_id
@@ -239,7 +316,11 @@ async def create_group(
 async def add_members(
     services: Services, viewer: Viewer, *, conversation_id: int, user_ids: Sequence[int]
 ) -> ConversationView:
-    """Adds users to a group (OWNER or ADMIN); users already in it are left as they are."""
+    """Adds users to a group (OWNER or ADMIN); users already in it are left as they are.
+
+    The users actually added count against the viewer's hourly limit; `Forbidden` when one
+    of them has blocked the viewer.
+    """
     limit = services.limits.max_group_members
     wanted = _user_ids(user_ids, limit=limit)
     if not wanted:
@@ -255,6 +336,8 @@ async def add_members(
             raise BadUserInput(f"A group has at most {limit} members.")
         if not new:
             return await _view(session, conversation_id, viewer.user_id), []
+        await refuse_if_blocked(session, viewer.user_id, new)
+        await _spend_additions(services, viewer, len(new))
         now = utcnow()
         session.add_all(
             [
@@ -338,7 +421,7 @@ async def set_member_role(
 
 
 async def rename_group(services: Services, viewer: Viewer, *, conversation_id: int, title: str) -> ConversationView:
-    """Renames a group (OWNER or ADMIN)."""
+    """Renames a group (OWNER or ADMIN); a rename that changes the title counts against an hourly limit."""
     name = _title(title)
 
     async def work(session: AsyncSession) -> tuple[ConversationView, list[Appended]]:
@@ -346,6 +429,7 @@ async def rename_group(services: Services, viewer: Viewer, *, conversation_id: i
         _require_manager(me)
         if conversation.title == name:
             return await _view(session, conversation_id, viewer.user_id), []
+        await _spend(services, f"renames:{viewer.user_id}", limit=services.limits.renames_per_hour, what="renames")
         conversation.title = name
         session.add(conversation)
         await session.flush()
@@ -405,37 +489,135 @@ async def mute_conversation(
         return await _view(session, conversation_id, viewer.user_id)
 
 
-async def get_conversation(services: Services, viewer: Viewer, conversation_id: int) -> ConversationView:
-    """One conversation of the viewer's; `NotFound` for others."""
+async def get_conversation(services: Services, viewer: Viewer, conversation_id: int) -> ConversationHeader:
+    """One conversation of the viewer's, without its members (`member_pages`); `NotFound` for others."""
+    found = await conversation_headers(services, viewer, [conversation_id])
+    header = found.get(conversation_id)
+    if header is None or not header.is_member:
+        raise NotFound("No such conversation.")
+    return header
+
+
+async def conversation_headers(
+    services: Services, viewer: Viewer, conversation_ids: Sequence[int]
+) -> dict[int, ConversationHeader]:
+    """Conversations by id as the viewer sees them, in one session; missing ones are absent.
+
+    Also for conversations the viewer has left (events name them): `is_member` says
+    whether their members may be shown. The caller decides who may ask for which id.
+    """
+    unique = list(dict.fromkeys(conversation_ids))
+    found: dict[int, ConversationHeader] = {}
+    if not unique:
+        return found
+    mine = (col(Member.conversation_id) == col(Conversation.id)) & (col(Member.user_id) == viewer.user_id)
     async with services.db.session() as session:
-        await membership(session, conversation_id, viewer.user_id)
-        return await _view(session, conversation_id, viewer.user_id)
-
-
-async def conversation_for_event(services: Services, viewer: Viewer, conversation_id: int) -> ConversationView | None:
-    """A conversation named by an event; a user no longer in it sees it without its members."""
-    async with services.db.session() as session:
-        views = await _views(session, [conversation_id], viewer.user_id)
-    if not views:
-        return None
-    view = views[0]
-    if all(member.user_id != viewer.user_id for member in view.members):
-        return ConversationView(view.conversation, members=[], muted=False)
-    return view
-
-
-async def list_conversations(services: Services, viewer: Viewer) -> list[ConversationView]:
-    """The viewer's conversations, most recently active first."""
-    async with services.db.session() as session:
-        ids = list(
-            (
-                await session.execute(
-                    select(col(Conversation.id))
-                    .join(Member, col(Member.conversation_id) == col(Conversation.id))
-                    .where(col(Member.user_id) == viewer.user_id)
-                    .order_by(col(Conversation.last_activity_at).desc(), col(Conversation.id).desc())
-                    .limit(MAX_CONVERSATIONS_LISTED)
+        for start in range(0, len(unique), BATCH):
+            chunk = unique[start : start + BATCH]
+            rows = await session.execute(
+                select(Conversation, col(Member.user_id), col(Member.muted))
+                .outerjoin(Member, mine)
+                .where(col(Conversation.id).in_(chunk))
+            )
+            for conversation, member, muted in rows:
+                assert conversation.id is not None
+                found[conversation.id] = ConversationHeader(
+                    conversation, muted=bool(muted), is_member=member is not None
                 )
-            ).scalars()
+    return found
+
+
+async def member_pages(
+    services: Services, conversation_ids: Sequence[int], *, first: int, after: int | None
+) -> dict[int, list[Member]]:
+    """Up to `first` members of each conversation, in joining order, after the member `after`.
+
+    One statement per 1,000 conversations. A page after a user who is not a member
+    is empty. The caller checks the viewer may see these conversations' members.
+    """
+    if not 1 <= first <= MAX_MEMBERS_PAGE:
+        raise BadUserInput(f"first is between 1 and {MAX_MEMBERS_PAGE}.")
+    unique = list(dict.fromkeys(conversation_ids))
+    pages: dict[int, list[Member]] = {cid: [] for cid in unique}
+    if not unique:
+        return pages
+    async with services.db.session() as session:
+        for start in range(0, len(unique), BATCH):
+            chunk = unique[start : start + BATCH]
+            query = select(
+                Member,
+                func.row_number()
+                .over(
+                    partition_by=col(Member.conversation_id),
+                    order_by=(col(Member.joined_at), col(Member.user_id)),
+                )
+                .label("n"),
+            ).where(col(Member.conversation_id).in_(chunk))
+            if after is not None:
+                cursor = aliased(Member)
+                query = query.join(
+                    cursor,
+                    (col(cursor.conversation_id) == col(Member.conversation_id)) & (col(cursor.user_id) == after),
+                ).where(
+                    (col(Member.joined_at) > col(cursor.joined_at))
+                    | ((col(Member.joined_at) == col(cursor.joined_at)) & (col(Member.user_id) > after))
+                )
+            ranked = query.subquery()
+            member = aliased(Member, ranked)
+            rows = await session.execute(
+                select(member)
+                .where(ranked.c.n <= first)
+                .order_by(col(member.conversation_id), col(member.joined_at), col(member.user_id))
+            )
+            for row in rows.scalars():
+                pages[row.conversation_id].append(row)
+    return pages
+
+
+def page_of(members: Sequence[Member], *, first: int, after: int | None) -> list[Member]:
+    """The same page as `member_pages`, cut from a conversation's full member list (in joining order)."""
+    if not 1 <= first <= MAX_MEMBERS_PAGE:
+        raise BadUserInput(f"first is between 1 and {MAX_MEMBERS_PAGE}.")
+    start = 0
+    if after is not None:
+        position = next((i for i, m in enumerate(members) if m.user_id == after), None)
+        if position is None:
+            return []
+        start = position + 1
+    return list(members[start : start + first])
+
+
+async def list_conversations(
+    services: Services, viewer: Viewer, *, first: int = CONVERSATIONS_PAGE, after: int | None = None
+) -> list[ConversationHeader]:
+    """A page of the viewer's conversations, most recently active first, after conversation `after`.
+
+    A conversation whose activity changes between two pages moves: it may be listed
+    twice or missed, so clients refresh from the first page on a new message.
+    `after` naming a conversation the viewer is not in gives an empty page.
+    """
+    if not 1 <= first <= MAX_CONVERSATIONS_PAGE:
+        raise BadUserInput(f"first is between 1 and {MAX_CONVERSATIONS_PAGE}.")
+    query = (
+        select(Conversation, col(Member.muted))
+        .join(Member, col(Member.conversation_id) == col(Conversation.id))
+        .where(col(Member.user_id) == viewer.user_id)
+    )
+    if after is not None:
+        cursor = aliased(Conversation)
+        mine = aliased(Member)
+        query = (
+            query.join(cursor, col(cursor.id) == after)
+            .join(mine, (col(mine.conversation_id) == col(cursor.id)) & (col(mine.user_id) == viewer.user_id))
+            .where(
+                (col(Conversation.last_activity_at) < col(cursor.last_activity_at))
+                | (
+                    (col(Conversation.last_activity_at) == col(cursor.last_activity_at))
+                    & (col(Conversation.id) < col(cursor.id))
+                )
+            )
         )
-        return await _views(session, [i for i in ids if i is not None], viewer.user_id)
+    query = query.order_by(col(Conversation.last_activity_at).desc(), col(Conversation.id).desc()).limit(first)
+    async with services.db.session() as session:
+        rows = (await session.execute(query)).all()
+    return [ConversationHeader(conversation, muted=bool(muted), is_member=True) for conversation, muted in rows]

@@ -237,7 +237,7 @@ async def stream_events(services: Services, viewer: Viewer, *, after: str | None
                         yield event
                     continue
             elif isinstance(item, Notice):
-                if item.data.get("logout") == viewer.device_id:
+                if _revokes(item.data, viewer.device_id):
                     raise Unauthenticated("This device has logged out.")
                 if (typing := _typing(item.data.get("typing"))) is not None:
                     yield typing
@@ -295,6 +295,12 @@ async def _replay(services: Services, viewer: Viewer, position: _Position) -> As
             yield event
         if rows < REPLAY_BATCH:
             return
+
+
+def _revokes(data: dict[str, Any], device_id: int) -> bool:
+    """Whether a notice revokes this device (`logout` is what processes before `revoked` sent)."""
+    revoked = data.get("revoked")
+    return data.get("logout") == device_id or (isinstance(revoked, list) and device_id in revoked)
 
 
 def _typing(data: Any) -> TypingEventView | None:

@@ -15,13 +15,28 @@ from functools import lru_cache
 from resolvers.errors import BadUserInput, NotFound
 
 MAX_ID_LENGTH = 100
+# Ids and positions are 64-bit signed integers in the database (PostgreSQL bigint): a larger
+# number would fail there as an overflow instead of simply naming no row.
+MAX_BIGINT = 2**63 - 1
+
+
+def _number(value: str) -> int | None:
+    """`value` as a non-negative 64-bit integer, or None.
+
+    ASCII digits only: `str.isdigit` also accepts "²" and other digits `int` refuses.
+    """
+    if not 0 < len(value) <= 19 or not value.isascii() or not value.isdigit():
+        return None
+    number = int(value)
+    return number if number <= MAX_BIGINT else None
 
 
 def parse_row_id(value: str, *, what: str) -> int:
     """A numeric id from the API; `NotFound` for anything that cannot name a row."""
-    if len(value) > 20 or not value.isdigit() or int(value) <= 0:
+    number = _number(value)
+    if number is None or number <= 0:
         raise NotFound(f"No such {what}.")
-    return int(value)
+    return number
 
 
 @dataclass(frozen=True)
@@ -55,19 +70,22 @@ class MessageIds:
     def decode(self, value: str) -> MessageRef:
         """The reference inside an id; `BadUserInput` for one this server did not issue."""
         parts = value.split(".") if len(value) <= MAX_ID_LENGTH else []
-        if len(parts) != 4 or not all(p.isdigit() for p in parts[:3]):
+        numbers = [_number(part) for part in parts[:3]]
+        if len(parts) != 4 or not parts[3].isascii() or None in numbers:
             raise BadUserInput(f"Not a message id: {value[:MAX_ID_LENGTH]!r}.")
         body = ".".join(parts[:3])
         if not hmac.compare_digest(self._sign(body), parts[3]):
             raise BadUserInput(f"Not a message id: {value!r}.")
-        return MessageRef(int(parts[0]), int(parts[1]), int(parts[2]))
+        message_id, conversation_id, sender_id = (n for n in numbers if n is not None)
+        return MessageRef(message_id, conversation_id, sender_id)
 
 
 def parse_cursor(value: str) -> int:
-    """An inbox position from a cursor string."""
-    if not value.isdigit() or len(value) > 19:
+    """An inbox position from a cursor string; `BadUserInput` for one no position can have."""
+    position = _number(value)
+    if position is None:
         raise BadUserInput("Not a valid cursor.")
-    return int(value)
+    return position
 
 
 def format_cursor(seq: int) -> str:

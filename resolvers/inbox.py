@@ -20,6 +20,7 @@ from sqlmodel import col
 
 from models import Device, EventKind, InboxEntry, InboxHead, Message, User
 from models.columns import utcnow
+from resolvers.ports import after_commit
 
 
 @dataclass(frozen=True)
@@ -94,11 +95,13 @@ async def read_entries(
     return [(entry, message, user) for entry, message, user in rows]
 
 
-async def prune_inbox(session: AsyncSession, user_ids: Sequence[int]) -> int:
-    """Deletes entries every device of these users has acknowledged, then orphaned messages.
+async def prune_inbox(session: AsyncSession, user_ids: Sequence[int]) -> set[int]:
+    """Deletes entries every device of these users has acknowledged; returns their messages.
 
-    A user with no device keeps everything: the next device to log in gets it.
-    Returns how many messages were deleted.
+    A user with no device keeps everything: the next device to log in gets it. The
+    messages left without entries are deleted after this transaction commits (never
+    inside it: two users pruning the last two entries of one message at once would each
+    still see the other's entry, and neither would delete it).
     """
     message_ids: set[int] = set()
     for user_id in set(user_ids):
@@ -109,7 +112,20 @@ async def prune_inbox(session: AsyncSession, user_ids: Sequence[int]) -> int:
             .returning(col(InboxEntry.message_id))
         )
         message_ids.update(mid for (mid,) in deleted if mid is not None)
-    return await delete_orphaned_messages(session, message_ids)
+    delete_orphans_after_commit(session, message_ids)
+    return message_ids
+
+
+def delete_orphans_after_commit(session: AsyncSession, message_ids: set[int]) -> None:
+    """Deletes those of these messages left unreferenced, once the session's transaction has committed."""
+    if not message_ids:
+        return
+    candidates = set(message_ids)
+
+    async def work(after: AsyncSession) -> int:
+        return await delete_orphaned_messages(after, candidates)
+
+    after_commit(session, work)
 
 
 async def delete_orphaned_messages(session: AsyncSession, message_ids: set[int]) -> int:

@@ -11,7 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from models import Device, InboxEntry, Message, SentKey
-from resolvers.inbox import delete_orphaned_messages, prune_inbox
+from resolvers.accounts import announce_revoked
+from resolvers.inbox import delete_orphans_after_commit, prune_inbox
 from resolvers.ports import Services
 
 log = logging.getLogger("parley.maintenance")
@@ -34,9 +35,11 @@ async def sweep(services: Services, *, now: datetime) -> SweepResult:
     """Expires devices idle past the limit with their pending events (contract point 8).
 
     Entries of a user left with no device at all are dropped once older than the
-    same limit, so nothing is kept forever. Safe to run on every process at once.
+    same limit, so nothing is kept forever. Expired devices' sockets close on every
+    process. Safe to run on every process at once.
     """
     cutoff = now - timedelta(days=services.limits.device_inactivity_days)
+    revoked: list[tuple[int, int]] = []
 
     async def work(session: AsyncSession) -> SweepResult:
         expired = (
@@ -44,7 +47,9 @@ async def sweep(services: Services, *, now: datetime) -> SweepResult:
                 delete(Device).where(col(Device.last_active_at) < cutoff).returning(col(Device.id), col(Device.user_id))
             )
         ).all()
-        deleted_messages = await prune_inbox(session, [user_id for _, user_id in expired])
+        revoked[:] = [(device_id, user_id) for device_id, user_id in expired if device_id is not None]
+        # Messages these deletions leave unreferenced go after the commit (see prune_inbox).
+        await prune_inbox(session, [user_id for _, user_id in expired])
         orphaned = (
             await session.execute(
                 delete(InboxEntry)
@@ -55,20 +60,22 @@ async def sweep(services: Services, *, now: datetime) -> SweepResult:
                 .returning(col(InboxEntry.message_id))
             )
         ).all()
-        deleted_messages += await delete_orphaned_messages(session, {mid for (mid,) in orphaned if mid is not None})
-        # Messages nothing refers to: left by a process that died between an acknowledgement's
-        # commit and its orphan check, or sent to a conversation with nobody else to deliver to.
+        delete_orphans_after_commit(session, {mid for (mid,) in orphaned if mid is not None})
+        # Messages nothing refers to: left by a process that died between a pruning commit and
+        # its orphan check, or sent to a conversation with nobody else to deliver to.
         unreferenced = await session.execute(
             delete(Message).where(
                 col(Message.sent_at) < now - ORPHAN_GRACE,
                 ~exists().where(col(InboxEntry.message_id) == col(Message.id)),
             )
         )
-        deleted_messages += int(unreferenced.rowcount or 0)  # type: ignore[attr-defined]
+        deleted_messages = int(unreferenced.rowcount or 0)  # type: ignore[attr-defined]
         await session.execute(delete(SentKey).where(col(SentKey.sent_at) < now - SENT_KEY_RETENTION))
         return SweepResult(devices=len(expired), entries=len(orphaned), messages=deleted_messages)
 
     result = await services.db.transaction(work)
+    # Expired like a logout: their sockets close on every process.
+    await announce_revoked(services, revoked)
     if result.devices or result.messages:
         log.info(
             "sweep expired %d devices, dropped %d undeliverable entries, deleted %d messages",

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from models.columns import utcnow
 from resolvers.accounts import Viewer, get_users
-from resolvers.errors import BadUserInput, NotFound, RateLimited
+from resolvers.errors import BadUserInput, Conflict, NotFound, RateLimited, Unauthenticated
 from resolvers.ids import MessageRef
 from resolvers.notify import deliver_best_effort, message_wire
 from resolvers.ports import Services, StoredMessage
@@ -70,8 +70,11 @@ async def send_message(
     """Stores a message and its inbox entries in one transaction, then publishes them.
 
     Idempotent by (sender, clientId): a retry returns the first message and stores
-    nothing, even after that message was delivered and deleted. Returning means
+    nothing, even after that message was delivered and deleted, and announces its
+    pending entries again (the first attempt's notices may be what was lost). A
+    clientId already used in another conversation is a `Conflict`. Returning means
     the message is committed (the SENT moment); a failed publish only delays it.
+    A device logged out meanwhile is `Unauthenticated`: nothing is stored.
     """
     text = _check_input(services, client_id, body, attachment_ids)
     await _check_rate(services, viewer)
@@ -83,10 +86,12 @@ async def send_message(
         body=text,
         sent_at=utcnow(),
     )
+    if not outcome.device_known:
+        raise Unauthenticated("This device has logged out.")
     if not outcome.is_member:
         raise NotFound("No such conversation.")
     if outcome.message is None:
-        return await _earlier_send(services, viewer, client_id, text)
+        return await _earlier_send(services, viewer, conversation_id, client_id, text)
     # The notice carries the message itself: streams expecting it yield it without a read.
     await deliver_best_effort(
         services, [(uid, seq, 0) for uid, seq in outcome.deliveries], [message_wire(outcome.message)]
@@ -107,11 +112,19 @@ async def _check_rate(services: Services, viewer: Viewer) -> None:
         raise RateLimited(f"At most {limit} messages a minute; try again shortly.")
 
 
-async def _earlier_send(services: Services, viewer: Viewer, client_id: str, body: str | None) -> MessageView:
+async def _earlier_send(
+    services: Services, viewer: Viewer, conversation_id: int, client_id: str, body: str | None
+) -> MessageView:
     earlier = await services.delivery.earlier_send(viewer.user_id, client_id)
     if earlier is None:  # cannot happen: the store found the key a moment ago, and keys outlive retries
         raise RuntimeError(f"idempotency key of user {viewer.user_id} vanished")
+    if earlier.conversation_id != conversation_id:
+        raise Conflict("This clientId was already used for a message in another conversation.")
     if earlier.message is not None:
+        # Announce again what is still pending: streams skip positions they have seen.
+        await deliver_best_effort(
+            services, [(uid, seq, 0) for uid, seq in earlier.deliveries], [message_wire(earlier.message)]
+        )
         return MessageView.from_stored(earlier.message)
     # Delivered and deleted since: answer from the idempotency record and the retry's body.
     ref = MessageRef(earlier.message_id, earlier.conversation_id, viewer.user_id)

@@ -107,6 +107,8 @@ class SendOutcome:
     is_member: bool
     message: StoredMessage | None
     deliveries: list[tuple[int, int]] = field(default_factory=list)
+    # False when the sending device no longer exists (logged out between authentication and send).
+    device_known: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,8 @@ class EarlierSend:
     conversation_id: int
     sent_at: datetime
     message: StoredMessage | None
+    # (user, seq) of the message's entries still pending: a retry announces them again.
+    deliveries: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +198,9 @@ class Presence(Protocol):
 class RateLimiter(Protocol):
     """Counts events per key in a fixed window."""
 
-    async def hit(self, key: str, *, window_seconds: int) -> int: ...
+    async def hit(self, key: str, *, window_seconds: int, amount: int = 1) -> int:
+        """Counts `amount` events for `key` in its fixed window; returns the window's count."""
+        ...
 
     async def count(self, key: str) -> int: ...
 
@@ -209,8 +215,20 @@ class PasswordHasher(Protocol):
     async def verify(self, password_hash: str | None, password: str) -> bool: ...
 
 
+AFTER_COMMIT = "parley_after_commit"
+
+
+def after_commit(session: AsyncSession, work: Callable[[AsyncSession], Awaitable[object]]) -> None:
+    """Has `Database.transaction` run `work` in a transaction of its own once this one has committed.
+
+    For checks that must see every concurrent commit, such as "is this message still referenced":
+    inside the transaction, two of them would each still see the other's uncommitted deletions.
+    """
+    session.info.setdefault(AFTER_COMMIT, []).append(work)
+
+
 class Database(Protocol):
-    """Sessions on the relational database."""
+    """Sessions on the relational database; `transaction` also runs the `after_commit` work."""
 
     def session(self) -> AbstractAsyncContextManager[AsyncSession]: ...
 

@@ -2,8 +2,8 @@
 
 It does in several statements, inside one transaction, what `infra/pg_delivery.py`
 does in one statement on PostgreSQL; both satisfy `DeliveryStore` and the same
-API tests run against each. SQLite serializes writers, so the orphan check can
-run in the pruning transaction here.
+API tests run against each. SQLite serializes writers: a send writes first, so
+that its membership check holds until it commits.
 """
 
 from __future__ import annotations
@@ -16,7 +16,19 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from models import Conversation, Device, EventKind, InboxEntry, InboxHead, Member, Message, SentKey, User
+from models import (
+    Conversation,
+    ConversationKind,
+    Device,
+    EventKind,
+    InboxEntry,
+    InboxHead,
+    Member,
+    Message,
+    SentKey,
+    User,
+)
+from resolvers.blocks import blockers_among
 from resolvers.ids import MessageRef
 from resolvers.inbox import append_events, delete_orphaned_messages, prune_inbox, read_entries
 from resolvers.ports import AckOutcome, Database, EarlierSend, SendOutcome, StoredEntry, StoredMessage
@@ -35,6 +47,11 @@ def _stored(message: Message, sender: User | None) -> StoredMessage:
         body=message.body,
         sent_at=message.sent_at,
     )
+
+
+async def _is_direct(session: AsyncSession, conversation_id: int) -> bool:
+    kind = await session.scalar(select(col(Conversation.kind)).where(col(Conversation.id) == conversation_id))
+    return kind is ConversationKind.DIRECT
 
 
 class SqlDeliveryStore:
@@ -77,6 +94,16 @@ class SqlDeliveryStore:
         """Stores the message, its idempotency key and one inbox entry per recipient, in one transaction."""
 
         async def work(session: AsyncSession) -> SendOutcome:
+            # A write first, to the conversation row (the lock order of every path): on SQLite it
+            # takes the write lock, so the checks below read the latest state and hold until commit.
+            await session.execute(
+                update(Conversation)
+                .where(col(Conversation.id) == conversation_id)
+                .values(last_activity_at=col(Conversation.last_activity_at))
+            )
+            device = await session.get(Device, device_id)
+            if device is None or device.user_id != sender_id:  # logged out since authentication
+                return SendOutcome(is_member=False, message=None, device_known=False)
             if await session.get(Member, (conversation_id, sender_id)) is None:
                 return SendOutcome(is_member=False, message=None)
             if await session.get(SentKey, (sender_id, client_id)) is not None:
@@ -109,6 +136,10 @@ class SqlDeliveryStore:
             )
             if not others:  # nobody else of the sender's to tell; the sending device has it
                 recipients = [uid for uid in recipients if uid != sender_id]
+            if await _is_direct(session, conversation_id):
+                # Nothing reaches a member who blocked the sender: the message stays SENT.
+                blockers = set(await blockers_among(session, sender_id, recipients))
+                recipients = [uid for uid in recipients if uid not in blockers]
             appended = await append_events(session, recipients, EventKind.MESSAGE, message_id=message.id, at=sent_at)
             await session.execute(
                 update(Conversation).where(col(Conversation.id) == conversation_id).values(last_activity_at=sent_at)
@@ -132,8 +163,16 @@ class SqlDeliveryStore:
                 return None
             message = await session.get(Message, key.message_id)
             sender = await session.get(User, sender_id) if message is not None else None
+            pending = (
+                await session.execute(
+                    select(col(InboxEntry.user_id), col(InboxEntry.seq))
+                    .where(col(InboxEntry.message_id) == key.message_id)
+                    .order_by(col(InboxEntry.user_id))
+                )
+            ).all()
         stored = _stored(message, sender) if message is not None else None
-        return EarlierSend(key.message_id, key.conversation_id, key.sent_at, stored)
+        deliveries = [(int(user_id), int(seq)) for user_id, seq in pending]
+        return EarlierSend(key.message_id, key.conversation_id, key.sent_at, stored, deliveries)
 
     async def acknowledge(self, *, user_id: int, device_id: int, seq: int, at: datetime) -> AckOutcome:
         """Advances the device, raises DELIVERED watermarks and prunes, in one transaction."""

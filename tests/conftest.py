@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from infra.settings import Settings
+from infra.testing.processes import production_env
 from infra.testing.services import (
     MissingService,
     RedisTarget,
@@ -24,6 +25,16 @@ from tests.helpers import Api
 from tests.servers import ThreadServer
 
 TEST_SECRET = "test-secret-key-for-parley-0123456789abcdef"
+# The whole suite registers its users from 127.0.0.1 on shared servers, up to 100 at once:
+# the per-address limit on login/register attempts and the bound on password hashes running
+# at once are tested on servers of their own (tests/test_abuse.py).
+SUITE_LIMITS: dict[str, object] = {"auth_attempts_per_address": 1_000_000, "max_concurrent_password_hashes": 1000}
+
+
+def suite_process_env(postgres: str, redis: RedisTarget) -> dict[str, str]:
+    """The environment of a `parley serve` process of this suite: production mode with the suite's limits."""
+    limits = {f"PARLEY_{name.upper()}": str(value) for name, value in SUITE_LIMITS.items()}
+    return {**production_env(postgres, redis, TEST_SECRET), **limits}
 
 
 @pytest.fixture(scope="session")
@@ -62,7 +73,11 @@ def redis_target() -> Iterator[RedisTarget]:
 
 def embedded_settings(tmp: Path, **changes: object) -> Settings:
     """Settings of the embedded mode: a SQLite file, no Redis."""
-    return Settings(database_url=f"sqlite+aiosqlite:///{tmp / 'parley.db'}", secret_key=TEST_SECRET, **changes)  # type: ignore[arg-type]
+    return Settings(
+        database_url=f"sqlite+aiosqlite:///{tmp / 'parley.db'}",
+        secret_key=TEST_SECRET,
+        **{**SUITE_LIMITS, **changes},  # type: ignore[arg-type]
+    )
 
 
 def production_settings(postgres: str, redis: RedisTarget, **changes: object) -> Settings:
@@ -72,7 +87,7 @@ def production_settings(postgres: str, redis: RedisTarget, **changes: object) ->
         redis_url=redis.url,
         redis_prefix=redis.prefix,
         secret_key=TEST_SECRET,
-        **changes,  # type: ignore[arg-type]
+        **{**SUITE_LIMITS, **changes},  # type: ignore[arg-type]
     )
 
 

@@ -31,6 +31,7 @@ class ThreadServer:
             ws="websockets-sansio",
             ws_per_message_deflate=False,  # as `parley serve` runs
             ws_max_size=settings.max_request_bytes,
+            proxy_headers=False,  # as `parley serve` runs: the app reads X-Forwarded-For (infra/forwarded.py)
             ws_ping_interval=5,
             timeout_graceful_shutdown=5,
         )

@@ -24,6 +24,7 @@ from graph import types as api
 from graph.executor import ProjectingExecutionContext, clear_plan_cache
 from graph.projection import OperationPlan, plain_directives_only
 from graph.schema import build_schema
+from resolvers.privacy import SELF
 
 # --- a schema with every shape the projection handles, and some it must not --------
 
@@ -444,6 +445,11 @@ class FakeContext:
     online: Loader = field(default_factory=lambda: Loader(True))
     last_seen: Loader = field(default_factory=lambda: Loader(None))
     users: Loader = field(default_factory=lambda: Loader(None))
+    presence_visibility: Loader = field(default_factory=lambda: Loader(SELF))
+
+    def loaders(self, _info: Any) -> FakeContext:
+        """Its own loaders (graph/loaders.py keeps them per operation)."""
+        return self
 
 
 @strawberry.type

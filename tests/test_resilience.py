@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from infra.testing.processes import ProcessServer, production_env
+from infra.testing.processes import ProcessServer
 from infra.testing.redis_process import RedisServer
 from infra.testing.services import RedisTarget
-from tests.conftest import TEST_SECRET, embedded_settings, production_settings
+from tests.conftest import embedded_settings, production_settings, suite_process_env
 from tests.faults import FaultyBus, replacing
 from tests.helpers import Api
 from tests.servers import ThreadServer
@@ -22,7 +22,7 @@ from tests.test_delivery import bodies, next_of
 async def test_two_server_processes_deliver_and_route_receipts(
     migrated_postgres: str, redis_target: RedisTarget, tmp_path: Path
 ) -> None:
-    env = production_env(migrated_postgres, redis_target, TEST_SECRET)
+    env = suite_process_env(migrated_postgres, redis_target)
     async with (
         ProcessServer(env, log_path=tmp_path / "one.log") as one,
         ProcessServer(env, log_path=tmp_path / "two.log") as two,

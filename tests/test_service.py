@@ -14,10 +14,10 @@ import pytest
 from pydantic import ValidationError
 
 from infra.settings import DEFAULT_SECRET_KEY, Settings
-from infra.testing.processes import ProcessServer, production_env
+from infra.testing.processes import ProcessServer
 from infra.testing.services import RedisTarget
 from tests.client import HttpClient
-from tests.conftest import TEST_SECRET, embedded_settings, production_settings
+from tests.conftest import TEST_SECRET, embedded_settings, production_settings, suite_process_env
 from tests.faults import FaultyBus, replacing
 from tests.helpers import PASSWORD, Api, unique_name
 from tests.servers import ThreadServer
@@ -159,7 +159,7 @@ async def test_browser_websockets_need_an_allowed_origin(tmp_path: Path) -> None
 async def test_parley_migrate_then_serve_against_postgres_and_redis(
     empty_postgres_url: str, redis_target: RedisTarget, tmp_path: Path
 ) -> None:
-    env = production_env(empty_postgres_url, redis_target, TEST_SECRET)
+    env = suite_process_env(empty_postgres_url, redis_target)
     parley = str(Path(sys.executable).parent / "parley")
     migrated = await asyncio.to_thread(
         subprocess.run,

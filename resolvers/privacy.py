@@ -1,0 +1,89 @@
+"""Who may see whose presence (online, last seen), and the viewer's own privacy setting.
+
+Presence is visible only to people who share a conversation with the user, so
+sequential user ids cannot be walked to track strangers. Among those, a user who
+set `hide_last_seen` shows no last-seen time to anyone (their online status stays
+visible to conversation partners, as in WhatsApp). A user who blocked the viewer
+shows the viewer nothing. The viewer always sees their own presence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import and_, exists, select, update
+from sqlalchemy.orm import aliased
+from sqlmodel import col
+
+from models import Block, Member, User
+from resolvers.accounts import Viewer
+from resolvers.errors import NotFound
+from resolvers.ports import Services
+
+# Ids per IN list: far below the driver's bind-parameter limit (32,767 on asyncpg).
+CHUNK = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceVisibility:
+    """What the viewer may see of one user's presence."""
+
+    online: bool
+    last_seen: bool
+
+
+SELF = PresenceVisibility(online=True, last_seen=True)
+HIDDEN = PresenceVisibility(online=False, last_seen=False)
+
+
+async def presence_visibility(
+    services: Services, viewer_id: int, user_ids: Sequence[int]
+) -> dict[int, PresenceVisibility]:
+    """What the viewer may see of each user's presence: one statement per chunk of ids.
+
+    Unknown ids are absent (the caller shows them as hidden).
+    """
+    result: dict[int, PresenceVisibility] = {}
+    others = [uid for uid in dict.fromkeys(user_ids) if uid != viewer_id]
+    if viewer_id in user_ids:
+        result[viewer_id] = SELF
+    if not others:
+        return result
+    mine = aliased(Member)
+    theirs = aliased(Member)
+    shares = exists().where(
+        col(mine.user_id) == viewer_id,
+        col(theirs.conversation_id) == col(mine.conversation_id),
+        col(theirs.user_id) == col(User.id),
+    )
+    blocked_viewer = exists().where(and_(col(Block.blocker_id) == col(User.id), col(Block.blocked_id) == viewer_id))
+    async with services.db.session() as session:
+        for start in range(0, len(others), CHUNK):
+            chunk = others[start : start + CHUNK]
+            rows = await session.execute(
+                select(
+                    col(User.id), col(User.hide_last_seen), shares.label("shares"), blocked_viewer.label("blocked")
+                ).where(col(User.id).in_(chunk))
+            )
+            for user_id, hide_last_seen, shared, blocked in rows:
+                assert user_id is not None
+                visible = bool(shared) and not blocked
+                result[user_id] = PresenceVisibility(online=visible, last_seen=visible and not hide_last_seen)
+    return result
+
+
+async def set_privacy(services: Services, viewer: Viewer, *, hide_last_seen: bool) -> User:
+    """Stores the viewer's privacy setting; returns their account. Takes effect on the next read."""
+    async with services.db.session() as session:
+        await session.execute(
+            update(User)
+            .where(col(User.id) == viewer.user_id)
+            .values(hide_last_seen=hide_last_seen)
+            .execution_options(synchronize_session=False)
+        )
+        await session.commit()
+        user = await session.get(User, viewer.user_id, populate_existing=True)
+    if user is None:
+        raise NotFound("Your account no longer exists.")
+    return user
