@@ -62,6 +62,8 @@ class Context:
     # its device is revoked (graph/sockets.py) and refuses every later operation at once.
     revoked: bool = False
     sockets: SocketRegistry | None = None
+    # WebSocket: the user this socket is counted online for (graph/view.py), uncounted once when it ends.
+    presence_user: int | None = None
 
     def __post_init__(self) -> None:
         # DataLoaders per operation (graph/loaders.py): a WebSocket context lives as long as

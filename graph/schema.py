@@ -25,13 +25,15 @@ from graph.executor import ProjectingExecutionContext
 from graph.input_rules import OnePasswordFieldPerOperation, StorableStringLiterals
 from graph.messaging import MessagingMutation, MessagingQuery, MessagingSubscription
 from graph.policy import OperationPolicy
+from graph.presence import PresenceSubscription
 from graph.privacy import PrivacyMutation
+from graph.push import PushMutation, PushQuery
 
-Query = merge_types("Query", (AccountQuery, ConversationQuery, MessagingQuery, BlockQuery))
+Query = merge_types("Query", (AccountQuery, ConversationQuery, MessagingQuery, BlockQuery, PushQuery))
 Mutation = merge_types(
-    "Mutation", (AccountMutation, ConversationMutation, MessagingMutation, PrivacyMutation, BlockMutation)
+    "Mutation", (AccountMutation, ConversationMutation, MessagingMutation, PrivacyMutation, BlockMutation, PushMutation)
 )
-Subscription = merge_types("Subscription", (MessagingSubscription,))
+Subscription = merge_types("Subscription", (MessagingSubscription, PresenceSubscription))
 
 
 class ParleySchema(strawberry.Schema):

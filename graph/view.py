@@ -137,6 +137,9 @@ class ParleyGraphQL(GraphQL[Context, None]):
             # Revoked between authenticating and registering: the notice has passed it by.
             context.viewer = None
             raise ConnectionRejectionError({"message": "This token is not valid (logged out or expired)."})
+        # Marked before the await: `connected` counts before its first await, so a socket cancelled
+        # or closed during it (a crash mid-handshake, shutdown) is still uncounted exactly once.
+        context.presence_user = context.viewer.user_id
         await context.services.presence.connected(context.viewer.user_id)
         return await super().on_ws_connect(context)
 
@@ -149,6 +152,9 @@ class ParleyGraphQL(GraphQL[Context, None]):
         finally:
             state = scope.get("state") or {}
             context = state.get("parley_context")
-            if isinstance(context, Context) and context.viewer is not None:
-                self.sockets.discard(context)
-                await context.services.presence.disconnected(context.viewer.user_id)
+            if isinstance(context, Context):
+                if context.viewer is not None:
+                    self.sockets.discard(context)
+                user_id, context.presence_user = context.presence_user, None
+                if user_id is not None:
+                    await context.services.presence.disconnected(user_id)

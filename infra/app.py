@@ -26,7 +26,8 @@ from infra.forwarded import TrustedProxies
 from infra.migrate import migrate
 from infra.passwords import Argon2Hasher
 from infra.pg_delivery import PgDeliveryStore
-from infra.presence import MemoryPresence, RedisPresence
+from infra.presence import MemoryPresence, PresenceHub, RedisPresence
+from infra.push.runtime import embedded_worker, push_config, push_queue
 from infra.rate_limit import MemoryRateLimiter, RedisRateLimiter
 from infra.redis_batch import RedisBatch
 from infra.security_headers import SecurityHeaders
@@ -108,14 +109,25 @@ async def _connected_services(settings: Settings, overrides: Overrides) -> Async
     delivery: DeliveryStore = SqlDeliveryStore(db)
     if settings.database_url.startswith("postgresql"):
         delivery = pg_store = await PgDeliveryStore.connect(settings.database_url)
+    hub = PresenceHub(bus)
+    presence = (
+        RedisPresence(
+            redis,
+            prefix=settings.redis_prefix,
+            node_id=node_id,
+            hub=hub,
+            node_ttl=settings.presence_node_ttl_seconds,
+            batch=batch,
+        )
+        if redis
+        else MemoryPresence(hub)
+    )
     services = Services(
         db=db,
         bus=bus,
         fanout=Fanout(bus),
         delivery=delivery,
-        presence=RedisPresence(redis, prefix=settings.redis_prefix, node_id=node_id, batch=batch)
-        if redis
-        else MemoryPresence(),
+        presence=presence,
         rate_limiter=RedisRateLimiter(redis, prefix=settings.redis_prefix, batch=batch)
         if redis
         else MemoryRateLimiter(),
@@ -123,6 +135,8 @@ async def _connected_services(settings: Settings, overrides: Overrides) -> Async
             fast=overrides.fast_password_hashing, max_concurrent=settings.max_concurrent_password_hashes
         ),
         limits=_limits(settings),
+        push_queue=push_queue(settings, redis, batch),
+        push=push_config(settings),
     )
     if overrides.wrap:
         services = overrides.wrap(services)
@@ -136,7 +150,9 @@ async def _connected_services(settings: Settings, overrides: Overrides) -> Async
         "redis" if redis else "in-process",
     )
     try:
-        yield services
+        # Registers this node and sweeps dead ones; on the way out removes its users (before the bus closes).
+        async with presence.running():
+            yield services
     finally:
         await bus.disconnect()
         if pg_store is not None:
@@ -145,6 +161,9 @@ async def _connected_services(settings: Settings, overrides: Overrides) -> Async
             await redis.aclose()
         await db.close()
         log.info("Parley node %s stopped", node_id)
+
+
+connected_services = _connected_services
 
 
 def create_app(settings: Settings, overrides: Overrides | None = None) -> Starlette:
@@ -170,7 +189,7 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> Starle
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        async with _connected_services(settings, overrides) as services:
+        async with _connected_services(settings, overrides) as services, embedded_worker(settings, services):
             runtime.services = services
             sweeper = asyncio.create_task(_sweep_forever(services, settings.sweep_interval_seconds))
             # Closes sockets of revoked devices, keeps connected devices active (graph/sockets.py).

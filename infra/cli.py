@@ -1,4 +1,4 @@
-"""The `parley` command: serve, migrate, export-schema, worker."""
+"""The `parley` command: serve, migrate, export-schema, worker, vapid-keys."""
 
 from __future__ import annotations
 
@@ -140,6 +140,25 @@ def export_schema(output: str | None) -> None:
         sys.stdout.write(sdl)
 
 
+def worker_command(host: str, port: int | None) -> None:
+    """Sends push notifications from the Redis queue until SIGTERM (in-flight jobs finish or are handed back)."""
+    from infra.push.runtime import run_worker  # noqa: PLC0415
+
+    settings = _settings()
+    configure_logging(settings.log_level)
+    asyncio.run(run_worker(settings, host=host, port=port))
+
+
+def vapid_keys() -> None:
+    """Prints a new VAPID key pair as the settings that take it."""
+    from infra.push.webpush import new_vapid_keys  # noqa: PLC0415
+
+    private, public = new_vapid_keys()
+    sys.stdout.write(
+        f"PARLEY_PUSH_VAPID_PRIVATE_KEY={private}\n# public key (clients read it as webPushPublicKey): {public}\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `parley` console script."""
     parser = argparse.ArgumentParser(prog="parley", description="Parley chat backend")
@@ -150,7 +169,10 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("migrate", help="apply database migrations")
     export = commands.add_parser("export-schema", help="print the GraphQL schema (SDL)")
     export.add_argument("--output", "-o", help="write to this file instead of stdout")
-    commands.add_parser("worker", help="run the push notification worker")
+    worker = commands.add_parser("worker", help="run a push notification worker (production mode: needs Redis)")
+    worker.add_argument("--host", default="127.0.0.1", help="address of the liveness endpoint")
+    worker.add_argument("--port", type=int, help="serve GET /healthz (liveness) on this port")
+    commands.add_parser("vapid-keys", help="print a new VAPID key pair for WebPush")
     args = parser.parse_args(argv)
 
     if args.command == "serve":
@@ -160,8 +182,9 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "export-schema":
         export_schema(args.output)
     elif args.command == "worker":
-        _settings()
-        raise SystemExit("parley worker: push notifications are not built yet; nothing to do")
+        worker_command(args.host, args.port)
+    elif args.command == "vapid-keys":
+        vapid_keys()
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ message AS (
     RETURNING id
 ),
 recipients AS (
-    SELECT m.user_id FROM members m
+    SELECT m.user_id, m.muted FROM members m
     WHERE m.conversation_id = $1 AND EXISTS (SELECT 1 FROM message)
       -- the sender's own inbox only when another of their devices needs the message
       AND (m.user_id <> $2 OR EXISTS (SELECT 1 FROM devices d WHERE d.user_id = $2 AND d.id <> $6))
@@ -125,7 +125,12 @@ SELECT EXISTS (SELECT 1 FROM member) AS is_member,
        (SELECT id FROM message) AS message_id,
        u.username, u.display_name,
        (SELECT array_agg(user_id ORDER BY user_id) FROM heads) AS users,
-       (SELECT array_agg(last_seq ORDER BY user_id) FROM heads) AS seqs
+       (SELECT array_agg(last_seq ORDER BY user_id) FROM heads) AS seqs,
+       -- whether a push job is worth queueing (resolvers/messages.py): the worker checks the rest
+       EXISTS (
+           SELECT 1 FROM recipients r JOIN push_registrations p ON p.user_id = r.user_id
+           WHERE r.user_id <> $2 AND NOT r.muted
+       ) AS may_push
 FROM users u WHERE u.id = $2
 """
 
@@ -335,7 +340,7 @@ class PgDeliveryStore:
             sent_at=sent_at,
         )
         deliveries = list(zip(row["users"] or (), row["seqs"] or (), strict=True))
-        return SendOutcome(is_member=True, message=message, deliveries=deliveries)
+        return SendOutcome(is_member=True, message=message, deliveries=deliveries, may_push=bool(row["may_push"]))
 
     async def earlier_send(self, sender_id: int, client_id: str) -> EarlierSend | None:
         """The first send with this clientId, if any."""

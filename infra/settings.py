@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     device_inactivity_days: float = Field(default=30, gt=0)
     sweep_interval_seconds: float = Field(default=3600, gt=0)
 
+    # Presence registry: each process refreshes its liveness key every third of this TTL; a
+    # process that stops (killed, hung) has its users shown offline within about 4/3 of it.
+    presence_node_ttl_seconds: float = Field(default=30, ge=1, le=3600)
+
     # S3 storage (used by file sharing).
     s3_endpoint_url: str | None = None
     s3_public_endpoint_url: str | None = None
@@ -79,6 +83,45 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
+
+    # Push notifications (README "Push notifications"). WebPush: the VAPID key pair from
+    # `parley vapid-keys` (private key, base64url) and a contact URI the push services may use.
+    push_vapid_private_key: str | None = None
+    push_vapid_subject: str = "mailto:admin@localhost.localdomain"
+    # Plain http and private/loopback WebPush endpoints (SSRF); None: allowed only in development.
+    push_allow_private_endpoints: bool | None = None
+    # The message body in the payload (push services and OS vendors then see it): off by default.
+    push_include_body: bool = False
+    # How long a push service keeps an undelivered notification, and its urgency (RFC 8030).
+    push_ttl_seconds: int = Field(default=86400, ge=0)
+    push_urgency: Literal["very-low", "low", "normal", "high"] = "high"
+    # Messages to one recipient in one conversation within this window become one notification.
+    push_coalesce_seconds: float = Field(default=2.0, ge=0)
+    # Attempts per job before it goes to the dead-letter stream; backoff doubles from the base.
+    push_max_attempts: int = Field(default=5, ge=1)
+    push_retry_base_seconds: float = Field(default=1.0, gt=0)
+    push_retry_max_seconds: float = Field(default=300.0, gt=0)
+    # A job a worker has held unacknowledged this long (the worker died) is taken over by another.
+    push_claim_idle_seconds: float = Field(default=60.0, gt=0)
+    # On SIGTERM a worker gives in-flight jobs this long, then leaves them to the other workers.
+    push_shutdown_grace_seconds: float = Field(default=20.0, ge=0)
+    push_stream_max_length: int = Field(default=100_000, ge=1000)
+    # Jobs one worker holds at once (most wait out the coalescing window: cheap tasks), and the
+    # timeout of one request to a push service.
+    push_worker_concurrency: int = Field(default=500, ge=1)
+    push_request_timeout_seconds: float = Field(default=10.0, gt=0)
+    # APNs: token auth (the .p8 key's PEM text, its key id, the team id), the app's bundle id,
+    # and the endpoint (the sandbox, https://api.sandbox.push.apple.com, for development builds).
+    push_apns_key: str | None = None
+    push_apns_key_id: str | None = None
+    push_apns_team_id: str | None = None
+    push_apns_topic: str | None = None
+    push_apns_endpoint: str = "https://api.push.apple.com"
+    # FCM HTTP v1: the service account's JSON key (its text), and the endpoints (tests point them
+    # at local servers; the project id comes from the key).
+    push_fcm_service_account: str | None = None
+    push_fcm_endpoint: str = "https://fcm.googleapis.com"
+    push_fcm_token_url: str = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL, not a password
 
     @field_validator("allowed_origins", "trusted_proxies", mode="before")
     @classmethod
@@ -130,6 +173,13 @@ class Settings(BaseSettings):
     def introspection_enabled(self) -> bool:
         """Introspection follows GraphiQL unless set on its own."""
         return self.introspection if self.introspection is not None else self.graphiql_enabled
+
+    @property
+    def push_private_endpoints_allowed(self) -> bool:
+        """Whether WebPush endpoints may be plain http or private addresses (development by default)."""
+        if self.push_allow_private_endpoints is not None:
+            return self.push_allow_private_endpoints
+        return not self.is_production
 
     @property
     def is_sqlite(self) -> bool:

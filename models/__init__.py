@@ -4,6 +4,7 @@ from models.block import Block
 from models.conversation import Conversation, ConversationKind, Member, MemberRole
 from models.inbox import EventKind, InboxEntry, InboxHead, ReceiptWatermark
 from models.message import Message, SentKey
+from models.push import PushPlatform, PushRegistration
 from models.user import Device, User
 
 __all__ = [
@@ -17,6 +18,8 @@ __all__ = [
     "Member",
     "MemberRole",
     "Message",
+    "PushPlatform",
+    "PushRegistration",
     "ReceiptWatermark",
     "SentKey",
     "User",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,11 +12,13 @@ from resolvers.accounts import Viewer, get_users
 from resolvers.errors import BadUserInput, Conflict, NotFound, RateLimited, Unauthenticated
 from resolvers.ids import MessageRef
 from resolvers.notify import deliver_best_effort, message_wire
-from resolvers.ports import Services, StoredMessage
+from resolvers.ports import PushJob, Services, StoredMessage
 
 log = logging.getLogger("parley.messages")
 
 MAX_CLIENT_ID = 64
+# A queue that does not answer this fast loses the push, not the send's latency.
+PUSH_ENQUEUE_TIMEOUT_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +96,42 @@ async def send_message(
     if outcome.message is None:
         return await _earlier_send(services, viewer, conversation_id, client_id, text)
     # The notice carries the message itself: streams expecting it yield it without a read.
-    await deliver_best_effort(
+    # The push job is queued at the same time: its round trip overlaps the publish's.
+    announce = deliver_best_effort(
         services, [(uid, seq, 0) for uid, seq in outcome.deliveries], [message_wire(outcome.message)]
     )
+    if outcome.may_push and any(uid != viewer.user_id for uid, _seq in outcome.deliveries):
+        await asyncio.gather(announce, _queue_push(services, outcome.message))
+    else:
+        await announce
     log.debug("message %s from user %s in conversation %s", outcome.message.id, viewer.user_id, conversation_id)
     return MessageView.from_stored(outcome.message)
+
+
+async def _queue_push(services: Services, message: StoredMessage) -> None:
+    """One push job per message, after the commit; best effort, never failing the send.
+
+    Only when the store saw a recipient with a push registration who has not muted the
+    conversation (`may_push`, from the send's own statement). One job per message rather
+    than per recipient: the send path pays one queue write (shared with concurrent sends
+    through RedisBatch) whatever the group's size, and the worker filters online and
+    already-delivered recipients when it runs, which is also closer to when the
+    notification would show.
+    """
+    if services.push_queue is None:
+        return
+    job = PushJob(
+        message_id=message.id,
+        conversation_id=message.conversation_id,
+        sender_id=message.sender_id,
+        sender_display_name=message.sender_display_name,
+        sent_at=message.sent_at.timestamp(),
+    )
+    try:
+        async with asyncio.timeout(PUSH_ENQUEUE_TIMEOUT_SECONDS):  # no task per call, unlike wait_for
+            await services.push_queue.enqueue(job)
+    except Exception:  # the message is committed and fanned out; only its push is lost
+        log.warning("push job for message %s not queued", message.id, exc_info=True)
 
 
 async def _check_rate(services: Services, viewer: Viewer) -> None:

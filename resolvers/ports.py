@@ -109,6 +109,9 @@ class SendOutcome:
     deliveries: list[tuple[int, int]] = field(default_factory=list)
     # False when the sending device no longer exists (logged out between authentication and send).
     device_known: bool = True
+    # False when no recipient but the sender has a push registration and the conversation unmuted:
+    # then no push job is queued (True when the store cannot tell: the worker decides).
+    may_push: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +184,25 @@ class DeliveryStore(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class PresenceState:
+    """A user's presence as the registry holds it; `seq` counts their online/offline transitions."""
+
+    online: bool
+    last_seen: datetime | None
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceChange:
+    """A user went online or offline cluster-wide (`seq` orders one user's changes)."""
+
+    user_id: int
+    online: bool
+    last_seen: datetime | None
+    seq: int
+
+
 class Presence(Protocol):
     """Last-seen times and the online registry, kept in the cache rather than the database."""
 
@@ -188,11 +210,27 @@ class Presence(Protocol):
 
     async def last_seen(self, user_ids: Sequence[int]) -> dict[int, datetime]: ...
 
-    async def online(self, user_ids: Sequence[int]) -> set[int]: ...
+    async def online(self, user_ids: Sequence[int]) -> set[int]:
+        """Those users with a live connection on any process: one round trip however many."""
+        ...
 
-    async def connected(self, user_id: int) -> None: ...
+    async def connected(self, user_id: int) -> None:
+        """Counts a socket of `user_id` on this process before its first await; never raises."""
+        ...
 
-    async def disconnected(self, user_id: int) -> None: ...
+    async def disconnected(self, user_id: int) -> None:
+        """Uncounts one socket counted by `connected`; never raises."""
+        ...
+
+    async def states(self, user_ids: Sequence[int]) -> dict[int, PresenceState]:
+        """Online, last seen and transition count of each user, read at one instant."""
+        ...
+
+    def watch(
+        self, user_ids: Sequence[int]
+    ) -> AbstractAsyncContextManager[AsyncIterator[Sequence[PresenceChange] | Resync]]:
+        """This process's feed of those users' transitions (in batches), listening once it has entered."""
+        ...
 
 
 class RateLimiter(Protocol):
@@ -237,6 +275,67 @@ class Database(Protocol):
     async def ping(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class PushJob:
+    """One message that may need push notifications; the worker decides for whom (infra/push/worker.py)."""
+
+    message_id: int
+    conversation_id: int
+    sender_id: int
+    sender_display_name: str
+    # Epoch seconds: the worker waits out the coalescing window from here.
+    sent_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedPushJob:
+    """A job as a worker received it: `deliveries` counts how often it was handed out (1 the first time)."""
+
+    id: str
+    job: PushJob
+    deliveries: int = 1
+
+
+class PushQueue(Protocol):
+    """The durable push job queue: at-least-once, acknowledged after success (infra/push/queue.py)."""
+
+    async def enqueue(self, job: PushJob) -> None:
+        """Queues one job; raises when the queue is unreachable."""
+        ...
+
+    async def receive(self, consumer: str, *, count: int, wait_seconds: float) -> list[QueuedPushJob]:
+        """Jobs for this consumer: new ones, and ones a dead consumer held too long."""
+        ...
+
+    async def keep(self, consumer: str, job_ids: Sequence[str]) -> None:
+        """Tells the queue these jobs are still being worked on (not to be taken over)."""
+        ...
+
+    async def ack(self, job_ids: Sequence[str]) -> None:
+        """Done with these jobs: they are never handed out again."""
+        ...
+
+    async def dead_letter(self, job: QueuedPushJob, reason: str) -> None:
+        """Moves a job that kept failing aside, for an operator to inspect (and acknowledges it)."""
+        ...
+
+    async def already_sent(self, keys: Sequence[str]) -> set[str]:
+        """Those of these (message, device) keys marked sent."""
+        ...
+
+    async def mark_sent(self, keys: Sequence[str]) -> None:
+        """Remembers (for a day or more) that these (message, device) notifications went out."""
+        ...
+
+
+@dataclass(frozen=True)
+class PushConfig:
+    """What the API says and checks about push channels (from settings)."""
+
+    web_push_public_key: str | None = None
+    allow_private_endpoints: bool = True
+
+
 @dataclass(frozen=True)
 class Limits:
     """Input limits the use cases enforce (from settings)."""
@@ -268,3 +367,6 @@ class Services:
     rate_limiter: RateLimiter
     passwords: PasswordHasher
     limits: Limits
+    # None: push notifications are not queued (tests and tools that wire services by hand).
+    push_queue: PushQueue | None = None
+    push: PushConfig = field(default_factory=PushConfig)

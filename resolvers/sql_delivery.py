@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -25,6 +25,7 @@ from models import (
     InboxHead,
     Member,
     Message,
+    PushRegistration,
     SentKey,
     User,
 )
@@ -146,7 +147,10 @@ class SqlDeliveryStore:
             )
             sender = await session.get(User, sender_id)
             return SendOutcome(
-                is_member=True, message=_stored(message, sender), deliveries=[(a.user_id, a.seq) for a in appended]
+                is_member=True,
+                message=_stored(message, sender),
+                deliveries=[(a.user_id, a.seq) for a in appended],
+                may_push=await _may_push(session, conversation_id, sender_id, recipients),
             )
 
         try:
@@ -250,3 +254,20 @@ class SqlDeliveryStore:
             )
             for entry, message, sender in rows
         ]
+
+
+async def _may_push(session: AsyncSession, conversation_id: int, sender_id: int, recipients: list[int]) -> bool:
+    """Whether a recipient other than the sender has a push registration and the conversation unmuted."""
+    others = [uid for uid in recipients if uid != sender_id]
+    if not others:
+        return False
+    found = await session.scalar(
+        select(col(PushRegistration.device_id))
+        .join(
+            Member,
+            and_(col(Member.user_id) == col(PushRegistration.user_id), col(Member.conversation_id) == conversation_id),
+        )
+        .where(col(PushRegistration.user_id).in_(others), col(Member.muted).is_(False))
+        .limit(1)
+    )
+    return found is not None

@@ -1,0 +1,1 @@
+"""Push notifications: the job queue, the worker and one sender per push service."""

@@ -1,0 +1,196 @@
+"""Wiring of push from settings: the queue, the senders, the worker, and `parley worker`'s process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+
+from redis.asyncio import Redis
+
+from infra.push.apns import ApnsSender
+from infra.push.fcm import FcmSender
+from infra.push.queue import MemoryPushQueue, RedisPushQueue
+from infra.push.senders import Sender
+from infra.push.webpush import WebPushSender, load_vapid, public_key_of
+from infra.push.worker import PushWorker, WorkerConfig
+from infra.redis_batch import RedisBatch
+from infra.settings import Settings
+from models import PushPlatform
+from resolvers.ids import MessageIds
+from resolvers.ports import PushConfig, PushQueue, Services
+
+log = logging.getLogger("parley.push")
+
+
+def push_config(settings: Settings) -> PushConfig:
+    """What the API needs: the VAPID public key and whether private endpoints are allowed."""
+    public_key = (
+        public_key_of(load_vapid(settings.push_vapid_private_key).private_key)
+        if settings.push_vapid_private_key
+        else None
+    )
+    return PushConfig(web_push_public_key=public_key, allow_private_endpoints=settings.push_private_endpoints_allowed)
+
+
+def push_enabled(settings: Settings) -> bool:
+    """Whether any push service is configured (servers and workers share one environment)."""
+    return bool(settings.push_vapid_private_key or settings.push_apns_key or settings.push_fcm_service_account)
+
+
+def push_queue(settings: Settings, redis: Redis | None, batch: RedisBatch | None) -> PushQueue | None:
+    """The Redis Stream queue when Redis is configured, else the in-process one; None without any push service.
+
+    None costs the send path nothing: a deployment without push queues no jobs that no one would send.
+    """
+    if not push_enabled(settings):
+        return None
+    if redis is None:
+        return MemoryPushQueue()
+    return RedisPushQueue(
+        redis,
+        prefix=settings.redis_prefix,
+        max_length=settings.push_stream_max_length,
+        claim_idle_seconds=settings.push_claim_idle_seconds,
+        max_attempts=settings.push_max_attempts,
+        batch=batch,
+    )
+
+
+def worker_config(settings: Settings) -> WorkerConfig:
+    """The worker's knobs from settings."""
+    return WorkerConfig(
+        include_body=settings.push_include_body,
+        coalesce_seconds=settings.push_coalesce_seconds,
+        max_attempts=settings.push_max_attempts,
+        retry_base_seconds=settings.push_retry_base_seconds,
+        retry_max_seconds=settings.push_retry_max_seconds,
+        claim_idle_seconds=settings.push_claim_idle_seconds,
+        concurrency=settings.push_worker_concurrency,
+        shutdown_grace_seconds=settings.push_shutdown_grace_seconds,
+        max_age_seconds=max(settings.push_ttl_seconds, 60),
+    )
+
+
+def build_senders(settings: Settings) -> dict[PushPlatform, Sender]:
+    """One sender per configured push service (a service without settings is skipped, and logged)."""
+    # httpx logs every request's URL at INFO: WebPush endpoint URLs are bearer capabilities.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).getEffectiveLevel()))
+    senders: dict[PushPlatform, Sender] = {}
+    timeout = settings.push_request_timeout_seconds
+    if settings.push_vapid_private_key:
+        senders[PushPlatform.WEBPUSH] = WebPushSender(
+            vapid_private_key=settings.push_vapid_private_key,
+            subject=settings.push_vapid_subject,
+            ttl_seconds=settings.push_ttl_seconds,
+            urgency=settings.push_urgency,
+            allow_private_endpoints=settings.push_private_endpoints_allowed,
+            timeout=timeout,
+        )
+    apns = (settings.push_apns_key, settings.push_apns_key_id, settings.push_apns_team_id, settings.push_apns_topic)
+    if all(apns):
+        key, key_id, team_id, topic = (str(value) for value in apns)
+        senders[PushPlatform.APNS] = ApnsSender(
+            key=key,
+            key_id=key_id,
+            team_id=team_id,
+            topic=topic,
+            endpoint=settings.push_apns_endpoint,
+            ttl_seconds=settings.push_ttl_seconds,
+            timeout=timeout,
+        )
+    if settings.push_fcm_service_account:
+        senders[PushPlatform.FCM] = FcmSender(
+            service_account=settings.push_fcm_service_account,
+            endpoint=settings.push_fcm_endpoint,
+            token_url=settings.push_fcm_token_url,
+            ttl_seconds=settings.push_ttl_seconds,
+            timeout=timeout,
+        )
+    missing = [platform.value for platform in PushPlatform if platform not in senders]
+    if missing:
+        log.info("push senders not configured: %s (their registrations are not notified)", ", ".join(missing))
+    return senders
+
+
+@contextlib.asynccontextmanager
+async def embedded_worker(settings: Settings, services: Services) -> AsyncIterator[None]:
+    """The embedded mode's worker, as a task of the server process (no-op when jobs go to Redis)."""
+    if not isinstance(services.push_queue, MemoryPushQueue):
+        yield
+        return
+    senders = build_senders(settings)
+    worker = PushWorker(
+        services, services.push_queue, senders, MessageIds(settings.secret_key), worker_config(settings)
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+        for sender in senders.values():
+            await sender.close()
+
+
+async def _serve_liveness(worker: PushWorker, host: str, port: int) -> asyncio.Server:
+    """A minimal `GET /healthz` for orchestrators: 200 while the receive loop is making progress, else 503."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+            status = b"200 OK" if worker.alive() else b"503 Service Unavailable"
+            body = b"ok" if worker.alive() else b"stalled"
+            writer.write(
+                b"HTTP/1.1 " + status + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+            )
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(answer, host, port)
+
+
+async def run_worker(settings: Settings, *, host: str, port: int | None) -> None:
+    """`parley worker`: consumes the Redis Stream until SIGTERM/SIGINT, serving liveness on `port`."""
+    from infra.app import Overrides, connected_services  # noqa: PLC0415 - the app module is heavy
+
+    if not settings.redis_url:
+        raise SystemExit("parley worker: needs PARLEY_REDIS_URL (the embedded mode sends pushes from `parley serve`)")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    # Blocking reads get a connection of their own, with a timeout longer than the block.
+    redis = Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=5)
+    queue = RedisPushQueue(
+        redis,
+        prefix=settings.redis_prefix,
+        max_length=settings.push_stream_max_length,
+        claim_idle_seconds=settings.push_claim_idle_seconds,
+        max_attempts=settings.push_max_attempts,
+    )
+    senders = build_senders(settings)
+    try:
+        async with connected_services(settings, Overrides()) as services:
+            worker = PushWorker(services, queue, senders, MessageIds(settings.secret_key), worker_config(settings))
+            server = await _serve_liveness(worker, host, port) if port else None
+            log.info(
+                "push worker %s started%s", worker.consumer, f" (liveness on {host}:{port}/healthz)" if port else ""
+            )
+            try:
+                await worker.run(stop)
+            finally:
+                if server is not None:
+                    server.close()
+            log.info("push worker %s stopped", worker.consumer)
+    finally:
+        for sender in senders.values():
+            await sender.close()
+        await redis.aclose()

@@ -1,0 +1,134 @@
+"""The `presence(userIds:)` stream: the current state of each watched user, then online/offline transitions.
+
+Only users who share a conversation with the viewer may be watched (the viewer may
+watch themselves); anyone else is `FORBIDDEN`, whether or not they exist. The
+privacy rules of `resolvers/privacy.py` apply at every event: someone who hides
+their last seen shows `lastSeen: null`, and someone who blocked the viewer (or
+no longer shares a conversation with them) shows offline, without saying why.
+
+The stream listens for transitions first and reads the state second: a
+transition after the read arrives on the feed; one before it is in the read, and
+its transition number (`seq`) tells the stream to drop it when it arrives. The
+same number drops transitions that arrive out of order (published by different
+processes). After a `Resync` (lost notices) the state is read again and only what
+differs from what was shown is yielded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import aliased
+from sqlmodel import col
+
+from models import Member
+from resolvers import privacy
+from resolvers.accounts import Viewer
+from resolvers.errors import BadUserInput, Forbidden
+from resolvers.ports import PresenceChange, Services
+
+CHUNK = privacy.CHUNK
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceView:
+    """What the viewer is shown of one user's presence."""
+
+    user_id: int
+    online: bool
+    last_seen: datetime | None
+
+
+async def sharing_conversation(services: Services, viewer_id: int, user_ids: Sequence[int]) -> set[int]:
+    """Those of `user_ids` who share a conversation with the viewer (the viewer included)."""
+    found = {viewer_id} & set(user_ids)
+    others = [uid for uid in dict.fromkeys(user_ids) if uid != viewer_id]
+    mine = aliased(Member)
+    theirs = aliased(Member)
+    async with services.db.session() as session:
+        for start in range(0, len(others), CHUNK):
+            rows = await session.execute(
+                select(col(theirs.user_id))
+                .join(mine, col(mine.conversation_id) == col(theirs.conversation_id))
+                .where(col(mine.user_id) == viewer_id, col(theirs.user_id).in_(others[start : start + CHUNK]))
+                .distinct()
+            )
+            found.update(rows.scalars())
+    return found
+
+
+async def watch_presence(services: Services, viewer: Viewer, user_ids: Sequence[int]) -> AsyncIterator[PresenceView]:
+    """First the state of each watched user (in the order given), then only changes of what the viewer sees."""
+    ids = list(dict.fromkeys(user_ids))
+    limit = services.limits.max_presence_watch
+    if not ids:
+        raise BadUserInput("Name at least one user to watch.")
+    if len(ids) > limit:
+        raise BadUserInput(f"At most {limit} users can be watched at once.")
+    allowed = await sharing_conversation(services, viewer.user_id, ids)
+    if any(uid not in allowed for uid in ids):
+        raise Forbidden("You can only watch users you share a conversation with.")
+    shown = _Shown(services, viewer.user_id, ids)
+    async with services.presence.watch(ids) as feed:
+        # Listening before reading (see the module docstring).
+        for view in await shown.read(initial=True):
+            yield view
+        async for item in feed:
+            views = await shown.apply(item) if isinstance(item, Sequence) else await shown.read(initial=False)
+            for view in views:
+                yield view
+
+
+class _Shown:
+    """What one stream has shown, and the last transition number it has taken into account per user."""
+
+    def __init__(self, services: Services, viewer_id: int, user_ids: list[int]) -> None:
+        self._services = services
+        self._viewer_id = viewer_id
+        self._ids = user_ids
+        self._seq: dict[int, int] = {}
+        self._online: dict[int, bool] = {}  # as shown
+
+    async def read(self, *, initial: bool) -> list[PresenceView]:
+        """The state of every watched user: all of it initially, afterwards what changed."""
+        states = await self._services.presence.states(self._ids)
+        visible = await privacy.presence_visibility(self._services, self._viewer_id, self._ids)
+        views: list[PresenceView] = []
+        for uid in self._ids:
+            state = states.get(uid)
+            if state is None:
+                continue
+            self._seq[uid] = state.seq  # a reset Redis counts from 0 again: take the read as it is
+            view = self._view(uid, state.online, state.last_seen, visible.get(uid, privacy.HIDDEN))
+            if initial or self._online.get(uid) != view.online:
+                self._online[uid] = view.online
+                views.append(view)
+        return views
+
+    async def apply(self, changes: Sequence[PresenceChange]) -> list[PresenceView]:
+        """The views of those changes that are new and change what the viewer sees."""
+        latest: dict[int, PresenceChange] = {}
+        for change in changes:
+            if change.seq > self._seq.get(change.user_id, 0):
+                self._seq[change.user_id] = change.seq
+                latest[change.user_id] = change
+        if not latest:
+            return []
+        # Privacy at every event: sharing, blocks and hidden last seen may have changed since.
+        visible = await privacy.presence_visibility(self._services, self._viewer_id, list(latest))
+        views: list[PresenceView] = []
+        for uid, change in latest.items():
+            view = self._view(uid, change.online, change.last_seen, visible.get(uid, privacy.HIDDEN))
+            if self._online.get(uid) != view.online:
+                self._online[uid] = view.online
+                views.append(view)
+        return views
+
+    @staticmethod
+    def _view(
+        uid: int, online: bool, last_seen: datetime | None, visibility: privacy.PresenceVisibility
+    ) -> PresenceView:
+        return PresenceView(uid, online and visibility.online, last_seen if visibility.last_seen else None)

@@ -1,0 +1,141 @@
+"""Fake push services for tests: a WebPush endpoint that decrypts what it gets, and subscription keys."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import http_ece
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+HANG = -1
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unb64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass
+class Subscription:
+    """A browser's PushSubscription: its key pair and auth secret."""
+
+    key: ec.EllipticCurvePrivateKey = field(default_factory=lambda: ec.generate_private_key(ec.SECP256R1()))
+    auth: bytes = field(default_factory=lambda: os.urandom(16))
+
+    @property
+    def p256dh(self) -> str:
+        return b64url(
+            self.key.public_key().public_bytes(
+                serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+            )
+        )
+
+    def decrypt(self, body: bytes) -> Any:
+        return json.loads(http_ece.decrypt(body, private_key=self.key, auth_secret=self.auth, version="aes128gcm"))
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    status: int
+
+
+def verify_vapid(authorization: str, *, public_key: str, audience: str) -> dict[str, Any]:
+    """The claims of a `vapid t=…,k=…` header, after checking its key, ES256 signature, audience and expiry."""
+    scheme, _, params = authorization.partition(" ")
+    assert scheme == "vapid"
+    values = dict(part.strip().split("=", 1) for part in params.split(","))
+    assert values["k"] == public_key
+    header_b64, claims_b64, signature_b64 = values["t"].split(".")
+    assert json.loads(unb64url(header_b64))["alg"] == "ES256"
+    key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), unb64url(public_key))
+    signature = unb64url(signature_b64)
+    der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
+    try:
+        key.verify(der, f"{header_b64}.{claims_b64}".encode(), ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        raise AssertionError("VAPID signature does not verify") from None
+    claims: dict[str, Any] = json.loads(unb64url(claims_b64))
+    assert claims["aud"] == audience
+    assert time.time() < claims["exp"] <= time.time() + 86400
+    assert claims["sub"].startswith("mailto:")
+    return claims
+
+
+class PushEndpoint:
+    """A local WebPush service: records every POST and answers with the queued statuses (then 201).
+
+    A status of HANG holds the request unanswered until `release()`.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.statuses: deque[int] = deque()
+        self.default_status = 201
+        self._released = threading.Event()
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                status = endpoint.statuses.popleft() if endpoint.statuses else endpoint.default_status
+                endpoint.received.append(
+                    Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body, status)
+                )
+                if status == HANG:
+                    endpoint._released.wait(30)
+                    return
+                with contextlib.suppress(OSError):
+                    self.send_response(status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.origin = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def url(self, name: str = "sub") -> str:
+        return f"{self.origin}/push/{name}"
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def wait_for(self, count: int, *, timeout: float = 15) -> list[Received]:
+        """Waits until at least `count` requests arrived."""
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(self.received)} push requests arrived, expected {count}")
+            await asyncio.sleep(0.05)
+        return list(self.received)
+
+    def __enter__(self) -> PushEndpoint:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+        self._server.shutdown()
+        self._server.server_close()

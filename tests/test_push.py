@@ -1,0 +1,405 @@
+"""Push notifications end to end: real servers, real `parley worker` processes and Redis, a local WebPush endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from infra.push.webpush import new_vapid_keys
+from infra.testing.processes import ProcessServer
+from infra.testing.services import RedisTarget
+from tests.conftest import embedded_settings, production_settings, suite_process_env
+from tests.helpers import Api, Person
+from tests.push_fakes import HANG, PushEndpoint, Subscription, b64url, verify_vapid
+from tests.servers import ThreadServer
+
+VAPID_PRIVATE, VAPID_PUBLIC = new_vapid_keys()
+# Short windows and backoffs, so the tests wait little.
+PUSH_SETTINGS: dict[str, object] = {
+    "push_vapid_private_key": VAPID_PRIVATE,
+    "push_coalesce_seconds": 0.3,
+    "push_retry_base_seconds": 0.05,
+    "push_max_attempts": 3,
+    "push_claim_idle_seconds": 1.0,
+}
+REGISTER = "mutation P($input: PushRegistrationInput!) { registerPush(input: $input) }"
+# Long enough for a job to pass the coalescing window and the worker: what "no push" waits for.
+QUIET_SECONDS = 2.0
+
+
+@dataclass
+class PushRig:
+    """A Parley server, its push worker(s) and the Redis stream they share (production mode)."""
+
+    api: Api
+    mode: str
+    tmp: Path
+    worker_env: dict[str, str] | None = None
+    redis: Redis | None = None
+    prefix: str = ""
+
+    def worker(self, **changes: str) -> ProcessServer:
+        assert self.worker_env is not None
+        return ProcessServer(
+            {**self.worker_env, **changes},
+            log_path=self.tmp / f"worker-{uuid.uuid4().hex[:6]}.log",
+            command=[str(Path(sys.executable).parent / "parley"), "worker"],
+        )
+
+    async def dead_letters(self) -> list[dict[bytes, bytes]]:
+        assert self.redis is not None
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = await self.redis.xrange(f"{self.prefix}push:dead")  # type: ignore[assignment]
+        return [fields for _id, fields in entries]
+
+
+def _env(settings: dict[str, object]) -> dict[str, str]:
+    return {f"PARLEY_{name.upper()}": str(value) for name, value in settings.items()}
+
+
+@pytest.fixture
+def backends(request: pytest.FixtureRequest) -> tuple[str, RedisTarget] | None:
+    """PostgreSQL and Redis for tests of the production mode (a test's `mode`, else production)."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("mode") == "embedded":
+        return None
+    return request.getfixturevalue("migrated_postgres"), request.getfixturevalue("redis_target")
+
+
+@asynccontextmanager
+async def rig(
+    tmp: Path,
+    backends: tuple[str, RedisTarget] | None,
+    *,
+    start_worker: bool = True,
+    settings: dict[str, object] | None = None,
+    **worker_changes: str,
+) -> AsyncIterator[PushRig]:
+    """A server (and in the production mode a `parley worker` process) with push configured.
+
+    `settings` change both the server's and the worker's; `worker_changes` (PARLEY_* variables) the worker's only.
+    """
+    push_settings = {**PUSH_SETTINGS, **(settings or {})}
+    if backends is None:
+        with ThreadServer(embedded_settings(tmp, **push_settings)) as server:
+            yield PushRig(Api(server.url, server.ws_url, "embedded"), "embedded", tmp)
+        return
+    postgres, target = backends
+    mode = "production"
+    # A prefix of its own: no other test's jobs in this test's stream.
+    prefix = f"{target.prefix}push-{uuid.uuid4().hex[:8]}:"
+    env = {
+        **suite_process_env(postgres, RedisTarget(target.url, prefix)),
+        **_env(push_settings),
+        "PARLEY_PUSH_ALLOW_PRIVATE_ENDPOINTS": "true",
+        "PARLEY_LOG_LEVEL": "INFO",
+    }
+    redis = Redis.from_url(target.url)
+    try:
+        with ThreadServer(production_settings(postgres, RedisTarget(target.url, prefix), **push_settings)) as server:
+            setup = PushRig(Api(server.url, server.ws_url, mode), mode, tmp, env, redis, prefix)
+            if not start_worker:
+                yield setup
+                return
+            async with setup.worker(**worker_changes):
+                yield setup
+    finally:
+        await redis.aclose()
+
+
+@pytest.fixture
+def endpoint() -> Iterator[PushEndpoint]:
+    with PushEndpoint() as server:
+        yield server
+
+
+async def subscribe(person: Person, endpoint: PushEndpoint) -> Subscription:
+    """Registers a WebPush subscription on the person's device, at the local endpoint."""
+    subscription = Subscription()
+    data = await person.data(
+        REGISTER,
+        input={
+            "platform": "WEBPUSH",
+            "endpoint": endpoint.url(person.username),
+            "p256dh": subscription.p256dh,
+            "auth": b64url(subscription.auth),
+        },
+    )
+    assert data["registerPush"] is True
+    return subscription
+
+
+async def pair(api: Api) -> tuple[Person, Person, str]:
+    alice, bob = await api.people("alice", "bob")
+    return alice, bob, await alice.direct_with(bob)
+
+
+@pytest.mark.parametrize("mode", ["embedded", "production"])
+async def test_offline_recipient_gets_one_encrypted_push(
+    mode: str, tmp_path: Path, backends: tuple[str, RedisTarget] | None, endpoint: PushEndpoint
+) -> None:
+    async with rig(tmp_path, backends) as setup:
+        alice, bob, conversation = await pair(setup.api)
+        key = (await bob.data("{ webPushPublicKey }"))["webPushPublicKey"]
+        assert key == VAPID_PUBLIC
+        subscription = await subscribe(bob, endpoint)
+        message = await alice.send(conversation, "see you at noon")
+
+        [push] = await endpoint.wait_for(1)
+        assert push.path == f"/push/{bob.username}"
+        assert push.headers["content-encoding"] == "aes128gcm"
+        assert int(push.headers["ttl"]) > 0
+        assert push.headers["urgency"] == "high"
+        verify_vapid(push.headers["authorization"], public_key=VAPID_PUBLIC, audience=endpoint.origin)
+        assert subscription.decrypt(push.body) == {
+            "type": "message",
+            "conversationId": conversation,
+            "messageId": message["id"],
+            "sender": alice.username,  # the display name defaults to the username
+            "count": 1,
+        }
+        await asyncio.sleep(QUIET_SECONDS / 2)
+        assert len(endpoint.received) == 1
+
+
+@pytest.mark.parametrize("mode", ["embedded", "production"])
+async def test_the_body_is_pushed_only_when_allowed(
+    mode: str, tmp_path: Path, backends: tuple[str, RedisTarget] | None, endpoint: PushEndpoint
+) -> None:
+    async with rig(tmp_path, backends, settings={"push_include_body": True}) as setup:
+        alice, bob, conversation = await pair(setup.api)
+        subscription = await subscribe(bob, endpoint)
+        await alice.send(conversation, "the body, on purpose")
+        [push] = await endpoint.wait_for(1)
+        assert subscription.decrypt(push.body)["body"] == "the body, on purpose"
+
+
+@pytest.mark.parametrize("mode", ["embedded", "production"])
+async def test_online_or_muted_recipient_gets_no_push(
+    mode: str, tmp_path: Path, backends: tuple[str, RedisTarget] | None, endpoint: PushEndpoint
+) -> None:
+    async with rig(tmp_path, backends) as setup:
+        alice, bob, conversation = await pair(setup.api)
+        await subscribe(bob, endpoint)
+        async with bob.events() as events:
+            await alice.send(conversation, "you are online")
+            await events.next()
+            await asyncio.sleep(QUIET_SECONDS)
+        await bob.drain()
+        await bob.data(
+            "mutation M($c: ID!) { muteConversation(conversationId: $c, muted: true) { muted } }", c=conversation
+        )
+        await alice.send(conversation, "you muted me")
+        await asyncio.sleep(QUIET_SECONDS)
+        assert endpoint.received == []
+        # Unmuted and offline again: pushed.
+        await bob.data(
+            "mutation M($c: ID!) { muteConversation(conversationId: $c, muted: false) { muted } }", c=conversation
+        )
+        await alice.send(conversation, "now you hear me")
+        await endpoint.wait_for(1)
+
+
+@pytest.mark.parametrize("mode", ["embedded", "production"])
+async def test_a_burst_becomes_one_notification_with_a_count(
+    mode: str, tmp_path: Path, backends: tuple[str, RedisTarget] | None, endpoint: PushEndpoint
+) -> None:
+    async with rig(tmp_path, backends, settings={"push_coalesce_seconds": 2.0}) as setup:
+        alice, bob, conversation = await pair(setup.api)
+        subscription = await subscribe(bob, endpoint)
+        sent = [await alice.send(conversation, f"line {n}") for n in range(4)]
+        [push] = await endpoint.wait_for(1)
+        note = subscription.decrypt(push.body)
+        assert (note["count"], note["messageId"]) == (4, sent[-1]["id"])
+        await asyncio.sleep(QUIET_SECONDS / 2)
+        assert len(endpoint.received) == 1
+
+
+@pytest.mark.parametrize("mode", ["embedded", "production"])
+async def test_gone_is_forgotten_and_unavailable_is_retried(
+    mode: str, tmp_path: Path, backends: tuple[str, RedisTarget] | None, endpoint: PushEndpoint
+) -> None:
+    async with rig(tmp_path, backends) as setup:
+        alice, bob, conversation = await pair(setup.api)
+        carol = await setup.api.register("carol")
+        await subscribe(bob, endpoint)
+        endpoint.statuses.extend([503, 201])
+        await alice.send(conversation, "first")
+        first = await endpoint.wait_for(2)
+        assert [r.status for r in first] == [503, 201]
+
+        endpoint.statuses.append(410)
+        await bob.drain()
+        await alice.send(conversation, "second")
+        await endpoint.wait_for(3)
+        # Forgotten: the next message is not pushed (carol's, in another conversation, is).
+        await carol_subscribed(carol, endpoint)
+        await bob.drain()
+        await alice.send(conversation, "third")
+        await alice.send(await alice.direct_with(carol), "to carol")
+        received = await endpoint.wait_for(4)
+        await asyncio.sleep(QUIET_SECONDS / 2)
+        assert [r.path for r in endpoint.received[3:]] == [f"/push/{carol.username}"]
+        assert len(received) == len(endpoint.received)
+
+
+async def carol_subscribed(carol: Person, endpoint: PushEndpoint) -> None:
+    await subscribe(carol, endpoint)
+
+
+async def test_a_job_failing_every_attempt_lands_in_the_dead_letter_stream(
+    tmp_path: Path, backends: tuple[str, RedisTarget] | None, endpoint: PushEndpoint
+) -> None:
+    async with rig(tmp_path, backends) as setup:
+        alice, bob, conversation = await pair(setup.api)
+        await subscribe(bob, endpoint)
+        endpoint.default_status = 503
+        await alice.send(conversation, "nobody home")
+        await endpoint.wait_for(3)
+        for _ in range(100):
+            if await setup.dead_letters():
+                break
+            await asyncio.sleep(0.05)
+        [dead] = await setup.dead_letters()
+        assert b"HTTP 503" in dead[b"reason"]
+        await asyncio.sleep(QUIET_SECONDS / 2)
+        assert len(endpoint.received) == 3  # max attempts, then no more
+
+
+async def test_a_killed_worker_leaves_its_job_to_another_that_delivers_it_once(
+    tmp_path: Path, backends: tuple[str, RedisTarget] | None, endpoint: PushEndpoint
+) -> None:
+    async with rig(tmp_path, backends, start_worker=False) as setup:
+        alice, bob, conversation = await pair(setup.api)
+        subscription = await subscribe(bob, endpoint)
+        endpoint.statuses.append(HANG)
+        async with setup.worker() as first:
+            message = await alice.send(conversation, "survive this")
+            [held] = await endpoint.wait_for(1)
+            # Read and being sent, not acknowledged: killed without a chance to clean up.
+            os.kill(first.pid, signal.SIGKILL)
+        endpoint.release()
+        async with setup.worker():
+            received = await endpoint.wait_for(2)
+            await asyncio.sleep(QUIET_SECONDS)
+        delivered = [r for r in endpoint.received if r.status == 201]
+        assert len(received) == len(endpoint.received) == 2
+        assert len(delivered) == 1
+        assert subscription.decrypt(delivered[0].body)["messageId"] == message["id"]
+        assert subscription.decrypt(held.body)["messageId"] == message["id"]
+        assert await setup.dead_letters() == []
+
+
+async def test_a_stopped_worker_hands_its_unfinished_job_to_another(
+    tmp_path: Path, backends: tuple[str, RedisTarget] | None, endpoint: PushEndpoint
+) -> None:
+    async with rig(tmp_path, backends, start_worker=False) as setup:
+        alice, bob, conversation = await pair(setup.api)
+        subscription = await subscribe(bob, endpoint)
+        endpoint.statuses.append(HANG)
+        first = setup.worker(PARLEY_PUSH_SHUTDOWN_GRACE_SECONDS="0.5")
+        async with first:
+            message = await alice.send(conversation, "in flight")
+            await endpoint.wait_for(1)
+        # SIGTERM returned (ProcessServer waits for the exit) although the request still hangs.
+        async with setup.worker():
+            received = await endpoint.wait_for(2)
+        endpoint.release()
+        assert [r.status for r in received] == [HANG, 201]
+        assert subscription.decrypt(received[1].body)["messageId"] == message["id"]
+
+
+async def test_private_endpoints_are_refused_in_production_at_registration_and_at_send(
+    tmp_path: Path, backends: tuple[str, RedisTarget] | None, endpoint: PushEndpoint
+) -> None:
+    assert backends is not None
+    postgres, target = backends
+    settings = production_settings(postgres, target, env="production", **PUSH_SETTINGS)
+    with ThreadServer(settings) as server:
+        api = Api(server.url, server.ws_url, "production")
+        bob = await api.register("bob")
+        subscription = Subscription()
+        for url in (
+            endpoint.url(),
+            "https://127.0.0.1/push",
+            "https://10.1.2.3/push",
+            "https://[::1]/push",
+            "https://169.254.169.254/latest",
+            "https://localhost/push",
+            "ftp://example.com/x",
+        ):
+            error = await bob.error(
+                REGISTER,
+                input={
+                    "platform": "WEBPUSH",
+                    "endpoint": url,
+                    "p256dh": subscription.p256dh,
+                    "auth": b64url(subscription.auth),
+                },
+            )
+            assert error == "BAD_USER_INPUT", url
+    # A registration accepted earlier (or whose name now resolves privately) is refused at send.
+    async with rig(tmp_path, backends, PARLEY_PUSH_ALLOW_PRIVATE_ENDPOINTS="false") as setup:
+        alice, bob, conversation = await pair(setup.api)
+        await subscribe(bob, endpoint)  # the API server here is in development mode
+        await alice.send(conversation, "not for your intranet")
+        for _ in range(100):
+            if await setup.dead_letters():
+                break
+            await asyncio.sleep(0.05)
+        [dead] = await setup.dead_letters()
+        assert b"endpoint refused" in dead[b"reason"]
+        assert endpoint.received == []
+
+
+async def test_registrations_are_validated_replaced_and_removed(tmp_path: Path, endpoint: PushEndpoint) -> None:
+    async with rig(tmp_path, None) as setup:
+        alice, bob, conversation = await pair(setup.api)
+        sub = Subscription()
+        good: dict[str, Any] = {
+            "platform": "WEBPUSH",
+            "endpoint": endpoint.url("b"),
+            "p256dh": sub.p256dh,
+            "auth": b64url(sub.auth),
+        }
+        bad_inputs = [
+            {**good, "p256dh": "not base64!"},
+            {**good, "p256dh": b64url(b"\x04" + b"x" * 10)},
+            {**good, "auth": b64url(b"short")},
+            {**good, "endpoint": None},
+            {**good, "token": "abc"},
+            {"platform": "APNS", "token": "not-hex"},
+            {"platform": "APNS", "token": "ab" * 32, "endpoint": endpoint.url()},
+            {"platform": "FCM"},
+            {"platform": "FCM", "token": "has spaces in it"},
+            {**good, "endpoint": "http://no-such-host.invalid/push"},
+        ]
+        for bad in bad_inputs:
+            assert await bob.error(REGISTER, input=bad) == "BAD_USER_INPUT", bad
+        assert (await bob.data(REGISTER, input={"platform": "APNS", "token": "ab" * 32}))["registerPush"]
+        assert (await bob.data(REGISTER, input={"platform": "FCM", "token": "fcm-token:APA91b_x"}))["registerPush"]
+        # The WebPush subscription replaces the FCM token: one registration per device.
+        await subscribe(bob, endpoint)
+        await alice.send(conversation, "one")
+        await endpoint.wait_for(1)
+        assert (await bob.data("mutation { unregisterPush }"))["unregisterPush"] is True
+        assert (await bob.data("mutation { unregisterPush }"))["unregisterPush"] is True
+        await bob.drain()
+        await alice.send(conversation, "two")
+        # A logged-out device loses its registration with it.
+        other = await bob.other_device()
+        await subscribe(other, endpoint)
+        await other.data("mutation { logout }")
+        await alice.send(conversation, "three")
+        await asyncio.sleep(QUIET_SECONDS)
+        assert len(endpoint.received) == 1
