@@ -117,5 +117,6 @@ class AccountMutation:
 
     @strawberry.mutation(description="Liveness ping; returns the stored last-seen time.")
     async def heartbeat(self, info: Info) -> datetime:
-        viewer = await info.context.require_viewer()
+        # heartbeat stores last seen itself: not a second time through the activity throttle.
+        viewer = await info.context.require_viewer(record_activity=False)
         return await info.context.services.presence.touch(viewer.user_id)

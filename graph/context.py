@@ -80,13 +80,13 @@ class Context:
         client = self.request.client
         return client.host if client else None
 
-    async def require_viewer(self) -> Viewer:
-        """The authenticated viewer; `Unauthenticated` otherwise. Records activity."""
+    async def require_viewer(self, *, record_activity: bool = True) -> Viewer:
+        """The authenticated viewer; `Unauthenticated` otherwise. Records activity (throttled) unless told not to."""
         if self.revoked:
             raise Unauthenticated("This token is not valid (logged out or expired).")
         if self.viewer is None:
             self.viewer = await accounts.authenticate(self.services, self.request.headers.get("authorization"))
-        if self.throttle.due(self.viewer.user_id):
+        if record_activity and self.throttle.due(self.viewer.user_id):
             try:
                 await self.services.presence.touch(self.viewer.user_id)
             except Exception:  # last seen is best effort: never fail a request (or lose a send) over it

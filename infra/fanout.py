@@ -15,31 +15,21 @@ entries, where `i` indexes `e` (-1: the notice does not carry the entry), and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
 
 from infra.bus import Subscription
+from infra.shared_subscription import SharedSubscription
 from resolvers.ports import Bus, Delivered, Inbound, Notice, SharedEvent
 
 log = logging.getLogger("parley.fanout")
 
 DEFAULT_SHARDS = 16
-
-
-class _Shard:
-    """One shard channel's subscription on this process, shared by its local listeners."""
-
-    def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.refs = 0
-        self.stack: AsyncExitStack | None = None
-        self.pump: asyncio.Task[None] | None = None
 
 
 class Fanout:
@@ -51,7 +41,7 @@ class Fanout:
         self._bus = bus
         self._shards = shards
         self._max_queue = max_queue
-        self._states: dict[int, _Shard] = {}
+        self._states: dict[int, SharedSubscription] = {}
         self._local: dict[int, set[Subscription[Inbound]]] = defaultdict(set)
 
     def _channel(self, shard: int) -> str:
@@ -85,12 +75,14 @@ class Fanout:
         shard = user_id % self._shards
         state = self._states.get(shard)
         if state is None:
-            state = self._states[shard] = _Shard()
-        state.refs += 1
+            state = self._states[shard] = SharedSubscription(
+                self._bus, self._channel(shard), lambda source: self._pump(shard, source), name=f"parley.fanout:{shard}"
+            )
+        state.hold()
         feed: Subscription[Inbound] = Subscription(self._max_queue)
         try:
             # Shielded: a cancelled listener must not leave a shard subscription half opened.
-            await asyncio.shield(self._open(shard, state))
+            await asyncio.shield(state.open())
             self._local[user_id].add(feed)
             yield feed
         finally:
@@ -102,30 +94,10 @@ class Fanout:
             feed._close()
             await asyncio.shield(self._release(shard, state))
 
-    async def _open(self, shard: int, state: _Shard) -> None:
-        async with state.lock:
-            if state.pump is not None:
-                return
-            stack = AsyncExitStack()
-            source = await stack.enter_async_context(self._bus.subscribe(self._channel(shard)))
-            state.stack = stack
-            state.pump = asyncio.create_task(self._pump(shard, source), name=f"parley.fanout:{shard}")
-
-    async def _release(self, shard: int, state: _Shard) -> None:
-        async with state.lock:
-            state.refs -= 1
-            if state.refs > 0:
-                return
-            pump, stack = state.pump, state.stack
-            state.pump = state.stack = None
-            if pump is not None:
-                pump.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pump
-            if stack is not None:
-                await stack.aclose()
-            if state.refs == 0 and self._states.get(shard) is state:
-                del self._states[shard]
+    async def _release(self, shard: int, state: SharedSubscription) -> None:
+        # Whoever started listening while it closed keeps this state and reopens it.
+        if await state.release() and self._states.get(shard) is state:
+            del self._states[shard]
 
     async def _pump(self, shard: int, source: AsyncIterator[Any]) -> None:
         async for item in source:

@@ -34,7 +34,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Self
 
@@ -43,6 +43,7 @@ from redis.asyncio import Redis
 
 from infra.bus import Resync
 from infra.redis_batch import RedisBatch
+from infra.shared_subscription import SharedSubscription
 from resolvers.ports import Bus, PresenceChange, PresenceState
 
 log = logging.getLogger("parley.presence")
@@ -116,10 +117,7 @@ class PresenceHub:
         self._bus = bus
         self._max_queue = max_queue
         self._watchers: dict[int, set[_Feed]] = {}
-        self._lock = asyncio.Lock()
-        self._refs = 0
-        self._stack: AsyncExitStack | None = None
-        self._pump: asyncio.Task[None] | None = None
+        self._subscription = SharedSubscription(bus, CHANNEL, self._run, name="parley.presence.hub")
 
     async def publish(self, changes: Sequence[PresenceChange]) -> None:
         """Announces transitions to every process's watchers; best effort (logs instead of raising)."""
@@ -135,10 +133,10 @@ class PresenceHub:
     async def watch(self, user_ids: Sequence[int]) -> AsyncIterator[_Feed]:
         """A feed of these users' transitions, subscribed before it is yielded."""
         feed = _Feed(user_ids, self._max_queue)
-        self._refs += 1
+        self._subscription.hold()
         try:
             # Shielded: a cancelled watcher must not leave the subscription half opened.
-            await asyncio.shield(self._open())
+            await asyncio.shield(self._subscription.open())
             for user_id in feed.user_ids:
                 self._watchers.setdefault(user_id, set()).add(feed)
             yield feed
@@ -150,30 +148,7 @@ class PresenceHub:
                     if not watchers:
                         del self._watchers[user_id]
             feed.close()
-            await asyncio.shield(self._release())
-
-    async def _open(self) -> None:
-        async with self._lock:
-            if self._pump is not None:
-                return
-            stack = AsyncExitStack()
-            source = await stack.enter_async_context(self._bus.subscribe(CHANNEL))
-            self._stack = stack
-            self._pump = asyncio.create_task(self._run(source), name="parley.presence.hub")
-
-    async def _release(self) -> None:
-        async with self._lock:
-            self._refs -= 1
-            if self._refs > 0:
-                return
-            pump, stack = self._pump, self._stack
-            self._pump = self._stack = None
-            if pump is not None:
-                pump.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pump
-            if stack is not None:
-                await stack.aclose()
+            await asyncio.shield(self._subscription.release())
 
     async def _run(self, source: AsyncIterator[str | Any]) -> None:
         async for item in source:
