@@ -20,17 +20,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
-from sqlalchemy.orm import aliased
-from sqlmodel import col
-
-from models import Member
 from resolvers import privacy
 from resolvers.accounts import Viewer
 from resolvers.errors import BadUserInput, Forbidden
 from resolvers.ports import PresenceChange, Services
-
-CHUNK = privacy.CHUNK
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,24 +35,6 @@ class PresenceView:
     last_seen: datetime | None
 
 
-async def sharing_conversation(services: Services, viewer_id: int, user_ids: Sequence[int]) -> set[int]:
-    """Those of `user_ids` who share a conversation with the viewer (the viewer included)."""
-    found = {viewer_id} & set(user_ids)
-    others = [uid for uid in dict.fromkeys(user_ids) if uid != viewer_id]
-    mine = aliased(Member)
-    theirs = aliased(Member)
-    async with services.db.session() as session:
-        for start in range(0, len(others), CHUNK):
-            rows = await session.execute(
-                select(col(theirs.user_id))
-                .join(mine, col(mine.conversation_id) == col(theirs.conversation_id))
-                .where(col(mine.user_id) == viewer_id, col(theirs.user_id).in_(others[start : start + CHUNK]))
-                .distinct()
-            )
-            found.update(rows.scalars())
-    return found
-
-
 async def watch_presence(services: Services, viewer: Viewer, user_ids: Sequence[int]) -> AsyncIterator[PresenceView]:
     """First the state of each watched user (in the order given), then only changes of what the viewer sees."""
     ids = list(dict.fromkeys(user_ids))
@@ -68,8 +43,9 @@ async def watch_presence(services: Services, viewer: Viewer, user_ids: Sequence[
         raise BadUserInput("Name at least one user to watch.")
     if len(ids) > limit:
         raise BadUserInput(f"At most {limit} users can be watched at once.")
-    allowed = await sharing_conversation(services, viewer.user_id, ids)
-    if any(uid not in allowed for uid in ids):
+    # The viewer counts as sharing with themselves; unknown ids are absent, so refused too.
+    visibility = await privacy.presence_visibility(services, viewer.user_id, ids)
+    if any(not visibility.get(uid, privacy.HIDDEN).shares for uid in ids):
         raise Forbidden("You can only watch users you share a conversation with.")
     shown = _Shown(services, viewer.user_id, ids)
     async with services.presence.watch(ids) as feed:

@@ -27,14 +27,15 @@ CHUNK = 1000
 
 @dataclass(frozen=True, slots=True)
 class PresenceVisibility:
-    """What the viewer may see of one user's presence."""
+    """What the viewer may see of one user's presence, and whether they share a conversation."""
 
     online: bool
     last_seen: bool
+    shares: bool
 
 
-SELF = PresenceVisibility(online=True, last_seen=True)
-HIDDEN = PresenceVisibility(online=False, last_seen=False)
+SELF = PresenceVisibility(online=True, last_seen=True, shares=True)
+HIDDEN = PresenceVisibility(online=False, last_seen=False, shares=False)
 
 
 async def presence_visibility(
@@ -69,7 +70,9 @@ async def presence_visibility(
             for user_id, hide_last_seen, shared, blocked in rows:
                 assert user_id is not None
                 visible = bool(shared) and not blocked
-                result[user_id] = PresenceVisibility(online=visible, last_seen=visible and not hide_last_seen)
+                result[user_id] = PresenceVisibility(
+                    online=visible, last_seen=visible and not hide_last_seen, shares=bool(shared)
+                )
     return result
 
 
