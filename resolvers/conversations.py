@@ -31,10 +31,11 @@ from models import Conversation, ConversationKind, EventKind, Member, MemberRole
 from models.columns import utcnow
 from resolvers.accounts import Viewer
 from resolvers.blocks import refuse_if_blocked
-from resolvers.errors import BadUserInput, Forbidden, NotFound, RateLimited
+from resolvers.errors import BadUserInput, Forbidden, NotFound
 from resolvers.inbox import Appended, append_events
 from resolvers.notify import commit_then_publish
 from resolvers.ports import Services
+from resolvers.rate_limits import spend
 from resolvers.text import check_visible_text
 
 log = logging.getLogger("parley.conversations")
@@ -147,14 +148,8 @@ async def _group(session: AsyncSession, conversation_id: int, viewer: Viewer) ->
 
 async def _spend(services: Services, key: str, *, limit: int, amount: int = 1, what: str) -> None:
     """Counts `amount` against the viewer's hourly `limit`; `RateLimited` past it (fails open)."""
-    try:
-        count = await services.rate_limiter.hit(key, window_seconds=HOUR, amount=amount)
-    except Exception:
-        # Fail open: a cache outage must not stop people from chatting.
-        log.warning("rate limit %s unchecked", key, exc_info=True)
-        return
-    if count > limit:
-        raise RateLimited(f"At most {limit} {what} an hour; try again later.")
+    refusal = f"At most {limit} {what} an hour; try again later."
+    await spend(services, key, limit=limit, window_seconds=HOUR, refusal=refusal, amount=amount)
 
 
 async def _spend_conversation(services: Services, viewer: Viewer) -> None:

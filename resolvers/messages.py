@@ -9,10 +9,11 @@ from datetime import datetime
 
 from models.columns import utcnow
 from resolvers.accounts import Viewer, get_users
-from resolvers.errors import BadUserInput, Conflict, NotFound, RateLimited, Unauthenticated
+from resolvers.errors import BadUserInput, Conflict, NotFound, Unauthenticated
 from resolvers.ids import MessageRef
 from resolvers.notify import deliver_best_effort, message_wire
 from resolvers.ports import PushJob, Services, StoredMessage
+from resolvers.rate_limits import spend
 
 log = logging.getLogger("parley.messages")
 
@@ -136,14 +137,13 @@ async def _queue_push(services: Services, message: StoredMessage) -> None:
 
 async def _check_rate(services: Services, viewer: Viewer) -> None:
     limit = services.limits.send_rate_per_minute
-    try:
-        sent = await services.rate_limiter.hit(f"send:{viewer.user_id}", window_seconds=60)
-    except Exception:
-        # Fail open: a cache outage must not stop people from chatting.
-        log.warning("send rate limit unchecked for user %s", viewer.user_id, exc_info=True)
-        return
-    if sent > limit:
-        raise RateLimited(f"At most {limit} messages a minute; try again shortly.")
+    await spend(
+        services,
+        f"send:{viewer.user_id}",
+        limit=limit,
+        window_seconds=60,
+        refusal=f"At most {limit} messages a minute; try again shortly.",
+    )
 
 
 async def _earlier_send(
