@@ -21,13 +21,14 @@ from strawberry.dataloader import DataLoader
 
 from models import Member, User
 from resolvers import accounts, conversations, privacy
+from resolvers.batches import IN_LIST_SIZE
 from resolvers.conversations import ConversationHeader
 from resolvers.privacy import PresenceVisibility
 
 if TYPE_CHECKING:
     from graph.context import Context, Info
 
-BATCH: Final = 1000
+BATCH: Final = IN_LIST_SIZE
 # Loader sets kept per context: more than the operations a socket may run at once
 # (max_subscriptions_per_connection), so concurrent operations rarely evict each other.
 SCOPES_PER_CONTEXT: Final = 32

@@ -19,6 +19,7 @@ from sqlmodel import col
 from models import Device, InboxHead, User
 from models.columns import utcnow
 from resolvers import auth_limits
+from resolvers.batches import chunks
 from resolvers.errors import BadUserInput, Conflict, NotFound, Unauthenticated
 from resolvers.inbox import prune_inbox
 from resolvers.notify import notify_best_effort
@@ -32,7 +33,6 @@ MIN_PASSWORD, MAX_PASSWORD = 8, 256
 MAX_DISPLAY_NAME = MAX_DEVICE_NAME = 64
 # Device activity is written at most this often, so each request is not a database write.
 ACTIVITY_WRITE_INTERVAL = timedelta(minutes=5)
-GET_USERS_CHUNK = 1000
 
 
 @dataclass(frozen=True)
@@ -196,9 +196,7 @@ async def get_users(services: Services, user_ids: Sequence[int]) -> dict[int, Us
         return {}
     found: dict[int, User] = {}
     async with services.db.session() as session:
-        # Chunked: an IN list past the driver's bind-parameter limit (32,767 on asyncpg) fails.
-        for start in range(0, len(unique), GET_USERS_CHUNK):
-            chunk = unique[start : start + GET_USERS_CHUNK]
+        for chunk in chunks(unique):
             rows = (await session.execute(select(User).where(col(User.id).in_(chunk)))).scalars().all()
             found.update((user.id, user) for user in rows if user.id is not None)
     return found
@@ -264,8 +262,7 @@ async def announce_revoked(services: Services, revoked: Sequence[tuple[int, int]
     """
     pairs = sorted(set(revoked))
     # In chunks: a sweep may expire many devices at once, and every stream scans the list.
-    for start in range(0, len(pairs), _NOTICE_CHUNK):
-        chunk = pairs[start : start + _NOTICE_CHUNK]
+    for chunk in chunks(pairs, _NOTICE_CHUNK):
         device_ids = [device_id for device_id, _ in chunk]
         try:
             await services.bus.publish_many([(REVOKED_CHANNEL, json.dumps({"devices": device_ids}))])
@@ -368,10 +365,10 @@ async def touch_devices(services: Services, device_ids: Sequence[int], *, now: d
     touch_before = now - activity_interval(services.limits)
 
     async def work(session: AsyncSession) -> None:
-        for start in range(0, len(ids), _ID_CHUNK):
+        for chunk in chunks(ids, _ID_CHUNK):
             await session.execute(
                 update(Device)
-                .where(col(Device.id).in_(ids[start : start + _ID_CHUNK]), col(Device.last_active_at) < touch_before)
+                .where(col(Device.id).in_(chunk), col(Device.last_active_at) < touch_before)
                 .values(last_active_at=now)
                 .execution_options(synchronize_session=False)
             )
@@ -385,9 +382,7 @@ async def existing_devices(services: Services, device_ids: Sequence[int]) -> set
     ids = sorted(set(device_ids))
     found: set[int] = set()
     async with services.db.session() as session:
-        for start in range(0, len(ids), _ID_CHUNK):
-            rows = await session.execute(
-                select(col(Device.id)).where(col(Device.id).in_(ids[start : start + _ID_CHUNK]))
-            )
+        for chunk in chunks(ids, _ID_CHUNK):
+            rows = await session.execute(select(col(Device.id)).where(col(Device.id).in_(chunk)))
             found.update(device_id for (device_id,) in rows.all() if device_id is not None)
     return found

@@ -30,6 +30,7 @@ from sqlmodel import col
 from models import Conversation, ConversationKind, EventKind, Member, MemberRole, User
 from models.columns import utcnow
 from resolvers.accounts import Viewer
+from resolvers.batches import chunks
 from resolvers.blocks import refuse_if_blocked
 from resolvers.errors import BadUserInput, Forbidden, NotFound
 from resolvers.inbox import Appended, append_events
@@ -47,8 +48,6 @@ CONVERSATIONS_PAGE = 50
 MAX_CONVERSATIONS_PAGE = 100
 MEMBERS_PAGE = 100
 MAX_MEMBERS_PAGE = 100
-# Ids per IN list: far below the driver's bind-parameter limit (32,767 on asyncpg).
-BATCH = 1000
 MANAGERS = (MemberRole.OWNER, MemberRole.ADMIN)
 HOUR = 3600
 
@@ -507,8 +506,7 @@ async def conversation_headers(
         return found
     mine = (col(Member.conversation_id) == col(Conversation.id)) & (col(Member.user_id) == viewer.user_id)
     async with services.db.session() as session:
-        for start in range(0, len(unique), BATCH):
-            chunk = unique[start : start + BATCH]
+        for chunk in chunks(unique):
             rows = await session.execute(
                 select(Conversation, col(Member.user_id), col(Member.muted))
                 .outerjoin(Member, mine)
@@ -537,8 +535,7 @@ async def member_pages(
     if not unique:
         return pages
     async with services.db.session() as session:
-        for start in range(0, len(unique), BATCH):
-            chunk = unique[start : start + BATCH]
+        for chunk in chunks(unique):
             query = select(
                 Member,
                 func.row_number()

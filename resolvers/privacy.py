@@ -18,11 +18,9 @@ from sqlmodel import col
 
 from models import Block, Member, User
 from resolvers.accounts import Viewer
+from resolvers.batches import chunks
 from resolvers.errors import NotFound
 from resolvers.ports import Services
-
-# Ids per IN list: far below the driver's bind-parameter limit (32,767 on asyncpg).
-CHUNK = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +58,7 @@ async def presence_visibility(
     )
     blocked_viewer = exists().where(and_(col(Block.blocker_id) == col(User.id), col(Block.blocked_id) == viewer_id))
     async with services.db.session() as session:
-        for start in range(0, len(others), CHUNK):
-            chunk = others[start : start + CHUNK]
+        for chunk in chunks(others):
             rows = await session.execute(
                 select(
                     col(User.id), col(User.hide_last_seen), shares.label("shares"), blocked_viewer.label("blocked")

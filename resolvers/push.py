@@ -25,6 +25,7 @@ from sqlmodel import col
 
 from models import InboxEntry, Member, Message, PushPlatform, PushRegistration
 from resolvers.accounts import Viewer
+from resolvers.batches import chunks
 from resolvers.errors import BadUserInput, Unauthenticated
 from resolvers.ports import PushJob, Services
 
@@ -32,8 +33,6 @@ MAX_ENDPOINT = 2048
 MAX_TOKEN = 4096
 # An endpoint's name is the client's choice: a slow resolver must not hold a request long.
 RESOLVE_TIMEOUT_SECONDS = 3.0
-# Ids per IN list: far below the driver's bind-parameter limit.
-CHUNK = 1000
 _TOKEN_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-_:.")
 
 
@@ -217,10 +216,8 @@ async def notifications_for(services: Services, job: PushJob, *, include_body: b
         online = await services.presence.online(list(counts))
         users = [uid for uid in counts if uid not in online]
         registrations: dict[int, list[PushRegistration]] = {}
-        for start in range(0, len(users), CHUNK):
-            rows = await session.execute(
-                select(PushRegistration).where(col(PushRegistration.user_id).in_(users[start : start + CHUNK]))
-            )
+        for chunk in chunks(users):
+            rows = await session.execute(select(PushRegistration).where(col(PushRegistration.user_id).in_(chunk)))
             for registration in rows.scalars():
                 registrations.setdefault(registration.user_id, []).append(registration)
         body = None
