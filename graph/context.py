@@ -80,6 +80,16 @@ class Context:
         client = self.request.client
         return client.host if client else None
 
+    @property
+    def public_base_url(self) -> str:
+        """The scheme and host clients reach this API at: for upload and download URLs the app serves."""
+        configured = self.services.file_config.public_url
+        if configured:
+            return configured.rstrip("/")
+        url = self.request.base_url  # the scheme as trusted proxies report it (infra/forwarded.py)
+        scheme = {"ws": "http", "wss": "https"}.get(url.scheme, url.scheme)
+        return str(url.replace(scheme=scheme)).rstrip("/")
+
     async def require_viewer(self, *, record_activity: bool = True) -> Viewer:
         """The authenticated viewer; `Unauthenticated` otherwise. Records activity (throttled) unless told not to."""
         if self.revoked:

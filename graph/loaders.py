@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Final
 from strawberry.dataloader import DataLoader
 
 from models import Member, User
-from resolvers import accounts, conversations, privacy
+from resolvers import accounts, conversations, file_store, privacy
 from resolvers.batches import IN_LIST_SIZE
 from resolvers.conversations import ConversationHeader
 from resolvers.privacy import PresenceVisibility
@@ -54,6 +54,12 @@ class Loaders:
         self.member_pages: DataLoader[MemberPageKey, list[Member]] = DataLoader(
             self._load_member_pages, max_batch_size=BATCH
         )
+        self.thumbnails: DataLoader[int, str | None] = DataLoader(self._load_thumbnails, max_batch_size=BATCH)
+
+    async def _load_thumbnails(self, ids: list[int]) -> list[str | None]:
+        async with self._context.services.db.session() as session:
+            found = await file_store.thumbnail_keys(session, ids)
+        return [found.get(upload_id) for upload_id in ids]
 
     async def _load_users(self, ids: list[int]) -> list[User | None]:
         found = await accounts.get_users(self._context.services, ids)

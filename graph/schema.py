@@ -22,6 +22,7 @@ from graph.conversations import ConversationMutation, ConversationQuery
 from graph.cost import cost_limit_rule
 from graph.errors import log_errors, shape_errors
 from graph.executor import ProjectingExecutionContext
+from graph.files import FileMutation
 from graph.input_rules import OnePasswordFieldPerOperation, StorableStringLiterals
 from graph.messaging import MessagingMutation, MessagingQuery, MessagingSubscription
 from graph.policy import OperationPolicy
@@ -31,7 +32,16 @@ from graph.push import PushMutation, PushQuery
 
 Query = merge_types("Query", (AccountQuery, ConversationQuery, MessagingQuery, BlockQuery, PushQuery))
 Mutation = merge_types(
-    "Mutation", (AccountMutation, ConversationMutation, MessagingMutation, PrivacyMutation, BlockMutation, PushMutation)
+    "Mutation",
+    (
+        AccountMutation,
+        ConversationMutation,
+        MessagingMutation,
+        PrivacyMutation,
+        BlockMutation,
+        PushMutation,
+        FileMutation,
+    ),
 )
 Subscription = merge_types("Subscription", (MessagingSubscription, PresenceSubscription))
 

@@ -15,6 +15,7 @@ from models import Member as MemberRow
 from models import MemberRole as MemberRoleModel
 from models import User as UserRow
 from models.user import Device as DeviceRow
+from resolvers import files
 from resolvers.conversations import (
     MAX_MEMBERS_PAGE,
     MEMBERS_PAGE,
@@ -22,13 +23,14 @@ from resolvers.conversations import (
     ConversationView,
     page_of,
 )
-from resolvers.errors import BadUserInput
+from resolvers.errors import BadUserInput, NotFound
 from resolvers.events import (
     ConversationEventView,
     MessageEventView,
     ReceiptEventView,
     TypingEventView,
 )
+from resolvers.files import AttachmentView
 from resolvers.ids import MessageIds, parse_row_id
 from resolvers.messages import MessageView
 from resolvers.privacy import SELF, PresenceVisibility
@@ -228,10 +230,39 @@ class Attachment:
     filename: str
     content_type: str
     size: int = strawberry.field(description="Bytes.")
-    url: str = strawberry.field(description="Short-lived download URL, minted for the viewer.")
-    thumbnail_url: str | None = strawberry.field(
-        description="Short-lived URL of a small preview image, when one exists."
-    )
+    view: strawberry.Private[AttachmentView]
+
+    @classmethod
+    def from_view(cls, view: AttachmentView) -> Attachment:
+        """The API object of one attachment of a message."""
+        return cls(
+            id=strawberry.ID(str(view.id)),
+            filename=view.filename,
+            content_type=view.content_type,
+            size=view.size,
+            view=view,
+        )
+
+    async def _check_member(self, info: Info) -> None:
+        # Only members get URLs: a removed member replaying old events gets none.
+        header = await info.context.loaders(info).conversations.load(self.view.conversation_id)
+        if header is None or not header.is_member:
+            raise NotFound("No such attachment.")
+
+    @strawberry.field(description="Short-lived download URL, minted for the viewer.")
+    async def url(self, info: Info) -> str:
+        await self._check_member(info)
+        return await files.download_url(info.context.services, self.view, base_url=info.context.public_base_url)
+
+    @strawberry.field(description="Short-lived URL of a small preview image, when one exists.")
+    async def thumbnail_url(self, info: Info) -> str | None:
+        if not self.view.previewable:
+            return None
+        await self._check_member(info)
+        key = await info.context.loaders(info).thumbnails.load(self.view.id)
+        if key is None:
+            return None
+        return await files.thumbnail_url(info.context.services, self.view, key, base_url=info.context.public_base_url)
 
 
 @strawberry.type
@@ -264,7 +295,7 @@ class Message:
                 display_name=view.sender_display_name,
             ),
             body=view.body,
-            attachments=[],
+            attachments=[Attachment.from_view(attachment) for attachment in view.attachments],
             sent_at=view.sent_at,
         )
         if len(_MESSAGES) >= _MESSAGE_CACHE_SIZE:

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from pathlib import Path
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.applications import Starlette
@@ -32,11 +33,16 @@ from infra.rate_limit import MemoryRateLimiter, RedisRateLimiter
 from infra.redis_batch import RedisBatch
 from infra.security_headers import SecurityHeaders
 from infra.settings import Settings
+from infra.storage.local import LocalStorage
+from infra.storage.s3 import S3Storage
+from infra.thumbnails import PillowThumbnailer
 from models.columns import utcnow
+from resolvers.file_retention import sweep_files
 from resolvers.ids import MessageIds
 from resolvers.maintenance import sweep
-from resolvers.ports import DeliveryStore, Limits, Services
+from resolvers.ports import DeliveryStore, FileConfig, FileStorage, Limits, Services
 from resolvers.sql_delivery import SqlDeliveryStore
+from resolvers.thumbnails import run_thumbnail_worker
 
 log = logging.getLogger("parley.app")
 
@@ -77,6 +83,44 @@ def _limits(settings: Settings) -> Limits:
     )
 
 
+def _file_config(settings: Settings) -> FileConfig:
+    return FileConfig(
+        max_upload_bytes=settings.max_upload_bytes,
+        allowed_content_types=frozenset(settings.allowed_content_types),
+        upload_ticket_seconds=settings.upload_ticket_seconds,
+        download_url_seconds=settings.download_url_seconds,
+        retention_seconds=settings.file_retention_days * 86400,
+        unattached_seconds=settings.unattached_upload_hours * 3600,
+        thumbnail_size=settings.thumbnail_size,
+        thumbnail_max_pixels=settings.thumbnail_max_pixels,
+        thumbnail_max_source_bytes=settings.thumbnail_max_source_bytes,
+        public_url=settings.public_url,
+        uploads_per_hour=settings.uploads_per_hour,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _file_storage(settings: Settings) -> AsyncIterator[FileStorage]:
+    """S3 when a bucket is configured (any mode), else the folder the app serves itself."""
+    if settings.s3_bucket:
+        async with S3Storage.open(
+            bucket=settings.s3_bucket,
+            endpoint_url=settings.s3_endpoint_url,
+            public_endpoint_url=settings.s3_public_endpoint_url,
+            region=settings.s3_region,
+            access_key_id=settings.s3_access_key_id,
+            secret_access_key=settings.s3_secret_access_key,
+        ) as s3:
+            yield s3
+    else:
+        yield local_storage(settings)
+
+
+def local_storage(settings: Settings) -> LocalStorage:
+    """The built-in storage under `files_dir` (its routes are mounted whether or not S3 is used)."""
+    return LocalStorage(Path(settings.files_dir), secret_key=settings.secret_key)
+
+
 async def _sweep_forever(services: Services, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
@@ -84,6 +128,10 @@ async def _sweep_forever(services: Services, interval: float) -> None:
             await sweep(services, now=utcnow())
         except Exception:
             log.exception("sweep failed; trying again in %.0f s", interval)
+        try:
+            await sweep_files(services, now=utcnow())
+        except Exception:
+            log.exception("file retention failed; trying again in %.0f s", interval)
 
 
 @contextlib.asynccontextmanager
@@ -91,6 +139,7 @@ async def _connected_services(settings: Settings, overrides: Overrides) -> Async
     """Opens every connection, yields the services wired on them, and closes them all."""
     if settings.is_sqlite:
         await migrate(settings.database_url)
+    stack = contextlib.AsyncExitStack()
     db = Database(create_engine(settings.database_url))
     redis: Redis | None = None
     batch: RedisBatch | None = None
@@ -109,6 +158,7 @@ async def _connected_services(settings: Settings, overrides: Overrides) -> Async
     delivery: DeliveryStore = SqlDeliveryStore(db)
     if settings.database_url.startswith("postgresql"):
         delivery = pg_store = await PgDeliveryStore.connect(settings.database_url)
+    files = await stack.enter_async_context(_file_storage(settings))
     hub = PresenceHub(bus)
     presence = (
         RedisPresence(
@@ -137,6 +187,9 @@ async def _connected_services(settings: Settings, overrides: Overrides) -> Async
         limits=_limits(settings),
         push_queue=push_queue(settings, redis, batch),
         push=push_config(settings),
+        files=files,
+        file_config=_file_config(settings),
+        thumbnailer=PillowThumbnailer(size=settings.thumbnail_size, max_pixels=settings.thumbnail_max_pixels),
     )
     if overrides.wrap:
         services = overrides.wrap(services)
@@ -154,6 +207,7 @@ async def _connected_services(settings: Settings, overrides: Overrides) -> Async
         async with presence.running():
             yield services
     finally:
+        await stack.aclose()
         await bus.disconnect()
         if pg_store is not None:
             await pg_store.close()
@@ -194,10 +248,20 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> Starle
             sweeper = asyncio.create_task(_sweep_forever(services, settings.sweep_interval_seconds))
             # Closes sockets of revoked devices, keeps connected devices active (graph/sockets.py).
             sockets = asyncio.create_task(graphql.sockets.run(services))
+            tasks = [sweeper, sockets]
+            stop_thumbnails = asyncio.Event()
+            if not settings.redis_url:
+                # The embedded mode makes thumbnails in process; with Redis, `parley worker` does.
+                tasks.append(
+                    asyncio.create_task(
+                        run_thumbnail_worker(services, stop_thumbnails, poll_seconds=settings.thumbnail_poll_seconds)
+                    )
+                )
             try:
                 yield
             finally:
-                for task in (sweeper, sockets):
+                stop_thumbnails.set()
+                for task in tasks:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
@@ -224,10 +288,14 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> Starle
             WebSocketRoute("/graphql", graphql),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            # The built-in storage's upload and download endpoints (they refuse every token when
+            # S3 holds the files: its tokens are never minted then).
+            *local_storage(settings).routes(),
         ],
         lifespan=lifespan,
     )
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    # Uploads are bounded by their own ticket's size (infra/storage/local.py), streamed to disk.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, exempt_prefixes=("/uploads",))
     # Added last, runs first: the headers go on every response (413s too), and they see the
     # client and scheme as the trusted proxies report them.
     app.add_middleware(SecurityHeaders, ide_html=graphql.graphql_ide_html if settings.graphiql_enabled else None)

@@ -2,7 +2,8 @@
 
 Starlette and uvicorn read a body of any size into memory; GraphQL's own limits
 (tokens, depth) apply only after the JSON is parsed. Small enough to own rather
-than add a dependency for.
+than add a dependency for. Paths under `exempt_prefixes` (the local storage's uploads,
+which stream to disk and enforce their own signed size limit) pass through unchecked.
 """
 
 from __future__ import annotations
@@ -17,14 +18,22 @@ class BodyTooLarge(Exception):
 
 
 class BodyLimit:
-    """ASGI middleware: 413 with a GraphQL-shaped error for bodies over `max_bytes`."""
+    """ASGI middleware: 413 with a GraphQL-shaped error for bodies over `max_bytes`.
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    Requests whose path is one of `exempt_prefixes` or lies below one (`/uploads` covers
+    `/uploads` and `/uploads/x`, not `/uploadsx`) are not limited.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, exempt_prefixes: tuple[str, ...] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.exempt_prefixes = tuple(prefix.rstrip("/") for prefix in exempt_prefixes)
+
+    def _exempt(self, path: str) -> bool:
+        return any(path == prefix or path.startswith(prefix + "/") for prefix in self.exempt_prefixes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or self._exempt(scope["path"]):
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")

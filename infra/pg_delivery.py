@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from infra.coalesce import Coalescer
-from resolvers.ports import AckOutcome, EarlierSend, SendOutcome, StoredEntry, StoredMessage
+from resolvers.ports import AckOutcome, AttachmentClaim, EarlierSend, SendOutcome, StoredEntry, StoredMessage
 
 log = logging.getLogger("parley.pg_delivery")
 
@@ -63,8 +63,8 @@ class StoreUnavailable(ConnectionError):
 # locked (FOR KEY SHARE, which a removal's DELETE waits for) so that membership holds until
 # commit; and a member removed while this statement waited for the conversation is skipped,
 # although its snapshot is older. $1 conversation, $2 sender, $3 clientId, $4 body, $5 sent at,
-# $6 sending device.
-SEND = """
+# $6 sending device; with attachments also $7 their metadata (JSON) and $8 their ids.
+_SEND = """
 WITH conv AS (
     -- only a member (as of the snapshot) may lock the conversation; the member CTE then decides
     SELECT c.id, c.kind FROM conversations c
@@ -78,18 +78,18 @@ member AS (
     SELECT 1 FROM members m
     WHERE m.conversation_id = $1 AND m.user_id = $2 AND EXISTS (SELECT 1 FROM conv)
     FOR KEY SHARE OF m
-),
+),{files}
 sent_key AS (
     INSERT INTO sent_keys (sender_id, client_id, message_id, conversation_id, sent_at)
-    SELECT $2, $3, nextval('messages_id_seq'), $1, $5 FROM member WHERE EXISTS (SELECT 1 FROM device)
+    SELECT $2, $3, nextval('messages_id_seq'), $1, $5 FROM member WHERE EXISTS (SELECT 1 FROM device){all_files}
     ON CONFLICT DO NOTHING
     RETURNING message_id
 ),
 message AS (
-    INSERT INTO messages (id, conversation_id, sender_id, client_id, body, sent_at)
-    SELECT message_id, $1, $2, $3, $4, $5 FROM sent_key
+    INSERT INTO messages (id, conversation_id, sender_id, client_id, body, sent_at{metadata_column})
+    SELECT message_id, $1, $2, $3, $4, $5{metadata} FROM sent_key
     RETURNING id
-),
+),{claimed}
 recipients AS (
     SELECT m.user_id, m.muted FROM members m
     WHERE m.conversation_id = $1 AND EXISTS (SELECT 1 FROM message)
@@ -130,13 +130,38 @@ SELECT EXISTS (SELECT 1 FROM member) AS is_member,
        EXISTS (
            SELECT 1 FROM recipients r JOIN push_registrations p ON p.user_id = r.user_id
            WHERE r.user_id <> $2 AND NOT r.muted
-       ) AS may_push
+       ) AS may_push,
+       {files_ok} AS files_ok
 FROM users u WHERE u.id = $2
 """
 
+SEND = _SEND.format(files="", all_files="", metadata_column="", metadata="", claimed="", files_ok="true")
+
+# A send with attachments claims them in the same statement: the uploads are locked after the
+# conversation and its members (the one lock order), and the message is stored only when every
+# one is the sender's, checked (READY) and in no other message; otherwise nothing is.
+SEND_WITH_FILES = _SEND.format(
+    files="""
+files AS (
+    SELECT a.id FROM attachments a
+    WHERE a.id = ANY($8::bigint[]) AND a.uploader_id = $2 AND a.state = 'READY' AND a.message_id IS NULL
+      AND EXISTS (SELECT 1 FROM member)
+    ORDER BY a.id FOR UPDATE OF a
+),""",
+    all_files="\n      AND (SELECT count(*) FROM files) = cardinality($8::bigint[])",
+    metadata_column=", attachments",
+    metadata=", $7",
+    claimed="""
+claimed AS (
+    UPDATE attachments a SET message_id = message.id, conversation_id = $1
+    FROM message WHERE a.id IN (SELECT id FROM files)
+),""",
+    files_ok="(SELECT count(*) FROM files) = cardinality($8::bigint[])",
+)
+
 EARLIER_SEND = """
 SELECT k.message_id, k.conversation_id, k.sent_at,
-       m.id AS stored_id, m.client_id, m.body, m.sent_at AS stored_at, u.username, u.display_name,
+       m.id AS stored_id, m.client_id, m.body, m.attachments, m.sent_at AS stored_at, u.username, u.display_name,
        (SELECT array_agg(e.user_id ORDER BY e.user_id) FROM inbox_entries e WHERE e.message_id = m.id) AS users,
        (SELECT array_agg(e.seq ORDER BY e.user_id) FROM inbox_entries e WHERE e.message_id = m.id) AS seqs
 FROM sent_keys k
@@ -238,7 +263,8 @@ SELECT d.acked_seq, h.last_seq FROM devices d JOIN inbox_heads h ON h.user_id = 
 
 READ_AFTER = """
 SELECT e.seq, e.kind, e.payload,
-       m.id, m.conversation_id, m.sender_id, m.client_id, m.body, m.sent_at, u.username, u.display_name
+       m.id, m.conversation_id, m.sender_id, m.client_id, m.body, m.attachments, m.sent_at, u.username,
+       u.display_name
 FROM inbox_entries e
 LEFT JOIN messages m ON m.id = e.message_id
 LEFT JOIN users u ON u.id = m.sender_id
@@ -318,17 +344,21 @@ class PgDeliveryStore:
         client_id: str,
         body: str | None,
         sent_at: datetime,
+        attachments: AttachmentClaim | None = None,
     ) -> SendOutcome:
         """Stores the message, its idempotency key and one inbox entry per recipient, in one statement."""
-        row = await self._run(
-            lambda c: c.fetchrow(SEND, conversation_id, sender_id, client_id, body, sent_at, device_id)
-        )
+        args: tuple[Any, ...] = (conversation_id, sender_id, client_id, body, sent_at, device_id)
+        statement = SEND
+        if attachments is not None:
+            statement = SEND_WITH_FILES
+            args = (*args, attachments.metadata, attachments.ids)
+        row = await self._run(lambda c: c.fetchrow(statement, *args))
         if row is None:  # the sender's account is gone
             return SendOutcome(is_member=False, message=None, device_known=False)
         if not row["device_known"]:
             return SendOutcome(is_member=bool(row["is_member"]), message=None, device_known=False)
         if row["message_id"] is None:
-            return SendOutcome(is_member=bool(row["is_member"]), message=None)
+            return SendOutcome(is_member=bool(row["is_member"]), message=None, attachments_ok=bool(row["files_ok"]))
         message = StoredMessage(
             id=row["message_id"],
             conversation_id=conversation_id,
@@ -338,6 +368,7 @@ class PgDeliveryStore:
             client_id=client_id,
             body=body,
             sent_at=sent_at,
+            attachments=attachments.metadata if attachments is not None else None,
         )
         deliveries = list(zip(row["users"] or (), row["seqs"] or (), strict=True))
         return SendOutcome(is_member=True, message=message, deliveries=deliveries, may_push=bool(row["may_push"]))
@@ -358,6 +389,7 @@ class PgDeliveryStore:
                 client_id=row["client_id"],
                 body=row["body"],
                 sent_at=row["stored_at"],
+                attachments=row["attachments"],
             )
         deliveries = list(zip(row["users"] or (), row["seqs"] or (), strict=True))
         return EarlierSend(row["message_id"], row["conversation_id"], row["sent_at"], message, deliveries)
@@ -443,6 +475,7 @@ class PgDeliveryStore:
                     client_id=row["client_id"],
                     body=row["body"],
                     sent_at=row["sent_at"],
+                    attachments=row["attachments"],
                 ),
             )
             for row in rows

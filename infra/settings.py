@@ -28,6 +28,28 @@ class Settings(BaseSettings):
     graphiql: bool | None = None
     introspection: bool | None = None
     log_level: str = "INFO"
+    # `json`: one JSON object per line (operation id and name, user and device ids, duration,
+    # outcome; never a token, password or message body). `text`: one readable line.
+    log_format: Literal["text", "json"] = "text"
+
+    # Operations (README "Operations"). On SIGTERM a process first answers /readyz with 503 for
+    # `shutdown_drain_seconds` (load balancers stop sending), then closes its WebSockets with
+    # 1012 and gives operations in flight `shutdown_grace_seconds` to finish.
+    shutdown_drain_seconds: float = Field(default=0, ge=0, le=300)
+    shutdown_grace_seconds: float = Field(default=10, ge=0, le=600)
+    # Prometheus metrics on a port of their own (never on the API's): unset, no metrics.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+    # OpenTelemetry: spans are exported over OTLP/HTTP to this endpoint (e.g.
+    # http://collector:4318); unset, tracing costs nothing.
+    otlp_endpoint: str | None = None
+    otel_service_name: str = "parley"
+    # How long an operation waits for a database connection, and for a new one to open,
+    # before answering UNAVAILABLE.
+    database_pool_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    database_connect_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    # PARLEY_REDIS_URL names one node of a Redis Cluster (sharded pub/sub, hash-tagged keys).
+    redis_cluster: bool = False
 
     # Limits from the contract (these are its defaults).
     max_group_members: int = Field(default=100, ge=2, le=10_000)
@@ -76,13 +98,43 @@ class Settings(BaseSettings):
     # process that stops (killed, hung) has its users shown offline within about 4/3 of it.
     presence_node_ttl_seconds: float = Field(default=30, ge=1, le=3600)
 
-    # S3 storage (used by file sharing).
+    # File sharing (README "File sharing"). With a bucket, files go to S3 (any mode); the
+    # internal endpoint is what the server talks to, the public one what URLs are signed for
+    # (PITFALLS.md: a presigned URL is bound to its host). Keys: the AWS default chain when unset.
+    s3_bucket: str | None = None
     s3_endpoint_url: str | None = None
     s3_public_endpoint_url: str | None = None
-    s3_bucket: str = "parley"
     s3_region: str = "us-east-1"
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
+    # Without a bucket: files under this folder, uploaded to and served by the app itself, at
+    # URLs under `public_url` (default: the scheme and host the request came to).
+    files_dir: str = "./parley-files"
+    public_url: str | None = None
+    # Lifetimes of an upload ticket and of a download URL.
+    upload_ticket_seconds: int = Field(default=600, ge=1, le=7 * 86400)
+    download_url_seconds: int = Field(default=300, ge=1, le=7 * 86400)
+    # Content types an upload may declare (comma-separated).
+    allowed_content_types: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [
+            "image/jpeg", "image/png", "image/gif", "image/webp", "image/heic", "image/heif", "image/avif",
+            "video/mp4", "video/quicktime", "video/webm",
+            "audio/mpeg", "audio/mp4", "audio/aac", "audio/ogg", "audio/webm", "audio/wav",
+            "application/pdf", "text/plain", "application/zip",
+        ]
+    )  # fmt: skip
+    # Files of a delivered (deleted) message are kept this long, so recipients can still download
+    # them; an upload never attached to a message is deleted after `unattached_upload_hours`.
+    file_retention_days: float = Field(default=30, ge=0)
+    unattached_upload_hours: float = Field(default=24, ge=0)
+    # Thumbnails of image attachments: the longest side, and decompression-bomb limits.
+    thumbnail_size: int = Field(default=320, ge=16, le=2048)
+    thumbnail_max_pixels: int = Field(default=50_000_000, ge=1000)
+    thumbnail_max_source_bytes: int = Field(default=30 * 1024 * 1024, ge=1024)
+    # Upload tickets one user may ask for per hour.
+    uploads_per_hour: int = Field(default=500, ge=1)
+    # The thumbnail worker looks for work this often when no notice woke it.
+    thumbnail_poll_seconds: float = Field(default=10.0, gt=0)
 
     # Push notifications (README "Push notifications"). WebPush: the VAPID key pair from
     # `parley vapid-keys` (private key, base64url) and a contact URI the push services may use.
@@ -123,7 +175,7 @@ class Settings(BaseSettings):
     push_fcm_endpoint: str = "https://fcm.googleapis.com"
     push_fcm_token_url: str = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL, not a password
 
-    @field_validator("allowed_origins", "trusted_proxies", mode="before")
+    @field_validator("allowed_origins", "trusted_proxies", "allowed_content_types", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):

@@ -1,5 +1,6 @@
 """SQLModel tables: importing this package registers every table on `SQLModel.metadata`."""
 
+from models.attachment import Attachment, ThumbnailState, UploadState
 from models.block import Block
 from models.conversation import Conversation, ConversationKind, Member, MemberRole
 from models.inbox import EventKind, InboxEntry, InboxHead, ReceiptWatermark
@@ -8,6 +9,7 @@ from models.push import PushPlatform, PushRegistration
 from models.user import Device, User
 
 __all__ = [
+    "Attachment",
     "Block",
     "Conversation",
     "ConversationKind",
@@ -22,5 +24,7 @@ __all__ = [
     "PushRegistration",
     "ReceiptWatermark",
     "SentKey",
+    "ThumbnailState",
+    "UploadState",
     "User",
 ]

@@ -21,6 +21,8 @@ class Message(SQLModel, table=True):
     sender_id: int = Field(foreign_key="users.id", sa_type=BigId, ondelete="CASCADE")
     client_id: str = Field(max_length=64)
     body: str | None = None
+    # The attachments' metadata as JSON (resolvers/files.py), so events need no lookup to show them.
+    attachments: str | None = None
     sent_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 

@@ -38,3 +38,9 @@ class Conflict(ParleyError):
 
 class RateLimited(ParleyError):
     code = "RATE_LIMITED"
+
+
+class Unavailable(ParleyError):
+    """A backing service (database, broker, file storage) did not answer; nothing was stored."""
+
+    code = "UNAVAILABLE"

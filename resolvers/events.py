@@ -14,11 +14,12 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from resolvers.accounts import Viewer, get_users
+from resolvers.conversations import conversation_headers
 from resolvers.errors import BadUserInput, Unauthenticated
 from resolvers.ids import MessageRef, format_cursor, parse_cursor
 from resolvers.messages import MessageView
@@ -129,6 +130,7 @@ def _render_wire(wire: dict[str, Any]) -> MessageView | ReceiptView | None:
                 client_id=wire["ci"],
                 body=wire["b"],
                 sent_at=datetime.fromisoformat(wire["t"]),
+                attachments=wire.get("a"),
             )
         )
     if kind == RECEIPT_KIND:
@@ -190,7 +192,31 @@ async def _read_after(
     if entries is None:
         raise Unauthenticated("This device has logged out.")
     events = [event for entry in entries if (event := _render_entry(entry)) is not None]
+    events = await _without_foreign_files(services, viewer, events)
     return await _with_reader_names(services, events), (entries[-1].seq if entries else after), len(entries)
+
+
+async def _without_foreign_files(services: Services, viewer: Viewer, events: list[DurableEvent]) -> list[DurableEvent]:
+    """Hides the attachments of conversations the viewer has left or been removed from.
+
+    Their devices still hold the messages from before; only members get URLs of a
+    conversation's files, and a replay must not fail on the ones it may not have.
+    """
+    with_files = {
+        e.message.ref.conversation_id for e in events if isinstance(e, MessageEventView) and e.message.attachments
+    }
+    if not with_files:
+        return events
+    headers = await conversation_headers(services, viewer, list(with_files))
+    foreign = {cid for cid in with_files if (header := headers.get(cid)) is None or not header.is_member}
+    if not foreign:
+        return events
+    return [
+        replace(e, message=replace(e.message, attachments=()))
+        if isinstance(e, MessageEventView) and e.message.ref.conversation_id in foreign
+        else e
+        for e in events
+    ]
 
 
 async def _start_position(services: Services, viewer: Viewer, after: str | None) -> int:

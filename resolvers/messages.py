@@ -10,6 +10,7 @@ from datetime import datetime
 from models.columns import utcnow
 from resolvers.accounts import Viewer, get_users
 from resolvers.errors import BadUserInput, Conflict, NotFound, Unauthenticated
+from resolvers.files import AttachmentView, announce_thumbnail_work, attachments_of, prepare_attachments
 from resolvers.ids import MessageRef
 from resolvers.notify import deliver_best_effort, message_wire
 from resolvers.ports import PushJob, Services, StoredMessage
@@ -32,6 +33,7 @@ class MessageView:
     sent_at: datetime
     sender_username: str
     sender_display_name: str
+    attachments: tuple[AttachmentView, ...] = ()
 
     @classmethod
     def from_stored(cls, message: StoredMessage) -> MessageView:
@@ -43,6 +45,7 @@ class MessageView:
             sent_at=message.sent_at,
             sender_username=message.sender_username,
             sender_display_name=message.sender_display_name,
+            attachments=attachments_of(message.conversation_id, message.attachments),
         )
 
 
@@ -52,12 +55,11 @@ def _check_input(services: Services, client_id: str, body: str | None, attachmen
     limits = services.limits
     if len(attachment_ids) > limits.max_attachments:
         raise BadUserInput(f"A message has at most {limits.max_attachments} attachments.")
-    if attachment_ids:
-        # File sharing is not built yet: no attachment id can be known.
-        raise BadUserInput(f"Unknown attachment: {attachment_ids[0][:64]!r}.")
     if body is not None and len(body) > limits.max_body_length:
         raise BadUserInput(f"A message body is at most {limits.max_body_length} characters.")
-    if body is None or not body.strip():
+    if body is not None and not body.strip():
+        body = None
+    if body is None and not attachment_ids:
         raise BadUserInput("A message needs a body or an attachment.")
     return body
 
@@ -81,6 +83,12 @@ async def send_message(
     A device logged out meanwhile is `Unauthenticated`: nothing is stored.
     """
     text = _check_input(services, client_id, body, attachment_ids)
+    claim = None
+    if attachment_ids:
+        # A retry must find its first send before the uploads (attached by then) are checked.
+        if await services.delivery.earlier_send(viewer.user_id, client_id) is not None:
+            return await _earlier_send(services, viewer, conversation_id, client_id, text)
+        claim = await prepare_attachments(services, viewer, attachment_ids)
     await _check_rate(services, viewer)
     outcome = await services.delivery.send(
         sender_id=viewer.user_id,
@@ -89,13 +97,17 @@ async def send_message(
         client_id=client_id,
         body=text,
         sent_at=utcnow(),
+        attachments=claim,
     )
     if not outcome.device_known:
         raise Unauthenticated("This device has logged out.")
     if not outcome.is_member:
         raise NotFound("No such conversation.")
     if outcome.message is None:
+        if not outcome.attachments_ok and await services.delivery.earlier_send(viewer.user_id, client_id) is None:
+            raise BadUserInput("An attachment is not yours, not uploaded and checked, or already in a message.")
         return await _earlier_send(services, viewer, conversation_id, client_id, text)
+
     # The notice carries the message itself: streams expecting it yield it without a read.
     # The push job is queued at the same time: its round trip overlaps the publish's.
     announce = deliver_best_effort(
@@ -106,7 +118,10 @@ async def send_message(
     else:
         await announce
     log.debug("message %s from user %s in conversation %s", outcome.message.id, viewer.user_id, conversation_id)
-    return MessageView.from_stored(outcome.message)
+    view = MessageView.from_stored(outcome.message)
+    if any(attachment.previewable for attachment in view.attachments):
+        await announce_thumbnail_work(services)
+    return view
 
 
 async def _queue_push(services: Services, message: StoredMessage) -> None:

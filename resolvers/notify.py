@@ -39,6 +39,7 @@ def message_wire(message: StoredMessage) -> dict[str, Any]:
         "ci": message.client_id,
         "b": message.body,
         "t": message.sent_at.isoformat(),
+        "a": message.attachments,
     }
 
 

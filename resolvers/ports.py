@@ -88,6 +88,16 @@ class StoredMessage:
     client_id: str
     body: str | None
     sent_at: datetime
+    # The attachments' metadata as stored with the message (JSON, see resolvers/files.py), or None.
+    attachments: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentClaim:
+    """Uploads a send attaches: their ids, and the metadata the message stores (JSON)."""
+
+    ids: list[int]
+    metadata: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +122,9 @@ class SendOutcome:
     # False when no recipient but the sender has a push registration and the conversation unmuted:
     # then no push job is queued (True when the store cannot tell: the worker decides).
     may_push: bool = True
+    # False when an attachment was not the sender's, not checked, or already in a message:
+    # then nothing was stored.
+    attachments_ok: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,8 +172,12 @@ class DeliveryStore(Protocol):
         client_id: str,
         body: str | None,
         sent_at: datetime,
+        attachments: AttachmentClaim | None = None,
     ) -> SendOutcome:
-        """Stores the message, its idempotency key and one inbox entry per recipient, atomically."""
+        """Stores the message, its idempotency key and one inbox entry per recipient, atomically.
+
+        With `attachments`, it also claims those uploads for the message, or stores nothing.
+        """
         ...
 
     async def earlier_send(self, sender_id: int, client_id: str) -> EarlierSend | None:
@@ -328,12 +345,152 @@ class PushQueue(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class UploadForm:
+    """Where and how a client uploads one file: a multipart POST of `fields`, then the file as `file`."""
+
+    url: str
+    fields: list[tuple[str, str]]
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    """What storage holds at a key: its size in bytes and the content type it was stored with."""
+
+    size: int
+    content_type: str | None
+
+
+class FileStorage(Protocol):
+    """Where attachments' bytes live: an S3 bucket, or a folder the app serves (infra/storage/).
+
+    Keys are made by the server. `base_url` is the scheme and host the client reached the
+    API at (`https://chat.example`); a backend whose URLs point elsewhere ignores it.
+    """
+
+    async def upload_form(
+        self, *, key: str, content_type: str, max_size: int, expires_in: int, base_url: str
+    ) -> UploadForm:
+        """A POST form that stores 1 to `max_size` bytes of exactly `content_type` at `key`, for `expires_in` s."""
+        ...
+
+    async def download_url(self, *, key: str, filename: str, content_type: str, expires_in: int, base_url: str) -> str:
+        """A GET URL of the object, valid `expires_in` seconds, served as an attachment named `filename`."""
+        ...
+
+    async def stat(self, key: str) -> StoredObject | None:
+        """The object at `key`, or None when nothing is stored there."""
+        ...
+
+    async def read(self, key: str, *, limit: int) -> bytes:
+        """At most the first `limit` bytes of the object; raises FileNotFoundError when it is missing."""
+        ...
+
+    async def write(self, key: str, data: bytes, *, content_type: str) -> None:
+        """Stores `data` at `key` (thumbnails, made by the server)."""
+        ...
+
+    async def delete(self, keys: Sequence[str]) -> None:
+        """Deletes these objects; a missing one is no error."""
+        ...
+
+
+class ImageError(Exception):
+    """Bytes a preview cannot be made of: not an image, damaged, or too many pixels."""
+
+
+class Thumbnailer(Protocol):
+    """Makes small previews of images, off the event loop (infra/thumbnails.py)."""
+
+    content_type: str
+
+    async def thumbnail(self, data: bytes) -> bytes:
+        """A small preview of the image `data`, without its metadata; raises `ImageError`."""
+        ...
+
+
+@dataclass(frozen=True)
+class FileConfig:
+    """What file sharing allows (from settings)."""
+
+    max_upload_bytes: int = 100 * 1024 * 1024
+    allowed_content_types: frozenset[str] = frozenset({"image/jpeg", "image/png", "application/pdf", "text/plain"})
+    upload_ticket_seconds: int = 600
+    download_url_seconds: int = 300
+    retention_seconds: float = 30 * 86400
+    unattached_seconds: float = 86400
+    thumbnail_size: int = 320
+    thumbnail_max_pixels: int = 50_000_000
+    thumbnail_max_source_bytes: int = 30 * 1024 * 1024
+    # The scheme and host of download and upload URLs, when not the request's own.
+    public_url: str | None = None
+    uploads_per_hour: int = 500
+    thumbnail_max_attempts: int = 3
+
+
 @dataclass(frozen=True)
 class PushConfig:
     """What the API says and checks about push channels (from settings)."""
 
     web_push_public_key: str | None = None
     allow_private_endpoints: bool = True
+
+
+class Telemetry(Protocol):
+    """Counts and timings for operators (infra/metrics.py). Labels are bounded: no user ids."""
+
+    def operation(self, *, kind: str, field: str, outcome: str, seconds: float) -> None:
+        """One GraphQL operation ended: `field` is its root field, `outcome` "ok" or an error code."""
+        ...
+
+    def socket_opened(self) -> None: ...
+
+    def socket_closed(self) -> None: ...
+
+    def subscription_started(self, field: str) -> None: ...
+
+    def subscription_ended(self, field: str) -> None: ...
+
+    def send_committed(self, seconds: float) -> None:
+        """A send's time from the request to its commit."""
+        ...
+
+    def notices_published(self, seconds: float) -> None:
+        """A send's time from its commit to its notices being published."""
+        ...
+
+    def events_delivered(self, count: int) -> None:
+        """Durable events handed to subscribers (live or replayed)."""
+        ...
+
+
+class NullTelemetry:
+    """Telemetry that records nothing (metrics off, and tools that wire services by hand)."""
+
+    def operation(self, *, kind: str, field: str, outcome: str, seconds: float) -> None:
+        """Records nothing."""
+
+    def socket_opened(self) -> None:
+        """Records nothing."""
+
+    def socket_closed(self) -> None:
+        """Records nothing."""
+
+    def subscription_started(self, field: str) -> None:
+        """Records nothing."""
+
+    def subscription_ended(self, field: str) -> None:
+        """Records nothing."""
+
+    def send_committed(self, seconds: float) -> None:
+        """Records nothing."""
+
+    def notices_published(self, seconds: float) -> None:
+        """Records nothing."""
+
+    def events_delivered(self, count: int) -> None:
+        """Records nothing."""
 
 
 @dataclass(frozen=True)
@@ -370,3 +527,8 @@ class Services:
     # None: push notifications are not queued (tests and tools that wire services by hand).
     push_queue: PushQueue | None = None
     push: PushConfig = field(default_factory=PushConfig)
+    # None: file sharing is off (tools that wire services by hand); createUpload answers UNAVAILABLE.
+    files: FileStorage | None = None
+    file_config: FileConfig = field(default_factory=FileConfig)
+    thumbnailer: Thumbnailer | None = None
+    telemetry: Telemetry = field(default_factory=NullTelemetry)

@@ -30,10 +30,15 @@ from models import (
     User,
 )
 from resolvers.blocks import blockers_among
+from resolvers.file_store import claim_uploads
 from resolvers.ids import MessageRef
 from resolvers.inbox import append_events, delete_orphaned_messages, prune_inbox, read_entries
-from resolvers.ports import AckOutcome, Database, EarlierSend, SendOutcome, StoredEntry, StoredMessage
+from resolvers.ports import AckOutcome, AttachmentClaim, Database, EarlierSend, SendOutcome, StoredEntry, StoredMessage
 from resolvers.watermarks import advance_watermarks
+
+
+class _NotAttachable(Exception):
+    """An attachment of a send could not be claimed: the transaction rolls back."""
 
 
 def _stored(message: Message, sender: User | None) -> StoredMessage:
@@ -47,6 +52,7 @@ def _stored(message: Message, sender: User | None) -> StoredMessage:
         client_id=message.client_id,
         body=message.body,
         sent_at=message.sent_at,
+        attachments=message.attachments,
     )
 
 
@@ -91,6 +97,7 @@ class SqlDeliveryStore:
         client_id: str,
         body: str | None,
         sent_at: datetime,
+        attachments: AttachmentClaim | None = None,
     ) -> SendOutcome:
         """Stores the message, its idempotency key and one inbox entry per recipient, in one transaction."""
 
@@ -108,13 +115,22 @@ class SqlDeliveryStore:
             if await session.get(Member, (conversation_id, sender_id)) is None:
                 return SendOutcome(is_member=False, message=None)
             if await session.get(SentKey, (sender_id, client_id)) is not None:
-                return SendOutcome(is_member=True, message=None)
+                return SendOutcome(is_member=True, message=None, attachments_ok=attachments is None)
             message = Message(
-                conversation_id=conversation_id, sender_id=sender_id, client_id=client_id, body=body, sent_at=sent_at
+                conversation_id=conversation_id,
+                sender_id=sender_id,
+                client_id=client_id,
+                body=body,
+                sent_at=sent_at,
+                attachments=attachments.metadata if attachments is not None else None,
             )
             session.add(message)
             await session.flush()
             assert message.id is not None
+            if attachments is not None and not await claim_uploads(
+                session, attachments.ids, uploader_id=sender_id, conversation_id=conversation_id, message_id=message.id
+            ):
+                raise _NotAttachable
             session.add(
                 SentKey(
                     sender_id=sender_id,
@@ -155,6 +171,8 @@ class SqlDeliveryStore:
 
         try:
             return await self._db.transaction(work)
+        except _NotAttachable:  # rolled back: nothing stored
+            return SendOutcome(is_member=True, message=None, attachments_ok=False)
         except IntegrityError:
             # The same clientId raced itself: the other request stored it.
             return SendOutcome(is_member=True, message=None)

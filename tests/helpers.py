@@ -8,6 +8,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from tests.client import HttpClient, Json, Subscription, WsClient, ws_connect
 
 PASSWORD = "correct horse battery"
@@ -25,6 +27,20 @@ EVENT_FIELDS = f"""
 """
 EVENTS = f"subscription Events($after: String) {{ events(after: $after) {{ {EVENT_FIELDS} }} }}"
 AUTH = f"token user {{ {USER_FIELDS} }} device {{ id name createdAt }}"
+
+
+UPLOAD = (
+    "mutation U($input: CreateUploadInput!) { createUpload(input: $input) "
+    "{ attachmentId url expiresAt fields { name value } } }"
+)
+ATTACHMENT_FIELDS = "id filename contentType size url thumbnailUrl"
+
+
+async def post_form(ticket: Json, filename: str, content_type: str, data: bytes) -> httpx.Response:
+    """The multipart POST of an upload ticket, as any client does it: the fields in order, then the file."""
+    fields = [(field["name"], (None, field["value"])) for field in ticket["fields"]]
+    async with httpx.AsyncClient(timeout=30) as client:
+        return await client.post(ticket["url"], files=[*fields, ("file", (filename, data, content_type))])
 
 
 def unique_name(base: str = "user") -> str:
@@ -87,6 +103,36 @@ class Person:
                 "conversationId": conversation_id,
                 "clientId": client_id or uuid.uuid4().hex,
                 "body": body,
+            },
+        )
+        message: Json = data["sendMessage"]
+        return message
+
+    async def ticket(self, filename: str, content_type: str, size: int) -> Json:
+        """An upload ticket (createUpload)."""
+        data = await self.data(UPLOAD, input={"filename": filename, "contentType": content_type, "size": size})
+        ticket: Json = data["createUpload"]
+        return ticket
+
+    async def upload(self, filename: str, content_type: str, data: bytes, *, declared_size: int | None = None) -> str:
+        """Uploads a file as an app does (ticket, then the form POST); returns its attachment id."""
+        ticket = await self.ticket(filename, content_type, len(data) if declared_size is None else declared_size)
+        response = await post_form(ticket, filename, content_type, data)
+        assert response.status_code in (200, 201, 204), response.text
+        return str(ticket["attachmentId"])
+
+    async def send_files(
+        self, conversation_id: str, attachment_ids: list[str], *, body: str | None = None, client_id: str | None = None
+    ) -> Json:
+        """Sends a message with attachments; returns it with its attachments' URLs."""
+        data = await self.data(
+            f"mutation S($input: SendMessageInput!) {{ sendMessage(input: $input) {{ {MESSAGE_FIELDS} "
+            f"attachments {{ {ATTACHMENT_FIELDS} }} }} }}",
+            input={
+                "conversationId": conversation_id,
+                "clientId": client_id or uuid.uuid4().hex,
+                "body": body,
+                "attachmentIds": attachment_ids,
             },
         )
         message: Json = data["sendMessage"]

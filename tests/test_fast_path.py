@@ -15,7 +15,17 @@ from datetime import datetime
 from typing import Any
 
 from infra.testing.services import RedisTarget
-from resolvers.ports import AckOutcome, Bus, DeliveryStore, EarlierSend, Resync, SendOutcome, Services, StoredEntry
+from resolvers.ports import (
+    AckOutcome,
+    AttachmentClaim,
+    Bus,
+    DeliveryStore,
+    EarlierSend,
+    Resync,
+    SendOutcome,
+    Services,
+    StoredEntry,
+)
 from tests.client import Subscription
 from tests.conftest import production_settings
 from tests.database_dump import dump_settings_tables
@@ -46,6 +56,7 @@ class CountingStore:
         client_id: str,
         body: str | None,
         sent_at: datetime,
+        attachments: AttachmentClaim | None = None,
     ) -> SendOutcome:
         return await self._inner.send(
             sender_id=sender_id,
@@ -54,6 +65,7 @@ class CountingStore:
             client_id=client_id,
             body=body,
             sent_at=sent_at,
+            attachments=attachments,
         )
 
     async def earlier_send(self, sender_id: int, client_id: str) -> EarlierSend | None:

@@ -21,6 +21,7 @@ from infra.settings import Settings
 from models import PushPlatform
 from resolvers.ids import MessageIds
 from resolvers.ports import PushConfig, PushQueue, Services
+from resolvers.thumbnails import run_thumbnail_worker
 
 log = logging.getLogger("parley.push")
 
@@ -158,7 +159,10 @@ async def _serve_liveness(worker: PushWorker, host: str, port: int) -> asyncio.S
 
 
 async def run_worker(settings: Settings, *, host: str, port: int | None) -> None:
-    """`parley worker`: consumes the Redis Stream until SIGTERM/SIGINT, serving liveness on `port`."""
+    """`parley worker`: sends pushes from the Redis Stream and makes thumbnails until SIGTERM/SIGINT.
+
+    Serves liveness on `port`.
+    """
     from infra.app import Overrides, connected_services  # noqa: PLC0415 - the app module is heavy
 
     if not settings.redis_url:
@@ -185,7 +189,11 @@ async def run_worker(settings: Settings, *, host: str, port: int | None) -> None
                 "push worker %s started%s", worker.consumer, f" (liveness on {host}:{port}/healthz)" if port else ""
             )
             try:
-                await worker.run(stop)
+                # The same process makes thumbnails of image attachments (resolvers/thumbnails.py).
+                await asyncio.gather(
+                    worker.run(stop),
+                    run_thumbnail_worker(services, stop, poll_seconds=settings.thumbnail_poll_seconds),
+                )
             finally:
                 if server is not None:
                     server.close()

@@ -26,6 +26,18 @@ class RedisLocation(Protocol):
     def prefix(self) -> str: ...
 
 
+def terminate(process: subprocess.Popen[bytes] | None, *, timeout: float) -> None:
+    """Stops a child process: SIGTERM, then SIGKILL after `timeout` seconds; waits for it either way."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as sock:
@@ -131,13 +143,7 @@ class ProcessServer:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 15 s."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        terminate(self._process, timeout=15)
 
     def __enter__(self) -> ProcessServer:
         return self.start()

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from infra.testing.processes import free_port
+from infra.testing.processes import free_port, terminate
 
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 5.0
@@ -78,14 +78,7 @@ class RedisServer:
     def stop(self) -> None:
         """Stops the server (SIGTERM, then SIGKILL); its clients see their connections close."""
         process, self._process = self._process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process, timeout=_STOP_TIMEOUT)
 
     def restart(self) -> None:
         """Stops and starts again on the same port."""

@@ -1,0 +1,1 @@
+"""Where attachments' bytes live: the backends of the `FileStorage` port (resolvers/ports.py)."""
