@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 from graphql import GraphQLError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from resolvers.errors import ParleyError
 
@@ -13,15 +15,48 @@ log = logging.getLogger("parley.errors")
 
 INTERNAL = "INTERNAL_SERVER_ERROR"
 
+# PostgreSQL refusing because it is shutting down, crashed, starting up (57P01-57P03: the
+# "starting up" window right after a restart) or full (53300); and class 08, connection exceptions.
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
 
-def _unavailable(error: BaseException | None) -> bool:
-    """A backing service that did not answer (database or Redis down)."""
-    if isinstance(error, (OperationalError, InterfaceError)):
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """The error, the driver error SQLAlchemy wraps, and what each was explicitly raised from."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen and len(seen) < 8:
+        seen.add(id(current))
+        yield current
+        orig = getattr(current, "orig", None)
+        if isinstance(orig, BaseException) and id(orig) not in seen:
+            yield orig
+            seen.add(id(orig))
+        # Only `raise … from`: an implicit __context__ may be an unrelated error handled earlier.
+        current = current.__cause__
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    code = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+    return code if isinstance(code, str) else None
+
+
+def is_unavailable(error: BaseException | None) -> bool:
+    """A backing service that did not answer or refused to serve (database or Redis down or restarting)."""
+    return error is not None and any(_service_down(cause) for cause in _causes(error))
+
+
+def _service_down(error: BaseException) -> bool:
+    # SQLAlchemy's pool timeout and disconnect errors (it wraps asyncpg's InterfaceError, a
+    # closed connection, as its own); the asyncpg store raises its own ConnectionError subclass.
+    if isinstance(error, (OperationalError, InterfaceError, PoolTimeout)):
         return True
     if isinstance(error, DBAPIError) and error.connection_invalidated:
         return True
-    name = type(error).__module__ if error else ""
-    return isinstance(error, (ConnectionError, TimeoutError, OSError)) or name.startswith("redis.")
+    # By SQLSTATE, raw or wrapped: graph/ does not import the driver (asyncpg stays in infra/).
+    state = _sqlstate(error)
+    if state is not None and (state.startswith("08") or state in _UNAVAILABLE_SQLSTATES):
+        return True
+    return isinstance(error, (ConnectionError, TimeoutError, OSError)) or type(error).__module__.startswith("redis.")
 
 
 def error_code(error: GraphQLError) -> str:
@@ -34,7 +69,7 @@ def error_code(error: GraphQLError) -> str:
         return original.code
     if isinstance(original, GraphQLError):
         return error_code(original)
-    if _unavailable(original):
+    if is_unavailable(original):
         return "UNAVAILABLE"
     return INTERNAL
 

@@ -10,13 +10,17 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
-from starlette.routing import Route, WebSocketRoute
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 
+from graph.persisted_queries import Allowlist, PersistedQueries
 from graph.schema import build_schema
 from graph.view import ParleyGraphQL
 from infra.body_limit import BodyLimit
@@ -24,18 +28,22 @@ from infra.bus import BroadcastBus
 from infra.db import Database, create_engine
 from infra.fanout import Fanout
 from infra.forwarded import TrustedProxies
+from infra.metrics import metrics_exposed, telemetry_for
 from infra.migrate import migrate
 from infra.passwords import Argon2Hasher
+from infra.persisted_queries import persisted_query_store
 from infra.pg_delivery import PgDeliveryStore
 from infra.presence import MemoryPresence, PresenceHub, RedisPresence
 from infra.push.runtime import embedded_worker, push_config, push_queue
 from infra.rate_limit import MemoryRateLimiter, RedisRateLimiter
 from infra.redis_batch import RedisBatch
+from infra.redis_cluster import ClusterBus, cluster_client, hash_tagged
 from infra.security_headers import SecurityHeaders
 from infra.settings import Settings
 from infra.storage.local import LocalStorage
 from infra.storage.s3 import S3Storage
 from infra.thumbnails import PillowThumbnailer
+from infra.tracing import TracingMiddleware, tracing
 from models.columns import utcnow
 from resolvers.file_retention import sweep_files
 from resolvers.ids import MessageIds
@@ -53,6 +61,13 @@ class Overrides:
 
     wrap: Callable[[Services], Services] | None = None
     fast_password_hashing: bool = False
+
+
+@dataclass
+class Draining:
+    """Set once the process begins its shutdown (infra/server.py): `/readyz` answers 503 from then on."""
+
+    active: bool = False
 
 
 @dataclass
@@ -140,30 +155,48 @@ async def _connected_services(settings: Settings, overrides: Overrides) -> Async
     if settings.is_sqlite:
         await migrate(settings.database_url)
     stack = contextlib.AsyncExitStack()
-    db = Database(create_engine(settings.database_url))
-    redis: Redis | None = None
+    db = Database(
+        create_engine(
+            settings.database_url,
+            pool_timeout=settings.database_pool_timeout_seconds,
+            connect_timeout=settings.database_connect_timeout_seconds,
+        )
+    )
+    redis: Redis | RedisCluster | None = None
     batch: RedisBatch | None = None
     node_id = uuid.uuid4().hex[:12]
-    if settings.redis_url:
+    if settings.redis_url and settings.redis_cluster:
+        redis = cluster_client(settings.redis_url)  # the client owns its per-node pools and closes them
+        batch = RedisBatch(redis)
+    elif settings.redis_url:
         # Blocking pool: a burst waits briefly for a connection instead of failing at once.
         pool = BlockingConnectionPool.from_url(
             settings.redis_url, max_connections=64, timeout=5, socket_timeout=5, socket_connect_timeout=5
         )
         redis = Redis.from_pool(pool)  # the client owns the pool and closes it
         batch = RedisBatch(redis)
-    bus = BroadcastBus(settings.redis_url or "memory://", channel_prefix=settings.redis_prefix if redis else "")
+    bus = (ClusterBus if isinstance(redis, RedisCluster) else BroadcastBus)(
+        settings.redis_url or "memory://", channel_prefix=settings.redis_prefix if redis else ""
+    )
     await bus.connect()
     # The hot path runs on asyncpg directly on PostgreSQL (infra/pg_delivery.py says why).
     pg_store: PgDeliveryStore | None = None
     delivery: DeliveryStore = SqlDeliveryStore(db)
     if settings.database_url.startswith("postgresql"):
-        delivery = pg_store = await PgDeliveryStore.connect(settings.database_url)
+        delivery = pg_store = await PgDeliveryStore.connect(
+            settings.database_url,
+            pool_timeout=settings.database_pool_timeout_seconds,
+            connect_timeout=settings.database_connect_timeout_seconds,
+        )
     files = await stack.enter_async_context(_file_storage(settings))
     hub = PresenceHub(bus)
     presence = (
         RedisPresence(
             redis,
-            prefix=settings.redis_prefix,
+            # On a cluster the registry's scripts need all its keys in one slot (infra/redis_cluster.py).
+            prefix=hash_tagged(settings.redis_prefix, "presence")
+            if isinstance(redis, RedisCluster)
+            else settings.redis_prefix,
             node_id=node_id,
             hub=hub,
             node_ttl=settings.presence_node_ttl_seconds,
@@ -190,6 +223,7 @@ async def _connected_services(settings: Settings, overrides: Overrides) -> Async
         files=files,
         file_config=_file_config(settings),
         thumbnailer=PillowThumbnailer(size=settings.thumbnail_size, max_pixels=settings.thumbnail_max_pixels),
+        telemetry=telemetry_for(settings),
     )
     if overrides.wrap:
         services = overrides.wrap(services)
@@ -200,7 +234,7 @@ async def _connected_services(settings: Settings, overrides: Overrides) -> Async
         node_id,
         "production" if settings.is_production else "development",
         settings.database_url.split("://")[0],
-        "redis" if redis else "in-process",
+        ("redis cluster" if isinstance(redis, RedisCluster) else "redis") if redis else "in-process",
     )
     try:
         # Registers this node and sweeps dead ones; on the way out removes its users (before the bus closes).
@@ -219,12 +253,49 @@ async def _connected_services(settings: Settings, overrides: Overrides) -> Async
 
 connected_services = _connected_services
 
+# GraphiQL's and the web chat's built assets (built from web/ by `npm run build`, committed).
+STATIC = Path(__file__).parent / "static"
+
+
+def _web_pages(settings: Settings) -> list[BaseRoute]:
+    """GraphiQL's assets and the example web chat at `/`, each only when enabled."""
+    routes: list[BaseRoute] = []
+    if settings.graphiql_enabled:
+        routes.append(Mount("/static/graphiql", StaticFiles(directory=STATIC / "graphiql")))
+    if settings.web_chat_enabled:
+        chat = STATIC / "chat"
+
+        async def index(_request: Request) -> FileResponse:
+            return FileResponse(chat / "index.html", media_type="text/html")
+
+        routes += [Route("/", index), Mount("/static/chat", StaticFiles(directory=chat))]
+    return routes
+
+
+def _file_origins(settings: Settings) -> list[str]:
+    """Origins other than the app's own that pages post uploads to and load files from."""
+    urls = [settings.public_url, settings.s3_public_endpoint_url if settings.s3_bucket else None]
+    return sorted({f"{u.scheme}://{u.netloc}" for u in map(urlsplit, filter(None, urls)) if u.netloc})
+
+
+# The operations an app team starts from: the allow-list of `persisted_queries=allowlist`.
+OPERATIONS_DIR = Path(__file__).resolve().parent.parent / "frontend_schema" / "operations"
+
+
+def persisted_queries(settings: Settings) -> PersistedQueries:
+    """APQ as configured; the allow-list is read here, once, so a missing kit fails at start."""
+    allowlist = Allowlist.from_directory(OPERATIONS_DIR) if settings.persisted_queries == "allowlist" else Allowlist()
+    if settings.persisted_queries == "allowlist" and not allowlist.texts:
+        raise RuntimeError(f"persisted_queries=allowlist but no operations in {OPERATIONS_DIR}")
+    return PersistedQueries(mode=settings.persisted_queries, allowlist=allowlist)
+
 
 def create_app(settings: Settings, overrides: Overrides | None = None) -> Starlette:
     """A Starlette app serving Parley; connections open in its lifespan, none at import."""
     overrides = overrides or Overrides()
     runtime = _Runtime()
     ids = MessageIds(settings.secret_key)
+    persisted = persisted_queries(settings)
     graphql = ParleyGraphQL(
         build_schema(
             max_depth=settings.max_query_depth,
@@ -232,6 +303,9 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> Starle
             max_tokens=settings.max_tokens,
             max_query_cost=settings.max_query_cost,
             introspection=settings.introspection_enabled,
+            traced=settings.otlp_endpoint is not None,
+            max_batch_operations=settings.max_batch_operations,
+            persisted_queries=persisted,
         ),
         services=runtime.get,
         ids=ids,
@@ -243,7 +317,13 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> Starle
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        async with _connected_services(settings, overrides) as services, embedded_worker(settings, services):
+        async with (
+            tracing(settings),
+            _connected_services(settings, overrides) as services,
+            embedded_worker(settings, services),
+            metrics_exposed(settings, services),
+            persisted_query_store(settings) as persisted.store,
+        ):
             runtime.services = services
             sweeper = asyncio.create_task(_sweep_forever(services, settings.sweep_interval_seconds))
             # Closes sockets of revoked devices, keeps connected devices active (graph/sockets.py).
@@ -270,7 +350,12 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> Starle
     async def healthz(_request: Request) -> PlainTextResponse:
         return PlainTextResponse("ok")
 
+    draining = Draining()
+
     async def readyz(_request: Request) -> JSONResponse:
+        if draining.active:
+            # Said at once, without asking the backends: the load balancer stops sending new clients here.
+            return JSONResponse({"ready": False, "draining": True}, status_code=503)
         services = runtime.get()
         checks: dict[str, str] = {}
         for name, check in (("database", services.db.ping), ("broker", services.bus.ping)):
@@ -291,13 +376,23 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> Starle
             # The built-in storage's upload and download endpoints (they refuse every token when
             # S3 holds the files: its tokens are never minted then).
             *local_storage(settings).routes(),
+            *_web_pages(settings),
         ],
         lifespan=lifespan,
     )
+    app.state.draining = draining  # the server sets it on SIGTERM (infra/server.py)
     # Uploads are bounded by their own ticket's size (infra/storage/local.py), streamed to disk.
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, exempt_prefixes=("/uploads",))
     # Added last, runs first: the headers go on every response (413s too), and they see the
     # client and scheme as the trusted proxies report them.
-    app.add_middleware(SecurityHeaders, ide_html=graphql.graphql_ide_html if settings.graphiql_enabled else None)
+    app.add_middleware(
+        SecurityHeaders,
+        ide_html=graphql.graphql_ide_html if settings.graphiql_enabled else None,
+        web_chat=settings.web_chat_enabled,
+        file_origins=_file_origins(settings),
+    )
     app.add_middleware(TrustedProxies, trusted=settings.trusted_proxies)
+    if settings.otlp_endpoint:
+        # Outermost: a request's span covers all the app does for it (infra/tracing.py).
+        app.add_middleware(TracingMiddleware)
     return app

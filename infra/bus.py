@@ -28,6 +28,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from infra.coalesce import Coalescer
+from infra.metrics import bus_reconnected, bus_resync, notices_dropped
 
 logger = logging.getLogger("parley.bus")
 
@@ -101,6 +102,8 @@ class Subscription(Generic[T]):
         except asyncio.QueueFull:
             # Trap 4: a reader that fell behind must neither hold up the others nor grow without
             # bound. One Resync makes it re-read everything the dropped notices pointed at.
+            notices_dropped(self._queue.qsize())
+            bus_resync("overflow")
             self._drain()
             self._queue.put_nowait(item if isinstance(item, Resync) else Resync("overflow"))
             return True
@@ -128,7 +131,19 @@ class _EventSource(Protocol):
     async def get(self) -> Event: ...
 
 
-class _RedisBackend(BroadcastBackend):
+class RedisBroadcastBackend(BroadcastBackend):
+    """A Redis backend of `BroadcastBus`: broadcaster's interface plus batched publishing and a health check."""
+
+    async def publish_many(self, items: Sequence[tuple[str, str]]) -> None:
+        """Publishes every (channel, message) pair, in order."""
+        raise NotImplementedError
+
+    async def ping(self) -> None:
+        """Raises BusUnavailable unless the broker answers."""
+        raise NotImplementedError
+
+
+class _RedisBackend(RedisBroadcastBackend):
     """Redis pub/sub for `Broadcast`, with a supervised listener.
 
     Written against broadcaster's backend interface rather than as a subclass of its
@@ -136,6 +151,10 @@ class _RedisBackend(BroadcastBackend):
     dies on the first connection error (trap 3), and it builds its client without our timeouts;
     fixing those would override everything but its one-line publish.
     """
+
+    # The pub/sub dialect: a subclass speaks sharded pub/sub (infra/redis_cluster.py).
+    _MESSAGE = "message"
+    _SUBSCRIBED = "subscribe"
 
     def __init__(self, url: str, *, reconnect_max_delay: float) -> None:
         # No super().__init__(): broadcaster's base class raises NotImplementedError there.
@@ -204,7 +223,7 @@ class _RedisBackend(BroadcastBackend):
             reply: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._replies.setdefault(channel, deque()).append(reply)
             try:
-                await pubsub.subscribe(channel)
+                await self._send_subscribe(pubsub, [channel])
             except Exception as exc:  # any failure means the connection is gone
                 await self._abandon(pubsub, exc)
                 return
@@ -224,7 +243,7 @@ class _RedisBackend(BroadcastBackend):
             if pubsub is None:
                 return
             try:
-                await pubsub.unsubscribe(channel)
+                await self._send_unsubscribe(pubsub, channel)
             except Exception as exc:  # any failure means the connection is gone
                 await self._abandon(pubsub, exc)
 
@@ -263,7 +282,7 @@ class _RedisBackend(BroadcastBackend):
         try:
             await pubsub.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
             if channels:
-                await pubsub.subscribe(*channels)
+                await self._send_subscribe(pubsub, channels)
         except BaseException:
             await _close_quietly(pubsub)
             raise
@@ -272,12 +291,19 @@ class _RedisBackend(BroadcastBackend):
             self._replies.setdefault(channel, deque()).append(None)
         self._pubsub = pubsub
         if self._down_since is not None:
+            bus_reconnected()
             logger.warning(
                 "Redis pub/sub reconnected after %.1f s; resubscribed %d channel(s), their subscribers get Resync",
                 time.monotonic() - self._down_since,
                 len(channels),
             )
             self._down_since = None
+
+    async def _send_subscribe(self, pubsub: PubSub, channels: Sequence[str]) -> None:
+        await pubsub.subscribe(*channels)
+
+    async def _send_unsubscribe(self, pubsub: PubSub, channel: str) -> None:
+        await pubsub.unsubscribe(channel)
 
     async def _supervise(self) -> None:
         """Reads the pub/sub connection; when it drops, reconnects with backoff (trap 3)."""
@@ -309,9 +335,9 @@ class _RedisBackend(BroadcastBackend):
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message["type"]
-        if kind == "message":
+        if kind == self._MESSAGE:
             self._events.put_nowait(Event(message["channel"], message["data"]))
-        elif kind == "subscribe":
+        elif kind == self._SUBSCRIBED:
             channel: str = message["channel"]
             replies = self._replies.get(channel)
             if not replies:
@@ -320,6 +346,7 @@ class _RedisBackend(BroadcastBackend):
             if not replies:
                 del self._replies[channel]
             if reply is None:
+                bus_resync("reconnected")
                 self._events.put_nowait(_ResyncEvent(channel, "reconnected"))
             elif not reply.done():
                 reply.set_result(None)
@@ -397,7 +424,7 @@ class BroadcastBus:
         self._reconnect_max_delay = reconnect_max_delay
         # Built in connect(): asyncio objects belong to the event loop that uses them.
         self._broadcast: Broadcast | None = None
-        self._redis: _RedisBackend | None = None
+        self._redis: RedisBroadcastBackend | None = None
         self._channels: dict[str, _Channel] = {}
 
     async def connect(self) -> None:
@@ -405,12 +432,16 @@ class BroadcastBus:
         if self._broadcast is not None:
             raise RuntimeError("the bus is already connected")
         if self._is_redis:
-            redis = _RedisBackend(self._url, reconnect_max_delay=self._reconnect_max_delay)
+            redis = self._redis_backend(self._url, reconnect_max_delay=self._reconnect_max_delay)
             broadcast = Broadcast(backend=redis)
         else:
             redis, broadcast = None, Broadcast(self._url)
         await broadcast.connect()
         self._redis, self._broadcast = redis, broadcast
+
+    def _redis_backend(self, url: str, *, reconnect_max_delay: float) -> RedisBroadcastBackend:
+        """The backend for a redis:// URL (a subclass serves Redis Cluster)."""
+        return _RedisBackend(url, reconnect_max_delay=reconnect_max_delay)
 
     async def disconnect(self) -> None:
         """Ends every subscriber's iteration and closes the connections."""

@@ -10,7 +10,6 @@ import logging
 import sys
 from pathlib import Path
 
-import uvicorn
 from pydantic import ValidationError
 
 from infra.settings import Settings
@@ -26,13 +25,11 @@ GC_YOUNG_THRESHOLD = 20_000
 PARAMETER_LOGGERS = ("aiosqlite",)
 
 
-def configure_logging(level: str) -> None:
-    """One-line log records on stderr: time, level, logger, message."""
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """One record per line on stderr: time, level, logger, message, as text or as a JSON object (infra/log_format.py)."""
+    from infra import log_format as formats  # noqa: PLC0415 - keep `parley --help` fast
+
+    formats.configure_logging(level, log_format)
     for name in PARAMETER_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO)
 
@@ -79,30 +76,23 @@ def check_secret_exposure(settings: Settings, host: str) -> None:
     )
 
 
-def serve(host: str, port: int) -> None:
-    """Serves the API with uvicorn (migrating the embedded SQLite database first)."""
-    from infra.app import create_app  # noqa: PLC0415 - keep `parley --help` fast
+def serve(host: str, port: int, workers: int = 1) -> None:
+    """Serves the API with uvicorn until SIGTERM, then drains (infra/server.py); `workers` processes share the port."""
+    from infra import server  # noqa: PLC0415 - keep `parley --help` fast
 
     settings = _settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     check_secret_exposure(settings, host)
+    server.check_workers(settings, workers)
+    log.info("GraphQL at http://%s:%d/graphql", host, port)
+    if workers > 1:
+        server.run_workers(settings, host=host, port=port, workers=workers)
+        return
+    from infra.app import create_app  # noqa: PLC0415
+
     app = create_app(settings)
     tune_garbage_collector()
-    log.info("GraphQL at http://%s:%d/graphql", host, port)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level=settings.log_level.lower(),
-        # X-Forwarded-For/-Proto are read by the app, from PARLEY_TRUSTED_PROXIES only
-        # (infra/forwarded.py); uvicorn's own handling would trust 127.0.0.1 by default.
-        proxy_headers=False,
-        ws="websockets-sansio",
-        ws_max_size=settings.max_request_bytes,
-        # Frames are small JSON; deflate doubles the CPU per frame and keeps ≈35 KiB of
-        # zlib state per socket whose client offers it.
-        ws_per_message_deflate=False,
-    )
+    server.run(settings, app, host=host, port=port)
 
 
 def tune_garbage_collector() -> None:
@@ -124,7 +114,7 @@ def migrate_command() -> None:
     from infra.migrate import migrate  # noqa: PLC0415
 
     settings = _settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     asyncio.run(migrate(settings.database_url))
     log.info("database is at the newest schema")
 
@@ -145,7 +135,7 @@ def worker_command(host: str, port: int | None) -> None:
     from infra.push.runtime import run_worker  # noqa: PLC0415
 
     settings = _settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     asyncio.run(run_worker(settings, host=host, port=port))
 
 
@@ -159,6 +149,13 @@ def vapid_keys() -> None:
     )
 
 
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `parley` console script."""
     parser = argparse.ArgumentParser(prog="parley", description="Parley chat backend")
@@ -166,6 +163,12 @@ def main(argv: list[str] | None = None) -> None:
     serve_parser = commands.add_parser("serve", help="serve the GraphQL API")
     serve_parser.add_argument("--host", default="127.0.0.1")
     serve_parser.add_argument("--port", type=int, default=8000)
+    serve_parser.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="processes sharing the port, each a node of the presence registry (needs Redis and PostgreSQL)",
+    )
     commands.add_parser("migrate", help="apply database migrations")
     export = commands.add_parser("export-schema", help="print the GraphQL schema (SDL)")
     export.add_argument("--output", "-o", help="write to this file instead of stdout")
@@ -176,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.command == "serve":
-        serve(args.host, args.port)
+        serve(args.host, args.port, args.workers)
     elif args.command == "migrate":
         migrate_command()
     elif args.command == "export-schema":

@@ -37,10 +37,16 @@ log = logging.getLogger("parley.pg_delivery")
 T = TypeVar("T")
 
 _RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+# A server that is down, restarting or full: the statement did not run (or its connection is
+# gone), so it is tried once more on a fresh connection, then answered UNAVAILABLE. 57P01-57P03
+# are the shutdown and "starting up" refusals, 53300 "too many connections".
 _CONNECTION_LOST = (
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
     ConnectionError,
     OSError,
 )
@@ -292,32 +298,47 @@ async def _no_reset(_connection: asyncpg.Connection) -> None:
 class PgDeliveryStore:
     """`DeliveryStore` on asyncpg with prepared statements (asyncpg caches them per connection)."""
 
-    def __init__(self, pool: asyncpg.Pool, *, attempts: int = 5) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, attempts: int = 5, pool_timeout: float | None = None) -> None:
         self._pool = pool
         self._attempts = attempts
+        self._pool_timeout = pool_timeout
         # Acknowledgements are as frequent as messages and tiny: group-commit them.
         self._acks: Coalescer[_Ack, AckOutcome] = Coalescer(
             self._acknowledge_many, max_batch=200, key=lambda ack: ack.device_id
         )
 
     @classmethod
-    async def connect(cls, url: str, *, max_size: int = 10) -> PgDeliveryStore:
-        """A store with its own pool, for a SQLAlchemy-style `postgresql+asyncpg://` URL."""
+    async def connect(
+        cls, url: str, *, max_size: int = 10, pool_timeout: float = 30.0, connect_timeout: float = 60.0
+    ) -> PgDeliveryStore:
+        """A store with its own pool, for a SQLAlchemy-style `postgresql+asyncpg://` URL.
+
+        An operation waits at most `pool_timeout` seconds for a pooled connection and
+        `connect_timeout` for a new one, then answers UNAVAILABLE.
+        """
         dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
         # No connection at start: the service comes up (and says UNAVAILABLE) while PostgreSQL is down.
-        pool = await asyncpg.create_pool(dsn, min_size=0, max_size=max_size, reset=_no_reset)
-        return cls(pool)
+        pool = await asyncpg.create_pool(dsn, min_size=0, max_size=max_size, reset=_no_reset, timeout=connect_timeout)
+        return cls(pool, pool_timeout=pool_timeout)
 
     async def close(self) -> None:
         """Closes the pool."""
         await self._pool.close()
 
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The connection pool, read by the metrics sampler (infra/metrics.py)."""
+        return self._pool
+
     async def _run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """Runs `work` on a pooled connection; retries deadlocks and one lost connection."""
         for attempt in range(1, self._attempts + 1):
             try:
-                async with self._pool.acquire() as connection:
+                async with self._pool.acquire(timeout=self._pool_timeout) as connection:
                     return await work(connection)
+            except TimeoutError as error:
+                # Every connection stayed busy, or a new one did not open, for the whole wait.
+                raise StoreUnavailable("PostgreSQL did not answer in time") from error
             except _RETRYABLE:
                 if attempt == self._attempts:
                     raise

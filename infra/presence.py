@@ -22,8 +22,9 @@ transition number, and each process hands them to its local watchers
 (`PresenceHub`): a watcher drops what its first read of the state already showed
 and anything that arrives out of order.
 
-The scripts build keys from the prefix and ids, so the registry needs one Redis
-(with replicas), not Redis Cluster.
+The scripts build keys from the prefix and ids. On a Redis Cluster the registry
+gets a prefix with a hash tag (`{parley:presence}:`, infra/redis_cluster.py), so all
+its keys lie in one slot and the scripts run unchanged on the master owning it.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from typing import Any, Self
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from infra.bus import Resync
 from infra.redis_batch import RedisBatch
@@ -368,7 +370,7 @@ class RedisPresence:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: Redis | RedisCluster,
         *,
         prefix: str,
         node_id: str,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from infra.redis_batch import RedisBatch
 
@@ -50,9 +51,12 @@ return count
 
 
 class RedisRateLimiter:
-    """Fixed-window counters in Redis, shared by every process; concurrent hits share a pipeline."""
+    """Fixed-window counters in Redis, shared by every process; concurrent hits share a pipeline.
 
-    def __init__(self, redis: Redis, *, prefix: str, batch: RedisBatch | None = None) -> None:
+    One key per counter and script: on a Redis Cluster the counters spread over the slots as they are.
+    """
+
+    def __init__(self, redis: Redis | RedisCluster, *, prefix: str, batch: RedisBatch | None = None) -> None:
         self._redis = redis
         self._prefix = prefix
         self._batch = batch or RedisBatch(redis)

@@ -3,7 +3,8 @@
 Every send counts a rate limit and every connection updates the presence registry:
 one round trip each is most of their cost (redis-py spends ~70 µs per command on
 its own). Batched with `infra/coalesce.py`, a busy process pays one round trip per
-batch; an idle one sends each command at once.
+batch; an idle one sends each command at once. On a Redis Cluster the pipeline
+groups the commands by slot: one round trip per master the batch touches.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from infra.coalesce import Coalescer
 
@@ -18,7 +20,7 @@ from infra.coalesce import Coalescer
 class RedisBatch:
     """`await call("HINCRBY", key, field, 1)`: the command's reply, sent in a shared pipeline."""
 
-    def __init__(self, redis: Redis, *, max_batch: int = 500) -> None:
+    def __init__(self, redis: Redis | RedisCluster, *, max_batch: int = 500) -> None:
         self._redis = redis
         self._calls: Coalescer[tuple[str, tuple[Any, ...]], Any] = Coalescer(self._run, max_batch=max_batch)
 

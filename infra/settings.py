@@ -27,6 +27,14 @@ class Settings(BaseSettings):
     # GraphiQL and introspection: on in development; off in production unless enabled.
     graphiql: bool | None = None
     introspection: bool | None = None
+    # The example web chat at `/`: on in development; off in production unless enabled.
+    web_chat: bool | None = None
+    # Apollo automatic persisted queries: `auto` stores hashes on first use (Redis, or in process);
+    # `allowlist` accepts only the operations of frontend_schema/operations (and their hashes);
+    # `off` ignores the extension.
+    persisted_queries: Literal["off", "auto", "allowlist"] = "auto"
+    # Operations per HTTP batch (a JSON array of requests); each counts against the usual limits.
+    max_batch_operations: int = Field(default=10, ge=1, le=100)
     log_level: str = "INFO"
     # `json`: one JSON object per line (operation id and name, user and device ids, duration,
     # outcome; never a token, password or message body). `text`: one readable line.
@@ -44,9 +52,11 @@ class Settings(BaseSettings):
     # http://collector:4318); unset, tracing costs nothing.
     otlp_endpoint: str | None = None
     otel_service_name: str = "parley"
-    # How long an operation waits for a database connection, and for a new one to open,
-    # before answering UNAVAILABLE.
-    database_pool_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    # How long an operation waits for a new database connection to open, and for a free one in
+    # a full pool, before answering UNAVAILABLE. A stopped database fails at connect; the pool
+    # wait is for bursts (a 100-member group reconnecting at once queues for a while) and for
+    # a database that hangs.
+    database_pool_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
     database_connect_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
     # PARLEY_REDIS_URL names one node of a Redis Cluster (sharded pub/sub, hash-tagged keys).
     redis_cluster: bool = False
@@ -220,6 +230,11 @@ class Settings(BaseSettings):
     def graphiql_enabled(self) -> bool:
         """GraphiQL is served unless turned off; in production only when turned on."""
         return self.graphiql if self.graphiql is not None else not self.is_production
+
+    @property
+    def web_chat_enabled(self) -> bool:
+        """The example web chat is served unless turned off; in production only when turned on."""
+        return self.web_chat if self.web_chat is not None else not self.is_production
 
     @property
     def introspection_enabled(self) -> bool:

@@ -145,8 +145,12 @@ async def login(
     await auth_limits.count_attempt(services, address)
     await auth_limits.count_login(services, name)
     # No database connection is held while the hash waits for its slot and runs.
-    async with services.db.session() as session:
-        user = (await session.execute(select(User).where(col(User.username) == name))).scalar_one_or_none()
+    try:
+        async with services.db.session() as session:
+            user = (await session.execute(select(User).where(col(User.username) == name))).scalar_one_or_none()
+    except Exception:
+        await auth_limits.attempt_not_made(services, name, address)
+        raise
     valid = await services.passwords.verify(user.password_hash if user else None, password)
     if user is None or not valid:
         log.info("failed login for %r", name)

@@ -60,6 +60,19 @@ async def count_login(services: Services, username: str) -> None:
     await _count_guess(services, f"login:{username}", "Too many failed logins for this username; try again later.")
 
 
+async def attempt_not_made(services: Services, username: str, address: str | None) -> None:
+    """Takes back a login counted before the database failed: the password was never checked.
+
+    An app retrying through a database restart would otherwise lock its user out.
+    """
+    window = services.limits.login_failure_window_seconds
+    for key in (f"login:{username}", f"auth-address:{address_key(address)}"):
+        try:
+            await services.rate_limiter.hit(key, window_seconds=window, amount=-1)
+        except Exception:  # the limiter may be down too; the window ends anyway
+            return
+
+
 async def login_succeeded(services: Services, username: str) -> None:
     """Forgets the username's failures: its owner just proved the password."""
     await services.rate_limiter.reset(f"login:{username}")

@@ -259,6 +259,7 @@ async def stream_events(services: Services, viewer: Viewer, *, after: str | None
             if isinstance(item, Delivered):
                 ready = position.accept(item)
                 if ready is not None:
+                    services.telemetry.events_delivered(len(ready))
                     for event in ready:
                         yield event
                     continue
@@ -317,6 +318,8 @@ async def _replay(services: Services, viewer: Viewer, position: _Position) -> As
     """Yields every event after `position`, in batches, advancing it."""
     while True:
         events, position.value, rows = await _read_after(services, viewer, position.value, REPLAY_BATCH)
+        if events:
+            services.telemetry.events_delivered(len(events))
         for event in events:
             yield event
         if rows < REPLAY_BATCH:

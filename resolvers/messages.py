@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -82,6 +83,7 @@ async def send_message(
     the message is committed (the SENT moment); a failed publish only delays it.
     A device logged out meanwhile is `Unauthenticated`: nothing is stored.
     """
+    started = time.perf_counter()
     text = _check_input(services, client_id, body, attachment_ids)
     claim = None
     if attachment_ids:
@@ -107,12 +109,12 @@ async def send_message(
         if not outcome.attachments_ok and await services.delivery.earlier_send(viewer.user_id, client_id) is None:
             raise BadUserInput("An attachment is not yours, not uploaded and checked, or already in a message.")
         return await _earlier_send(services, viewer, conversation_id, client_id, text)
+    committed = time.perf_counter()
+    services.telemetry.send_committed(committed - started)
 
     # The notice carries the message itself: streams expecting it yield it without a read.
     # The push job is queued at the same time: its round trip overlaps the publish's.
-    announce = deliver_best_effort(
-        services, [(uid, seq, 0) for uid, seq in outcome.deliveries], [message_wire(outcome.message)]
-    )
+    announce = _announce(services, outcome.deliveries, outcome.message, committed)
     if outcome.may_push and any(uid != viewer.user_id for uid, _seq in outcome.deliveries):
         await asyncio.gather(announce, _queue_push(services, outcome.message))
     else:
@@ -122,6 +124,14 @@ async def send_message(
     if any(attachment.previewable for attachment in view.attachments):
         await announce_thumbnail_work(services)
     return view
+
+
+async def _announce(
+    services: Services, deliveries: list[tuple[int, int]], message: StoredMessage, committed: float
+) -> None:
+    """Publishes a committed message's notices (best effort), timing commit → publish."""
+    await deliver_best_effort(services, [(uid, seq, 0) for uid, seq in deliveries], [message_wire(message)])
+    services.telemetry.notices_published(time.perf_counter() - committed)
 
 
 async def _queue_push(services: Services, message: StoredMessage) -> None:

@@ -532,3 +532,15 @@ class Services:
     file_config: FileConfig = field(default_factory=FileConfig)
     thumbnailer: Thumbnailer | None = None
     telemetry: Telemetry = field(default_factory=NullTelemetry)
+
+
+class PersistedQueryStore(Protocol):
+    """Apollo automatic persisted queries: query texts by their SHA-256 (Redis, or a bounded in-process LRU)."""
+
+    async def get(self, sha256: str) -> str | None:
+        """The query stored under this hash, or None (unknown, expired or evicted)."""
+        ...
+
+    async def put(self, sha256: str, query: str) -> None:
+        """Stores a query whose hash the caller has verified."""
+        ...

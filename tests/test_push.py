@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from infra.push.webpush import new_vapid_keys
@@ -48,6 +50,8 @@ class PushRig:
     worker_env: dict[str, str] | None = None
     redis: Redis | None = None
     prefix: str = ""
+    # The running worker's liveness (and metrics) address, in the production mode.
+    worker_url: str | None = None
 
     def worker(self, **changes: str) -> ProcessServer:
         assert self.worker_env is not None
@@ -111,7 +115,8 @@ async def rig(
             if not start_worker:
                 yield setup
                 return
-            async with setup.worker(**worker_changes):
+            async with setup.worker(**worker_changes) as worker:
+                setup.worker_url = worker.url
                 yield setup
     finally:
         await redis.aclose()
@@ -274,6 +279,18 @@ async def test_a_job_failing_every_attempt_lands_in_the_dead_letter_stream(
         assert b"HTTP 503" in dead[b"reason"]
         await asyncio.sleep(QUIET_SECONDS / 2)
         assert len(endpoint.received) == 3  # max attempts, then no more
+        # The worker's failures are on its own port, for Prometheus.
+        assert setup.worker_url is not None
+        async with httpx.AsyncClient() as http:
+            scraped = (await http.get(f"{setup.worker_url}/metrics")).text
+        failures = {
+            sample.labels["reason"]: sample.value
+            for family in text_string_to_metric_families(scraped)
+            for sample in family.samples
+            if sample.name == "parley_push_failures_total" and sample.labels.get("platform") == "WEBPUSH"
+        }
+        assert failures, scraped[:2000]
+        assert sum(failures.values()) >= 3
 
 
 async def test_a_killed_worker_leaves_its_job_to_another_that_delivers_it_once(

@@ -21,6 +21,7 @@ from websockets.typing import Subprotocol
 from graph.schema import build_schema
 from graph.view import ParleyGraphQL
 from infra import cli
+from infra.server import ParleyServer
 from resolvers.ids import MessageIds
 from tests.helpers import EVENTS, Api
 
@@ -149,16 +150,18 @@ async def _negotiated_extensions(ws_url: str) -> str | None:
 
 
 async def test_parley_serve_turns_off_per_message_deflate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    served: dict[str, Any] = {}
+    configs: list[uvicorn.Config] = []
 
-    def run(app: Any, **options: Any) -> None:
-        served.update(options, app=app)
+    def run(self: ParleyServer, sockets: Any = None) -> None:
+        configs.append(self.config)
 
-    monkeypatch.setattr(uvicorn, "run", run)
+    monkeypatch.setattr(ParleyServer, "run", run)
     monkeypatch.setenv("PARLEY_DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'parley.db'}")
     monkeypatch.delenv("PARLEY_REDIS_URL", raising=False)
     cli.serve("127.0.0.1", 0)
-    app = served.pop("app")
+    (config,) = configs
+    app = config.app
+    served: dict[str, Any] = {"ws": config.ws, "ws_per_message_deflate": config.ws_per_message_deflate}
     assert served["ws_per_message_deflate"] is False
     with _serving(app, served) as ws_url:
         assert await _negotiated_extensions(ws_url) is None

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from infra.redis_batch import RedisBatch
@@ -50,11 +51,15 @@ def decode_job(text: str | bytes) -> PushJob:
 
 
 class RedisPushQueue:
-    """Jobs in the stream `<prefix>push:jobs`, dead letters in `<prefix>push:dead`."""
+    """Jobs in the stream `<prefix>push:jobs`, dead letters in `<prefix>push:dead`.
+
+    On a Redis Cluster (a `RedisCluster` client) the two streams are `{<prefix>push}:jobs`
+    and `{<prefix>push}:dead`: one slot, so dead-lettering stays one transaction.
+    """
 
     def __init__(
         self,
-        redis: Redis,
+        redis: Redis | RedisCluster,
         *,
         prefix: str,
         max_length: int,
@@ -65,8 +70,9 @@ class RedisPushQueue:
         self._redis = redis
         # Sends enqueue through the shared pipeline: concurrent sends cost one round trip together.
         self._batch = batch or RedisBatch(redis)
-        self.stream = f"{prefix}push:jobs"
-        self.dead_stream = f"{prefix}push:dead"
+        streams = f"{{{prefix}push}}:" if isinstance(redis, RedisCluster) else f"{prefix}push:"
+        self.stream = f"{streams}jobs"
+        self.dead_stream = f"{streams}dead"
         self._sent = f"{prefix}push:sent:"
         self._max_length = max_length
         self._claim_idle_ms = max(1, int(claim_idle_seconds * 1000))
@@ -158,7 +164,12 @@ class RedisPushQueue:
         """Those keys marked sent (one MGET)."""
         if not keys:
             return set()
-        values = await self._redis.mget([self._sent + key for key in keys])
+        names = [self._sent + key for key in keys]
+        if isinstance(self._redis, RedisCluster):
+            # The markers spread over the slots: one MGET per slot (redis-py groups and pipelines them).
+            values = await self._redis.mget_nonatomic(names)
+        else:
+            values = await self._redis.mget(names)
         return {key for key, value in zip(keys, values, strict=True) if value is not None}
 
     async def mark_sent(self, keys: Sequence[str]) -> None:
@@ -174,6 +185,21 @@ class RedisPushQueue:
     def max_attempts(self) -> int:
         """Deliveries after which a reclaimed job is dead-lettered."""
         return self._max_attempts
+
+    async def depth(self) -> int:
+        """Jobs not yet done (for metrics): those no worker has taken (the group's lag) plus those taken.
+
+        Not XLEN alone: handled entries stay in the stream after XACK until MAXLEN trims
+        them. XLEN only before any worker made the group, or when Redis cannot tell the lag.
+        """
+        try:
+            groups = await self._redis.xinfo_groups(self.stream)
+        except ResponseError:  # no stream yet: nothing was ever queued
+            return 0
+        for group in groups:
+            if _text(group.get("name")) == GROUP and group.get("lag") is not None:
+                return int(group["lag"]) + int(group.get("pending") or 0)
+        return int(await self._redis.xlen(self.stream))
 
 
 def _text(value: Any) -> str:
@@ -235,3 +261,7 @@ class MemoryPushQueue:
     def max_attempts(self) -> int:
         """Never reclaimed: no limit of its own."""
         return 1_000_000
+
+    async def depth(self) -> int:
+        """Jobs queued and not yet received (for metrics)."""
+        return self._queue.qsize()

@@ -8,7 +8,9 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from infra.push.apns import ApnsSender
 from infra.push.fcm import FcmSender
@@ -17,6 +19,7 @@ from infra.push.senders import Sender
 from infra.push.webpush import WebPushSender, load_vapid, public_key_of
 from infra.push.worker import PushWorker, WorkerConfig
 from infra.redis_batch import RedisBatch
+from infra.redis_cluster import cluster_client
 from infra.settings import Settings
 from models import PushPlatform
 from resolvers.ids import MessageIds
@@ -41,7 +44,7 @@ def push_enabled(settings: Settings) -> bool:
     return bool(settings.push_vapid_private_key or settings.push_apns_key or settings.push_fcm_service_account)
 
 
-def push_queue(settings: Settings, redis: Redis | None, batch: RedisBatch | None) -> PushQueue | None:
+def push_queue(settings: Settings, redis: Redis | RedisCluster | None, batch: RedisBatch | None) -> PushQueue | None:
     """The Redis Stream queue when Redis is configured, else the in-process one; None without any push service.
 
     None costs the send path nothing: a deployment without push queues no jobs that no one would send.
@@ -139,15 +142,29 @@ async def embedded_worker(settings: Settings, services: Services) -> AsyncIterat
 
 
 async def _serve_liveness(worker: PushWorker, host: str, port: int) -> asyncio.Server:
-    """A minimal `GET /healthz` for orchestrators: 200 while the receive loop is making progress, else 503."""
+    """`GET /healthz` for orchestrators (200 while the receive loop makes progress, else 503) and `GET /metrics`.
+
+    The worker's Prometheus metrics (push failures, queue depth) are served here: this port is
+    the worker's own and internal, like the server's `PARLEY_METRICS_PORT`.
+    """
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
-            status = b"200 OK" if worker.alive() else b"503 Service Unavailable"
-            body = b"ok" if worker.alive() else b"stalled"
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+            content_type = b"text/plain"
+            if head.split(b" ", 2)[1:2] == [b"/metrics"]:
+                status, body = b"200 OK", await asyncio.to_thread(generate_latest)
+                content_type = CONTENT_TYPE_LATEST.encode()
+            else:
+                status = b"200 OK" if worker.alive() else b"503 Service Unavailable"
+                body = b"ok" if worker.alive() else b"stalled"
             writer.write(
-                b"HTTP/1.1 " + status + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body
+                b"HTTP/1.1 "
+                + status
+                + b"\r\nContent-Type: "
+                + content_type
+                + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+                + body
             )
             await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
@@ -172,7 +189,11 @@ async def run_worker(settings: Settings, *, host: str, port: int | None) -> None
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     # Blocking reads get a connection of their own, with a timeout longer than the block.
-    redis = Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=5)
+    redis: Redis | RedisCluster = (
+        cluster_client(settings.redis_url, timeout=30)
+        if settings.redis_cluster
+        else Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=5)
+    )
     queue = RedisPushQueue(
         redis,
         prefix=settings.redis_prefix,

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from infra.metrics import push_failed
 from infra.push.senders import Notice, Outcome, Result, Sender
 from models import PushPlatform, PushRegistration
 from resolvers.ids import MessageIds, MessageRef
@@ -196,6 +197,7 @@ class PushWorker:
     async def _deliver(self, notice: Notice, registration: PushRegistration, key: str) -> Result:
         sender = self._senders.get(registration.platform)
         if sender is None:
+            push_failed(registration.platform.value, "unconfigured")
             return Result(Outcome.FAILED, f"{registration.platform.value} is not configured")
         result = Result(Outcome.FAILED, "not attempted")
         for attempt in range(1, self._config.max_attempts + 1):
@@ -207,6 +209,7 @@ class PushWorker:
             if result.outcome is Outcome.SENT:
                 await self._queue.mark_sent([key])
                 return result
+            push_failed(registration.platform.value, result.outcome.value)
             if result.outcome is not Outcome.RETRY or attempt == self._config.max_attempts:
                 return result
             await asyncio.sleep(self._backoff(attempt, result.retry_after))

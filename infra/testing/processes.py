@@ -145,6 +145,21 @@ class ProcessServer:
         """SIGTERM, then SIGKILL after 15 s."""
         terminate(self._process, timeout=15)
 
+    def send_signal(self, sig: int) -> None:
+        """Sends `sig` (e.g. SIGTERM) to the process and returns at once."""
+        if self._process is None:
+            raise RuntimeError("ProcessServer has not been started")
+        self._process.send_signal(sig)
+
+    def wait_exit(self, timeout: float) -> int:
+        """Waits for the process to end; its exit status (negative: killed by that signal).
+
+        Raises `subprocess.TimeoutExpired` if it is still running after `timeout` seconds.
+        """
+        if self._process is None:
+            raise RuntimeError("ProcessServer has not been started")
+        return self._process.wait(timeout=timeout)
+
     def __enter__(self) -> ProcessServer:
         return self.start()
 

@@ -170,3 +170,84 @@ def _empty(url: str) -> bool:
         return int(client.dbsize()) == 0
     finally:
         client.close()
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL of one test's own, which it may stop hard and start again on the same port.
+
+    `stop()` is `pg_ctl stop -m immediate` (no shutdown checkpoint, as a crash), so the next
+    `start()` runs crash recovery: `start(wait=False)` returns at once, and connections made
+    meanwhile get "the database system is starting up" (SQLSTATE 57P03).
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}"
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._run_as: list[str] = []
+        initdb, pg_ctl = _pg_binary("initdb"), _pg_binary("pg_ctl")
+        if not initdb or not pg_ctl:
+            raise MissingService(
+                "PostgreSQL's server binaries (initdb, pg_ctl) are not installed: run `apt-get install postgresql`."
+            )
+        self._initdb, self._pg_ctl = initdb, pg_ctl
+
+    @property
+    def _dir(self) -> Path:
+        if self._tmp is None:
+            raise RuntimeError("PostgresServer has not been created (use it as a context manager)")
+        return Path(self._tmp.name)
+
+    def start(self, *, wait: bool = True) -> None:
+        """Starts the server; with `wait`, returns once it accepts connections."""
+        directory = self._dir
+        subprocess.run(
+            [
+                *self._run_as,
+                self._pg_ctl,
+                "-D", str(directory / "data"),
+                "-o", f"-p {self.port} -k {directory} -c listen_addresses=127.0.0.1",
+                "-w" if wait else "-W",
+                "-l", str(directory / "log"),
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process runs (it may still be starting up)."""
+        status = subprocess.run(
+            [*self._run_as, self._pg_ctl, "-D", str(self._dir / "data"), "status"], check=False, capture_output=True
+        )
+        return status.returncode == 0
+
+    def stop(self) -> None:
+        """Stops the server at once, as a crash would (`-m immediate`); its clients' connections drop."""
+        subprocess.run(
+            [*self._run_as, self._pg_ctl, "-D", str(self._dir / "data"), "-m", "immediate", "-w", "stop"],
+            check=False,
+            capture_output=True,
+        )
+
+    def __enter__(self) -> PostgresServer:
+        self._tmp = tempfile.TemporaryDirectory(prefix="parley-pg-")
+        if os.geteuid() == 0:  # initdb refuses to run as root
+            os.chmod(self._tmp.name, 0o777)
+            self._run_as = ["runuser", "-u", "postgres", "--"] if shutil.which("runuser") else []
+        subprocess.run(
+            [*self._run_as, self._initdb, "-D", str(self._dir / "data"), "-U", "postgres", "--auth=trust"],
+            check=True,
+            capture_output=True,
+        )
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        try:
+            self.stop()
+        finally:
+            if self._tmp is not None:
+                self._tmp.cleanup()
+                self._tmp = None

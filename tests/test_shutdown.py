@@ -1,0 +1,241 @@
+"""Graceful shutdown (issue 11): SIGTERM drains, closes sockets with 1012, lets requests finish, exits 0; `--workers`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+from redis.asyncio import Redis
+
+from infra.testing.processes import ProcessServer
+from infra.testing.services import RedisTarget
+from tests.client import WsClient, ws_connect
+from tests.conftest import suite_process_env
+from tests.helpers import EVENTS, MESSAGE_FIELDS, Api, Person
+from tests.servers import ThreadServer
+from tests.test_presence import next_state, watching
+
+PARLEY = str(Path(sys.executable).parent / "parley")
+SEND = f"mutation S($input: SendMessageInput!) {{ sendMessage(input: $input) {{ {MESSAGE_FIELDS} }} }}"
+
+
+def shutdown_env(postgres: str, redis: RedisTarget, *, drain: float, grace: float) -> dict[str, str]:
+    # A presence TTL far beyond the test: only the clean shutdown itself can take users offline in time.
+    return {
+        **suite_process_env(postgres, redis),
+        "PARLEY_SHUTDOWN_DRAIN_SECONDS": str(drain),
+        "PARLEY_SHUTDOWN_GRACE_SECONDS": str(grace),
+        "PARLEY_PRESENCE_NODE_TTL_SECONDS": "600",
+    }
+
+
+async def readyz(url: str) -> tuple[int, dict[str, object]]:
+    async with httpx.AsyncClient(timeout=5) as http:
+        response = await http.get(f"{url}/readyz")
+    body: dict[str, object] = response.json()
+    return response.status_code, body
+
+
+async def refuses_connections(url: str, *, within: float) -> bool:
+    """Whether new connections to `url` are refused (the process stopped listening) within `within` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            async with httpx.AsyncClient(timeout=1) as http:
+                await http.get(f"{url}/healthz")
+        except httpx.ConnectError:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def exit_status(server: ProcessServer, timeout: float = 20) -> int:
+    return await asyncio.to_thread(server.wait_exit, timeout)
+
+
+async def close_code(socket: WsClient, timeout: float = 10) -> int | None:
+    code, _reason = await asyncio.wait_for(asyncio.shield(socket.closed), timeout)
+    return code
+
+
+async def test_sigterm_drains_then_closes_sockets_with_1012_takes_users_offline_and_exits_0(
+    migrated_postgres: str, redis_target: RedisTarget, production_server: ThreadServer, tmp_path: Path
+) -> None:
+    env = shutdown_env(migrated_postgres, redis_target, drain=1, grace=5)
+    server = ProcessServer(env, log_path=tmp_path / "serve.log")
+    async with server:
+        alice = await Api(server.url, server.ws_url, "production").register("alice")
+        bob = await Api(production_server.url, production_server.ws_url, "production").register("bob")
+        await alice.direct_with(bob)
+        async with watching(bob, alice) as presence, ws_connect(server.ws_url, alice.token) as socket:
+            await socket.subscribe(EVENTS)
+            while not (await next_state(presence))["online"]:
+                pass
+            server.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            # The drain: not ready at once, while everything else still works.
+            assert await readyz(server.url) == (503, {"ready": False, "draining": True})
+            assert (await alice.data("{ me { id } }"))["me"]["id"] == alice.user_id
+            while time.monotonic() - signalled < 0.7:
+                assert (await readyz(server.url))[0] == 503
+                await asyncio.sleep(0.1)
+            assert not socket.closed.done()
+
+            # Then sockets close with 1012 (service restart), not an abrupt drop.
+            assert await close_code(socket) == 1012
+            assert time.monotonic() - signalled >= 0.9  # not before the drain ended
+            # The user is offline for others right away (the registry's liveness TTL is 10 minutes).
+            assert (await next_state(presence, timeout=5))["online"] is False
+            assert (await bob.data("query U($id: ID!) { user(id: $id) { online } }", id=alice.user_id))["user"][
+                "online"
+            ] is False
+        assert await exit_status(server) == 0
+
+
+async def slow_body(payload: bytes, sent_first: asyncio.Event, release: asyncio.Event) -> AsyncIterator[bytes]:
+    """A request body sent as a slow mobile link does: a first part, then the rest once `release` is set."""
+    yield payload[:20]
+    sent_first.set()
+    await release.wait()
+    yield payload[20:]
+
+
+async def test_a_request_in_flight_finishes_while_new_connections_are_refused(
+    migrated_postgres: str, redis_target: RedisTarget, production_server: ThreadServer, tmp_path: Path
+) -> None:
+    env = shutdown_env(migrated_postgres, redis_target, drain=0, grace=10)
+    server = ProcessServer(env, log_path=tmp_path / "serve.log")
+    async with server:
+        alice = await Api(server.url, server.ws_url, "production").register("alice")
+        bob = await Api(production_server.url, production_server.ws_url, "production").register("bob")
+        direct = await alice.direct_with(bob)
+        await bob.drain()
+        payload = json.dumps(
+            {"query": SEND, "variables": {"input": {"conversationId": direct, "clientId": "slow-1", "body": "late"}}}
+        ).encode()
+        sent_first, release = asyncio.Event(), asyncio.Event()
+        async with httpx.AsyncClient(timeout=30) as http:
+            request = asyncio.create_task(
+                http.post(
+                    f"{server.url}/graphql",
+                    content=slow_body(payload, sent_first, release),
+                    headers={"Authorization": f"Bearer {alice.token}", "Content-Type": "application/json"},
+                )
+            )
+            await sent_first.wait()
+            await asyncio.sleep(0.3)  # the server has the headers: the request is in flight
+            server.send_signal(signal.SIGTERM)
+            assert await refuses_connections(server.url, within=5)
+            release.set()
+            response = await request
+        assert response.status_code == 200, response.text
+        assert response.json()["data"]["sendMessage"]["body"] == "late"
+        assert await exit_status(server) == 0
+    (event,) = await bob.pending()
+    assert event["message"]["clientId"] == "slow-1"
+
+
+async def test_requests_and_subscriptions_cannot_hold_the_shutdown_past_the_grace_period(
+    migrated_postgres: str, redis_target: RedisTarget, tmp_path: Path
+) -> None:
+    env = shutdown_env(migrated_postgres, redis_target, drain=0, grace=1)
+    server = ProcessServer(env, log_path=tmp_path / "serve.log")
+    async with server:
+        alice = await Api(server.url, server.ws_url, "production").register("alice")
+        async with ws_connect(server.ws_url, alice.token) as socket:
+            await socket.subscribe(EVENTS)
+            # A client that sends its headers and never the body it announced.
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(
+                b"POST /graphql HTTP/1.1\r\nHost: parley\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100\r\n\r\n{"
+            )
+            await writer.drain()
+            await asyncio.sleep(0.3)
+            server.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            assert await close_code(socket) == 1012
+            assert await exit_status(server, timeout=15) == 0
+            # Generous bound: about the 1 s grace plus the lifespan shutdown, never "until the client gives up".
+            assert time.monotonic() - signalled < 8
+            await asyncio.wait_for(reader.read(), 5)  # its connection was closed, not left open
+            writer.close()
+
+
+async def node_ids(redis: Redis, prefix: str) -> set[str]:
+    """The nodes of the presence registry under `prefix`."""
+    nodes: set[str] = set()
+    async for key in redis.scan_iter(match=f"{prefix}*nodes"):
+        nodes.update(k if isinstance(k, str) else k.decode() for k in await redis.hkeys(key))
+    return nodes
+
+
+async def nodes_holding(redis: Redis, prefix: str, user: Person) -> int:
+    """How many nodes of the registry count a socket of `user`."""
+    count = 0
+    async for key in redis.scan_iter(match=f"{prefix}*node-users*"):
+        count += int(await redis.hexists(key, user.user_id))
+    return count
+
+
+async def test_two_workers_share_the_port_each_a_node_and_both_drain_on_sigterm(
+    migrated_postgres: str, redis_target: RedisTarget, tmp_path: Path
+) -> None:
+    prefix = f"{redis_target.prefix}workers-{uuid.uuid4().hex[:8]}:"  # this test's registry only
+    env = {**shutdown_env(migrated_postgres, redis_target, drain=1, grace=5), "PARLEY_REDIS_PREFIX": prefix}
+    server = ProcessServer(env, log_path=tmp_path / "serve.log", command=[PARLEY, "serve", "--workers", "2"])
+    redis = Redis.from_url(redis_target.url)
+    try:
+        async with server:
+            deadline = time.monotonic() + 30
+            while len(await node_ids(redis, prefix)) < 2:
+                assert time.monotonic() < deadline, "two workers did not both register"
+                await asyncio.sleep(0.1)
+            assert len(await node_ids(redis, prefix)) == 2
+            alice = await Api(server.url, server.ws_url, "production").register("alice")
+            async with contextlib.AsyncExitStack() as stack:
+                # The kernel hands each new connection to one of the workers: both take some.
+                sockets: list[WsClient] = []
+                while len(sockets) < 40 and await nodes_holding(redis, prefix, alice) < 2:
+                    sockets.append(await stack.enter_async_context(ws_connect(server.ws_url, alice.token)))
+                assert await nodes_holding(redis, prefix, alice) == 2
+                server.send_signal(signal.SIGTERM)
+                # The supervisor passes SIGTERM on (it looks at signals twice a second); each worker
+                # then drains (readyz 503) before it closes its sockets with 1012.
+                deadline = time.monotonic() + 3
+                while (await readyz(server.url))[0] != 503:
+                    assert time.monotonic() < deadline, "the workers did not start draining"
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.1)  # the supervisor signals its workers one after the other
+                for _ in range(4):
+                    assert (await readyz(server.url))[0] == 503
+                codes = [await close_code(socket) for socket in sockets]
+                assert set(codes) == {1012}
+                assert await exit_status(server) == 0
+            assert await node_ids(redis, prefix) == set()  # both left the registry cleanly
+    finally:
+        await redis.aclose()
+
+
+def test_workers_are_refused_in_the_embedded_mode(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [PARLEY, "serve", "--workers", "2", "--port", "0"],
+        env={"PATH": "/usr/bin:/bin", "PARLEY_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'parley.db'}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "refusing to start 2 workers in the embedded mode" in result.stderr
+    assert "PARLEY_REDIS_URL" in result.stderr
+    assert not (tmp_path / "parley.db").exists()  # refused before anything was created
