@@ -281,6 +281,9 @@ async def test_typing_reaches_the_other_members_only(api: Api) -> None:
     alice, bob = await api.people("alice", "bob")
     direct = await alice.direct_with(bob)
     async with alice.events() as alice_events, bob.events() as bob_events:
+        # Typing is best effort: only streams already listening get it. A message (durable) proves they are.
+        await alice.send(direct, "listening?")
+        await next_of(bob_events, "MessageEvent")
         await alice.data("mutation T($c: ID!) { setTyping(conversationId: $c, typing: true) }", c=direct)
         typing = await next_of(bob_events, "TypingEvent")
         assert typing == {
