@@ -9,7 +9,7 @@ import strawberry
 from graph.context import Info
 from graph.conversations import _conversation_id
 from graph.types import Event, Message, SendMessageInput, event_from_view
-from resolvers import events, messages, receipts
+from resolvers import events, lifecycle, messages, receipts
 from resolvers import typing as typing_indicators
 
 
@@ -39,8 +39,44 @@ class MessagingMutation:
             client_id=input.client_id,
             body=input.body,
             attachment_ids=[str(a) for a in input.attachment_ids or []],
+            # A forged id is BAD_USER_INPUT here; one of another conversation in the use case.
+            reply_to=info.context.ids.decode(str(input.reply_to_id)) if input.reply_to_id is not None else None,
         )
         return Message.from_view(view, info)
+
+    @strawberry.mutation(
+        description="Changes the text of your own message within the edit window; every member's devices "
+        "get a MessageEditedEvent."
+    )
+    async def edit_message(self, info: Info, message_id: strawberry.ID, body: str) -> bool:
+        viewer = await info.context.require_viewer()
+        ref = info.context.ids.decode(str(message_id))
+        await lifecycle.edit_message(info.context.services, viewer, ref, body)
+        return True
+
+    @strawberry.mutation(
+        description="Deletes a message for everyone: your own within the delete window, or any in a group "
+        "you own or administer. Members get a MessageDeletedEvent; where it is still pending it is gone."
+    )
+    async def delete_message(self, info: Info, message_id: strawberry.ID) -> bool:
+        viewer = await info.context.require_viewer()
+        ref = info.context.ids.decode(str(message_id))
+        await lifecycle.delete_message(info.context.services, viewer, ref)
+        return True
+
+    @strawberry.mutation(description="Adds your reaction (exactly one emoji) to a message; again is a no-op.")
+    async def react(self, info: Info, message_id: strawberry.ID, emoji: str) -> bool:
+        viewer = await info.context.require_viewer()
+        ref = info.context.ids.decode(str(message_id))
+        await lifecycle.react(info.context.services, viewer, ref, emoji, added=True)
+        return True
+
+    @strawberry.mutation(description="Removes your reaction from a message; removing an absent one is a no-op.")
+    async def unreact(self, info: Info, message_id: strawberry.ID, emoji: str) -> bool:
+        viewer = await info.context.require_viewer()
+        ref = info.context.ids.decode(str(message_id))
+        await lifecycle.react(info.context.services, viewer, ref, emoji, added=False)
+        return True
 
     @strawberry.mutation(
         description="This device has received every durable event up to and including `cursor`. "

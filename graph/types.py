@@ -26,6 +26,7 @@ from resolvers.conversations import (
 from resolvers.errors import BadUserInput, NotFound
 from resolvers.events import (
     ConversationEventView,
+    LifecycleEventView,
     MessageEventView,
     ReceiptEventView,
     TypingEventView,
@@ -275,6 +276,9 @@ class Message:
     body: str | None
     attachments: list[Attachment]
     sent_at: datetime = strawberry.field(description="Server time at which the message was accepted (the SENT moment).")
+    reply_to_id: strawberry.ID | None = strawberry.field(
+        default=None, description="The message (of the same conversation) this one replies to."
+    )
 
     @classmethod
     def from_view(cls, view: MessageView, info: Info) -> Message:
@@ -297,6 +301,7 @@ class Message:
             body=view.body,
             attachments=[Attachment.from_view(attachment) for attachment in view.attachments],
             sent_at=view.sent_at,
+            reply_to_id=strawberry.ID(ids.encode(view.reply_to)) if view.reply_to is not None else None,
         )
         if len(_MESSAGES) >= _MESSAGE_CACHE_SIZE:
             _MESSAGES.pop(next(iter(_MESSAGES)))
@@ -380,13 +385,106 @@ class TypingEvent:
         return await load_user(info, self.user_id)
 
 
-Event = Annotated[MessageEvent | ReceiptEvent | ConversationEvent | TypingEvent, strawberry.union("Event")]
+@strawberry.type(
+    description="A message was edited by its sender: show `body` instead of its text. Ignore it for a message "
+    "this device never received."
+)
+class MessageEditedEvent:
+    cursor: str
+    message_id: strawberry.ID
+    conversation_id: strawberry.ID
+    body: str | None = strawberry.field(description="The new text; null once the message was deleted.")
+    edited_at: datetime
+    editor: User
+
+
+@strawberry.type(
+    description="A message was deleted for everyone (by its sender, or a group owner or admin): drop its text "
+    "and attachments. Ignore it for a message this device never received."
+)
+class MessageDeletedEvent:
+    cursor: str
+    message_id: strawberry.ID
+    conversation_id: strawberry.ID
+    deleted_at: datetime
+    deleted_by: User
+
+
+@strawberry.type(description="`user` added (or removed) the reaction `emoji` on a message: a per (user, emoji) toggle.")
+class ReactionEvent:
+    cursor: str
+    message_id: strawberry.ID
+    conversation_id: strawberry.ID
+    user: User
+    emoji: str
+    added: bool
+    at: datetime
+
+
+Event = Annotated[
+    MessageEvent
+    | ReceiptEvent
+    | ConversationEvent
+    | TypingEvent
+    | MessageEditedEvent
+    | MessageDeletedEvent
+    | ReactionEvent,
+    strawberry.union("Event"),
+]
+EventType = (
+    MessageEvent
+    | ReceiptEvent
+    | ConversationEvent
+    | TypingEvent
+    | MessageEditedEvent
+    | MessageDeletedEvent
+    | ReactionEvent
+)
+
+
+def _lifecycle_event(view: LifecycleEventView, info: Info) -> MessageEditedEvent | MessageDeletedEvent | ReactionEvent:
+    change = view.change
+    message_id = strawberry.ID(info.context.ids.encode(change.message))
+    conversation_id = strawberry.ID(str(change.message.conversation_id))
+    # A plain attribute: the actor's names are stored with the event, so no lookup per event.
+    actor = User(
+        id=strawberry.ID(str(change.actor_id)), username=change.actor_username, display_name=change.actor_display_name
+    )
+    if view.kind == "EDIT":
+        return MessageEditedEvent(
+            cursor=view.cursor,
+            message_id=message_id,
+            conversation_id=conversation_id,
+            body=change.body,
+            edited_at=change.at,
+            editor=actor,
+        )
+    if view.kind == "DELETE":
+        return MessageDeletedEvent(
+            cursor=view.cursor,
+            message_id=message_id,
+            conversation_id=conversation_id,
+            deleted_at=change.at,
+            deleted_by=actor,
+        )
+    return ReactionEvent(
+        cursor=view.cursor,
+        message_id=message_id,
+        conversation_id=conversation_id,
+        user=actor,
+        emoji=change.emoji or "",
+        added=change.added,
+        at=change.at,
+    )
 
 
 def event_from_view(
-    view: MessageEventView | ReceiptEventView | ConversationEventView | TypingEventView, info: Info
-) -> MessageEvent | ReceiptEvent | ConversationEvent | TypingEvent:
+    view: MessageEventView | ReceiptEventView | ConversationEventView | TypingEventView | LifecycleEventView,
+    info: Info,
+) -> EventType:
     """The API type of a domain event."""
+    if isinstance(view, LifecycleEventView):
+        return _lifecycle_event(view, info)
     if isinstance(view, MessageEventView):
         return MessageEvent(cursor=view.cursor, message=Message.from_view(view.message, info))
     if isinstance(view, ReceiptEventView):
@@ -429,3 +527,6 @@ class SendMessageInput:
     )
     body: str | None = None
     attachment_ids: list[strawberry.ID] | None = strawberry.field(default_factory=list)
+    reply_to_id: strawberry.ID | None = strawberry.field(
+        default=None, description="A message of the same conversation this one replies to."
+    )

@@ -95,6 +95,9 @@ def _limits(settings: Settings) -> Limits:
         member_additions_per_hour=settings.member_additions_per_hour,
         renames_per_hour=settings.renames_per_hour,
         typing_interval_seconds=settings.typing_interval_seconds,
+        edit_window_seconds=settings.edit_window_seconds,
+        delete_window_seconds=settings.delete_window_seconds,
+        max_reactions_per_user_per_message=settings.max_reactions_per_user_per_message,
     )
 
 

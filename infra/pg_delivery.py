@@ -69,7 +69,8 @@ class StoreUnavailable(ConnectionError):
 # locked (FOR KEY SHARE, which a removal's DELETE waits for) so that membership holds until
 # commit; and a member removed while this statement waited for the conversation is skipped,
 # although its snapshot is older. $1 conversation, $2 sender, $3 clientId, $4 body, $5 sent at,
-# $6 sending device; with attachments also $7 their metadata (JSON) and $8 their ids.
+# $6 sending device, $7 and $8 the replied-to message and its sender (NULL when not a reply); with
+# attachments also $9 their metadata (JSON) and $10 their ids.
 _SEND = """
 WITH conv AS (
     -- only a member (as of the snapshot) may lock the conversation; the member CTE then decides
@@ -92,8 +93,8 @@ sent_key AS (
     RETURNING message_id
 ),
 message AS (
-    INSERT INTO messages (id, conversation_id, sender_id, client_id, body, sent_at{metadata_column})
-    SELECT message_id, $1, $2, $3, $4, $5{metadata} FROM sent_key
+    INSERT INTO messages (id, conversation_id, sender_id, client_id, body, sent_at, reply_to_id, reply_to_sender_id{metadata_column})
+    SELECT message_id, $1, $2, $3, $4, $5, $7, $8{metadata} FROM sent_key
     RETURNING id
 ),{claimed}
 recipients AS (
@@ -150,28 +151,30 @@ SEND_WITH_FILES = _SEND.format(
     files="""
 files AS (
     SELECT a.id FROM attachments a
-    WHERE a.id = ANY($8::bigint[]) AND a.uploader_id = $2 AND a.state = 'READY' AND a.message_id IS NULL
+    WHERE a.id = ANY($10::bigint[]) AND a.uploader_id = $2 AND a.state = 'READY' AND a.message_id IS NULL
       AND EXISTS (SELECT 1 FROM member)
     ORDER BY a.id FOR UPDATE OF a
 ),""",
-    all_files="\n      AND (SELECT count(*) FROM files) = cardinality($8::bigint[])",
+    all_files="\n      AND (SELECT count(*) FROM files) = cardinality($10::bigint[])",
     metadata_column=", attachments",
-    metadata=", $7",
+    metadata=", $9",
     claimed="""
 claimed AS (
     UPDATE attachments a SET message_id = message.id, conversation_id = $1
     FROM message WHERE a.id IN (SELECT id FROM files)
 ),""",
-    files_ok="(SELECT count(*) FROM files) = cardinality($8::bigint[])",
+    files_ok="(SELECT count(*) FROM files) = cardinality($10::bigint[])",
 )
 
 EARLIER_SEND = """
 SELECT k.message_id, k.conversation_id, k.sent_at,
        m.id AS stored_id, m.client_id, m.body, m.attachments, m.sent_at AS stored_at, u.username, u.display_name,
+       m.reply_to_id, m.reply_to_sender_id,
        (SELECT array_agg(e.user_id ORDER BY e.user_id) FROM inbox_entries e WHERE e.message_id = m.id) AS users,
        (SELECT array_agg(e.seq ORDER BY e.user_id) FROM inbox_entries e WHERE e.message_id = m.id) AS seqs
 FROM sent_keys k
-LEFT JOIN messages m ON m.id = k.message_id
+-- a message deleted for everyone reads as gone: a retry must not announce it again
+LEFT JOIN messages m ON m.id = k.message_id AND m.deleted_at IS NULL
 LEFT JOIN users u ON u.id = k.sender_id
 WHERE k.sender_id = $1 AND k.client_id = $2
 """
@@ -270,9 +273,10 @@ SELECT d.acked_seq, h.last_seq FROM devices d JOIN inbox_heads h ON h.user_id = 
 READ_AFTER = """
 SELECT e.seq, e.kind, e.payload,
        m.id, m.conversation_id, m.sender_id, m.client_id, m.body, m.attachments, m.sent_at, u.username,
-       u.display_name
+       u.display_name, m.reply_to_id, m.reply_to_sender_id
 FROM inbox_entries e
-LEFT JOIN messages m ON m.id = e.message_id
+-- a message deleted for everyone before delivery is never shown: its entry reads as empty
+LEFT JOIN messages m ON m.id = e.message_id AND m.deleted_at IS NULL
 LEFT JOIN users u ON u.id = m.sender_id
 WHERE e.user_id = $1 AND e.seq > $2 AND EXISTS (SELECT 1 FROM devices WHERE id = $3)
 ORDER BY e.seq
@@ -366,9 +370,20 @@ class PgDeliveryStore:
         body: str | None,
         sent_at: datetime,
         attachments: AttachmentClaim | None = None,
+        reply_to: tuple[int, int] | None = None,
     ) -> SendOutcome:
         """Stores the message, its idempotency key and one inbox entry per recipient, in one statement."""
-        args: tuple[Any, ...] = (conversation_id, sender_id, client_id, body, sent_at, device_id)
+        reply_id, reply_sender = reply_to if reply_to is not None else (None, None)
+        args: tuple[Any, ...] = (
+            conversation_id,
+            sender_id,
+            client_id,
+            body,
+            sent_at,
+            device_id,
+            reply_id,
+            reply_sender,
+        )
         statement = SEND
         if attachments is not None:
             statement = SEND_WITH_FILES
@@ -390,6 +405,8 @@ class PgDeliveryStore:
             body=body,
             sent_at=sent_at,
             attachments=attachments.metadata if attachments is not None else None,
+            reply_to_id=reply_id,
+            reply_to_sender_id=reply_sender,
         )
         deliveries = list(zip(row["users"] or (), row["seqs"] or (), strict=True))
         return SendOutcome(is_member=True, message=message, deliveries=deliveries, may_push=bool(row["may_push"]))
@@ -411,6 +428,8 @@ class PgDeliveryStore:
                 body=row["body"],
                 sent_at=row["stored_at"],
                 attachments=row["attachments"],
+                reply_to_id=row["reply_to_id"],
+                reply_to_sender_id=row["reply_to_sender_id"],
             )
         deliveries = list(zip(row["users"] or (), row["seqs"] or (), strict=True))
         return EarlierSend(row["message_id"], row["conversation_id"], row["sent_at"], message, deliveries)
@@ -497,6 +516,8 @@ class PgDeliveryStore:
                     body=row["body"],
                     sent_at=row["sent_at"],
                     attachments=row["attachments"],
+                    reply_to_id=row["reply_to_id"],
+                    reply_to_sender_id=row["reply_to_sender_id"],
                 ),
             )
             for row in rows

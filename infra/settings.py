@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
     # Messages one user may send per minute (across all devices).
     send_rate_per_minute: int = Field(default=300, ge=1)
+    # Message lifecycle (issue 13): how long a sender may edit, and delete for everyone, a message.
+    edit_window_seconds: float = Field(default=900, ge=0)
+    delete_window_seconds: float = Field(default=86400, ge=0)
+    # Distinct emoji one user may react with to one message.
+    max_reactions_per_user_per_message: int = Field(default=5, ge=1, le=50)
 
     # Brute-force protection: failed logins per username within the window (the window ends,
     # so a stranger cannot lock a user out for good).

@@ -4,7 +4,7 @@ from models.attachment import Attachment, ThumbnailState, UploadState
 from models.block import Block
 from models.conversation import Conversation, ConversationKind, Member, MemberRole
 from models.inbox import EventKind, InboxEntry, InboxHead, ReceiptWatermark
-from models.message import Message, SentKey
+from models.message import Message, Reaction, SentKey
 from models.push import PushPlatform, PushRegistration
 from models.user import Device, User
 
@@ -22,6 +22,7 @@ __all__ = [
     "Message",
     "PushPlatform",
     "PushRegistration",
+    "Reaction",
     "ReceiptWatermark",
     "SentKey",
     "ThumbnailState",

@@ -20,6 +20,10 @@ class EventKind(enum.StrEnum):
     MESSAGE = "MESSAGE"
     RECEIPT = "RECEIPT"
     CONVERSATION = "CONVERSATION"
+    # Message lifecycle (payload entries naming a message the clients hold): edit, delete, reaction.
+    EDIT = "EDIT"
+    DELETE = "DELETE"
+    REACTION = "REACTION"
 
 
 class InboxHead(SQLModel, table=True):

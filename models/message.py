@@ -24,6 +24,11 @@ class Message(SQLModel, table=True):
     # The attachments' metadata as JSON (resolvers/files.py), so events need no lookup to show them.
     attachments: str | None = None
     sent_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # The message this one replies to: its row id and sender (together they re-issue its signed id).
+    reply_to_id: int | None = Field(default=None, sa_type=BigId)
+    reply_to_sender_id: int | None = Field(default=None, sa_type=BigId)
+    # Deleted for everyone while still pending: body and attachments are gone, and no device gets it.
+    deleted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class SentKey(SQLModel, table=True):
@@ -37,6 +42,19 @@ class SentKey(SQLModel, table=True):
 
     sender_id: int = Field(foreign_key="users.id", primary_key=True, sa_type=BigId, ondelete="CASCADE")
     client_id: str = Field(primary_key=True, max_length=64)
-    message_id: int = Field(sa_type=BigId)
+    # Indexed: an edit or delete after delivery finds the message's send time here.
+    message_id: int = Field(sa_type=BigId, index=True)
     conversation_id: int = Field(sa_type=BigId)
     sent_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
+
+
+class Reaction(SQLModel, table=True):
+    """One user's emoji on one message, kept after the message is gone (swept after file retention)."""
+
+    __tablename__ = "reactions"
+
+    message_id: int = Field(primary_key=True, sa_type=BigId)
+    user_id: int = Field(foreign_key="users.id", primary_key=True, sa_type=BigId, ondelete="CASCADE")
+    emoji: str = Field(primary_key=True, max_length=64)
+    conversation_id: int = Field(foreign_key="conversations.id", sa_type=BigId, ondelete="CASCADE")
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)

@@ -22,6 +22,7 @@ from resolvers.accounts import Viewer, get_users
 from resolvers.conversations import conversation_headers
 from resolvers.errors import BadUserInput, Unauthenticated
 from resolvers.ids import MessageRef, format_cursor, parse_cursor
+from resolvers.lifecycle import LIFECYCLE_KINDS, LifecycleChange, change_of
 from resolvers.messages import MessageView
 from resolvers.notify import MESSAGE_KIND, RECEIPT_KIND
 from resolvers.ports import Delivered, Notice, Services, SharedEvent, StoredEntry, StoredMessage
@@ -78,7 +79,16 @@ class TypingEventView:
     at: datetime
 
 
-DurableEvent = MessageEventView | ReceiptEventView | ConversationEventView
+@dataclass(frozen=True, slots=True)
+class LifecycleEventView:
+    """An edit, delete or reaction (`kind` is its EventKind value) of a message the clients hold."""
+
+    cursor: str
+    kind: str
+    change: LifecycleChange
+
+
+DurableEvent = MessageEventView | ReceiptEventView | ConversationEventView | LifecycleEventView
 Event = DurableEvent | TypingEventView
 
 
@@ -103,6 +113,8 @@ def _render_entry(entry: StoredEntry) -> DurableEvent | None:
     cursor = format_cursor(entry.seq)
     if entry.kind == "MESSAGE":
         return MessageEventView(cursor, MessageView.from_stored(entry.message)) if entry.message is not None else None
+    if entry.kind in LIFECYCLE_KINDS:
+        return LifecycleEventView(cursor, entry.kind, change_of(entry.payload or "{}"))
     data: dict[str, Any] = json.loads(entry.payload or "{}")
     if entry.kind == "RECEIPT":
         return ReceiptEventView(cursor, _receipt(data))
@@ -131,6 +143,8 @@ def _render_wire(wire: dict[str, Any]) -> MessageView | ReceiptView | None:
                 body=wire["b"],
                 sent_at=datetime.fromisoformat(wire["t"]),
                 attachments=wire.get("a"),
+                reply_to_id=wire.get("r"),
+                reply_to_sender_id=wire.get("rs"),
             )
         )
     if kind == RECEIPT_KIND:

@@ -10,7 +10,7 @@ from sqlalchemy import delete, exists
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from models import Device, InboxEntry, Message, SentKey
+from models import Device, InboxEntry, Message, Reaction, SentKey
 from resolvers.accounts import announce_revoked
 from resolvers.inbox import delete_orphans_after_commit, prune_inbox
 from resolvers.ports import Services
@@ -71,6 +71,9 @@ async def sweep(services: Services, *, now: datetime) -> SweepResult:
         )
         deleted_messages = int(unreferenced.rowcount or 0)  # type: ignore[attr-defined]
         await session.execute(delete(SentKey).where(col(SentKey.sent_at) < now - SENT_KEY_RETENTION))
+        # Reactions outlive their messages (clients hold those) as long as attachments do.
+        reactions_before = now - timedelta(seconds=services.file_config.retention_seconds)
+        await session.execute(delete(Reaction).where(col(Reaction.created_at) < reactions_before))
         return SweepResult(devices=len(expired), entries=len(orphaned), messages=deleted_messages)
 
     result = await services.db.transaction(work)

@@ -35,6 +35,8 @@ class MessageView:
     sender_username: str
     sender_display_name: str
     attachments: tuple[AttachmentView, ...] = ()
+    # The message this one replies to (same conversation), or None.
+    reply_to: MessageRef | None = None
 
     @classmethod
     def from_stored(cls, message: StoredMessage) -> MessageView:
@@ -47,7 +49,19 @@ class MessageView:
             sender_username=message.sender_username,
             sender_display_name=message.sender_display_name,
             attachments=attachments_of(message.conversation_id, message.attachments),
+            reply_to=MessageRef(message.reply_to_id, message.conversation_id, message.reply_to_sender_id)
+            if message.reply_to_id is not None and message.reply_to_sender_id is not None
+            else None,
         )
+
+
+def check_body(services: Services, body: str) -> str:
+    """A new body for an edit, by the rules of sending: not blank, at most the maximum length."""
+    if len(body) > services.limits.max_body_length:
+        raise BadUserInput(f"A message body is at most {services.limits.max_body_length} characters.")
+    if not body.strip():
+        raise BadUserInput("An edited message needs a body.")
+    return body
 
 
 def _check_input(services: Services, client_id: str, body: str | None, attachment_ids: list[str]) -> str | None:
@@ -73,6 +87,7 @@ async def send_message(
     client_id: str,
     body: str | None,
     attachment_ids: list[str],
+    reply_to: MessageRef | None = None,
 ) -> MessageView:
     """Stores a message and its inbox entries in one transaction, then publishes them.
 
@@ -85,13 +100,15 @@ async def send_message(
     """
     started = time.perf_counter()
     text = _check_input(services, client_id, body, attachment_ids)
+    if reply_to is not None and reply_to.conversation_id != conversation_id:
+        raise BadUserInput("replyToId names a message of another conversation.")
     claim = None
     if attachment_ids:
         # A retry must find its first send before the uploads (attached by then) are checked.
         if await services.delivery.earlier_send(viewer.user_id, client_id) is not None:
             return await _earlier_send(services, viewer, conversation_id, client_id, text)
         claim = await prepare_attachments(services, viewer, attachment_ids)
-    await _check_rate(services, viewer)
+    await check_send_rate(services, viewer)
     outcome = await services.delivery.send(
         sender_id=viewer.user_id,
         device_id=viewer.device_id,
@@ -100,6 +117,7 @@ async def send_message(
         body=text,
         sent_at=utcnow(),
         attachments=claim,
+        reply_to=(reply_to.message_id, reply_to.sender_id) if reply_to is not None else None,
     )
     if not outcome.device_known:
         raise Unauthenticated("This device has logged out.")
@@ -160,7 +178,8 @@ async def _queue_push(services: Services, message: StoredMessage) -> None:
         log.warning("push job for message %s not queued", message.id, exc_info=True)
 
 
-async def _check_rate(services: Services, viewer: Viewer) -> None:
+async def check_send_rate(services: Services, viewer: Viewer) -> None:
+    """Spends one from the sender's message budget (sends, edits, deletes and reactions share it)."""
     limit = services.limits.send_rate_per_minute
     await spend(
         services,

@@ -40,6 +40,8 @@ def message_wire(message: StoredMessage) -> dict[str, Any]:
         "b": message.body,
         "t": message.sent_at.isoformat(),
         "a": message.attachments,
+        "r": message.reply_to_id,
+        "rs": message.reply_to_sender_id,
     }
 
 

@@ -90,6 +90,9 @@ class StoredMessage:
     sent_at: datetime
     # The attachments' metadata as stored with the message (JSON, see resolvers/files.py), or None.
     attachments: str | None = None
+    # The message this one replies to (same conversation): its row id and sender, for its signed id.
+    reply_to_id: int | None = None
+    reply_to_sender_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,10 +176,12 @@ class DeliveryStore(Protocol):
         body: str | None,
         sent_at: datetime,
         attachments: AttachmentClaim | None = None,
+        reply_to: tuple[int, int] | None = None,
     ) -> SendOutcome:
         """Stores the message, its idempotency key and one inbox entry per recipient, atomically.
 
         With `attachments`, it also claims those uploads for the message, or stores nothing.
+        `reply_to` is the (message id, sender id) of the message this one replies to.
         """
         ...
 
@@ -510,6 +515,9 @@ class Limits:
     member_additions_per_hour: int = 500
     renames_per_hour: int = 30
     typing_interval_seconds: float = 2.0
+    edit_window_seconds: float = 900
+    delete_window_seconds: float = 86400
+    max_reactions_per_user_per_message: int = 5
 
 
 @dataclass(frozen=True)

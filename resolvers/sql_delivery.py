@@ -53,6 +53,8 @@ def _stored(message: Message, sender: User | None) -> StoredMessage:
         body=message.body,
         sent_at=message.sent_at,
         attachments=message.attachments,
+        reply_to_id=message.reply_to_id,
+        reply_to_sender_id=message.reply_to_sender_id,
     )
 
 
@@ -98,6 +100,7 @@ class SqlDeliveryStore:
         body: str | None,
         sent_at: datetime,
         attachments: AttachmentClaim | None = None,
+        reply_to: tuple[int, int] | None = None,
     ) -> SendOutcome:
         """Stores the message, its idempotency key and one inbox entry per recipient, in one transaction."""
 
@@ -123,6 +126,8 @@ class SqlDeliveryStore:
                 body=body,
                 sent_at=sent_at,
                 attachments=attachments.metadata if attachments is not None else None,
+                reply_to_id=reply_to[0] if reply_to is not None else None,
+                reply_to_sender_id=reply_to[1] if reply_to is not None else None,
             )
             session.add(message)
             await session.flush()
@@ -184,6 +189,9 @@ class SqlDeliveryStore:
             if key is None:
                 return None
             message = await session.get(Message, key.message_id)
+            if message is not None and message.deleted_at is not None:
+                # deleted for everyone: reads as gone, so a retry does not announce it again
+                return EarlierSend(key.message_id, key.conversation_id, key.sent_at, None, [])
             sender = await session.get(User, sender_id) if message is not None else None
             pending = (
                 await session.execute(
@@ -267,7 +275,8 @@ class SqlDeliveryStore:
             StoredEntry(
                 seq=entry.seq,
                 kind=entry.kind.value,
-                message=_stored(message, sender) if message is not None else None,
+                # a message deleted for everyone before delivery is never shown
+                message=_stored(message, sender) if message is not None and message.deleted_at is None else None,
                 payload=entry.payload,
             )
             for entry, message, sender in rows

@@ -57,6 +57,7 @@ class CountingStore:
         body: str | None,
         sent_at: datetime,
         attachments: AttachmentClaim | None = None,
+        reply_to: tuple[int, int] | None = None,
     ) -> SendOutcome:
         return await self._inner.send(
             sender_id=sender_id,
@@ -66,6 +67,7 @@ class CountingStore:
             body=body,
             sent_at=sent_at,
             attachments=attachments,
+            reply_to=reply_to,
         )
 
     async def earlier_send(self, sender_id: int, client_id: str) -> EarlierSend | None:

@@ -378,3 +378,25 @@ async def test_retention_deletes_the_files_of_delivered_messages_and_unattached_
         assert (await download(url)).status_code in (403, 404)
         # The never-attached upload is gone too: it can no longer be attached.
         assert await send_refusal(alice, direct, [never_sent["attachmentId"]]) == "BAD_USER_INPUT"
+
+
+async def test_deleting_a_message_for_everyone_deletes_its_files_with_the_next_retention_run(
+    tmp_path: Path, files_mode: str, backends: tuple[str, RedisTarget] | None, s3_server: S3Server
+) -> None:
+    # The default retention (30 days): only the delete can make the file go this soon.
+    async with file_server(tmp_path, files_mode, backends, s3_server, sweep_interval_seconds=0.3) as api:
+        alice, bob = await api.people("alice", "bob")
+        direct = await alice.direct_with(bob)
+        await bob.drain()
+        upload = await alice.upload("oops.pdf", "application/pdf", b"%PDF-1.4\n" + bytes(64))
+        sent = await alice.send_files(direct, [upload], body="not for you")
+        url = sent["attachments"][0]["url"]
+        assert (await download(url)).status_code == 200
+        await alice.data("mutation D($m: ID!) { deleteMessage(messageId: $m) }", m=sent["id"])
+        # Never delivered: bob gets the delete, not the message or its file.
+        events = await pending_files(bob)
+        assert [e for e in events if "message" in e] == []
+        async with asyncio.timeout(30):
+            while (await download(url)).status_code == 200:  # noqa: ASYNC110 - polling another process's job
+                await asyncio.sleep(0.3)
+        assert (await download(url)).status_code in (403, 404)

@@ -327,6 +327,7 @@ async function send(conversationId: string, body: string, file: File | undefined
       conversationId,
       sentAt: new Date().toISOString(),
       body,
+      replyToId: null,
       sender: me,
       attachments: [],
     },
@@ -389,6 +390,25 @@ async function onEvent(event: EventsSubscription["events"]): Promise<void> {
     }
     case "ConversationEvent": {
       await refresh(event.conversation.id);
+      acknowledge(event.cursor);
+      break;
+    }
+    // Edits and deletes name a message held here; one never received (deleted before it came) is ignored.
+    case "MessageEditedEvent":
+    case "MessageDeletedEvent": {
+      const held = (messages.get(event.conversationId) ?? []).find((s) => s.message.id === event.messageId);
+      if (held) {
+        held.message =
+          event.__typename === "MessageEditedEvent"
+            ? { ...held.message, body: event.body ?? null }
+            : { ...held.message, body: null, attachments: [] };
+        renderMessages();
+      }
+      acknowledge(event.cursor);
+      break;
+    }
+    case "ReactionEvent": {
+      // This page shows no reactions; acknowledged so they do not stay pending.
       acknowledge(event.cursor);
       break;
     }
