@@ -64,6 +64,11 @@ class PersistedQueryError(Exception):
         self.error = GraphQLError(message, extensions={"code": code})
 
 
+# Longest query text kept for hash-only requests. Apps' operations are a few KiB; anyone may
+# register texts, so without a bound a client could fill Redis with megabyte entries for a week.
+MAX_STORED_QUERY_CHARS = 32_768
+
+
 def sha256_hex(text: str) -> str:
     """The lowercase hex SHA-256 of the UTF-8 text, as Apollo's clients compute it."""
     return hashlib.sha256(text.encode()).hexdigest()
@@ -198,6 +203,8 @@ class PersistedQueries:
         if sha256_hex(query) != sha256:
             raise PersistedQueryError("provided sha does not match query", "BAD_USER_INPUT")
         self._check_allowed(query)
+        if len(query) > MAX_STORED_QUERY_CHARS:
+            return query  # runs, but is not kept: the store is shared and lives for days
         try:
             await self.store.put(sha256, query)
         except Exception:  # a cache: the operation runs anyway, and the client will send the text again

@@ -164,6 +164,16 @@ async def test_a_hash_that_does_not_match_its_query_is_refused_and_not_stored(ap
     assert later.json()["errors"][0]["extensions"]["code"] == "PERSISTED_QUERY_NOT_FOUND"
 
 
+async def test_an_oversized_query_runs_but_is_not_kept(api: Api) -> None:
+    (alice,) = await api.people("alice")
+    query = f"query Big {{ me {{ id }} }} # {alice.username} " + "x" * 40_000  # a comment: no tokens
+    sha256 = sha256_hex(query)
+    ran = await post(api, persisted(query, sha256), token=alice.token)
+    assert ran.json() == {"data": {"me": {"id": alice.user_id}}}
+    later = await post(api, persisted(None, sha256), token=alice.token)
+    assert later.json()["errors"][0]["extensions"]["code"] == "PERSISTED_QUERY_NOT_FOUND"
+
+
 @pytest.fixture(scope="module")
 def allowlist_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:
     settings = embedded_settings(tmp_path_factory.mktemp("allowlist"), persisted_queries="allowlist")
