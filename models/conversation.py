@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import Column, Enum, UniqueConstraint
+from sqlalchemy import Column, Enum, UniqueConstraint, false
 from sqlmodel import Field, SQLModel
 
 from models.columns import BigId, UTCDateTime, utcnow
@@ -52,3 +52,6 @@ class Member(SQLModel, table=True):
     role: MemberRole = Field(sa_column=Column(Enum(MemberRole, native_enum=False, length=8), nullable=False))
     joined_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     muted: bool = False
+    # Has sent a message here or created the conversation: only then may others see this
+    # member's presence through it (resolvers/privacy.py).
+    engaged: bool = Field(default=False, sa_column_kwargs={"server_default": false()})

@@ -46,6 +46,8 @@ class SentKey(SQLModel, table=True):
     message_id: int = Field(sa_type=BigId, index=True)
     conversation_id: int = Field(sa_type=BigId)
     sent_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
+    # Deleted for everyone: remembered here, since the message row goes once delivered.
+    deleted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class Reaction(SQLModel, table=True):
