@@ -146,11 +146,20 @@ def redis_server() -> Iterator[str]:
         yield server.url
 
 
+# Marks a Redis DB number as taken by one run; expires in case a run dies without cleaning up.
+_CLAIM_KEY = "parley-test-claim"
+_CLAIM_SECONDS = 6 * 3600
+
+
 @contextmanager
 def fresh_redis(server_url: str, *, prefix: str = "parley-test") -> Iterator[RedisTarget]:
-    """An empty Redis DB number for this run plus a unique prefix; only our keys are deleted after."""
+    """An empty Redis DB number for this run plus a unique prefix; only our keys are deleted after.
+
+    Parallel runs (pytest-xdist workers) each claim a DB with SET NX, so no two share one; when all
+    are taken, DB 0 is shared, which the unique prefix keeps safe.
+    """
     prefix = f"{prefix}-{uuid.uuid4().hex[:12]}:"
-    db = next((n for n in range(15, 0, -1) if _empty(f"{server_url}/{n}")), 0)
+    db = _claim_empty_db(server_url, prefix)
     url = f"{server_url}/{db}"
     try:
         yield RedisTarget(url=url, prefix=prefix)
@@ -160,16 +169,25 @@ def fresh_redis(server_url: str, *, prefix: str = "parley-test") -> Iterator[Red
             keys = list(cleanup.scan_iter(match=f"{prefix}*", count=1000))
             for start in range(0, len(keys), 500):
                 cleanup.delete(*keys[start : start + 500])
+            if db and cleanup.get(_CLAIM_KEY) == prefix.encode():
+                cleanup.delete(_CLAIM_KEY)
         finally:
             cleanup.close()
 
 
-def _empty(url: str) -> bool:
-    client = redis.Redis.from_url(url)
-    try:
-        return int(client.dbsize()) == 0
-    finally:
-        client.close()
+def _claim_empty_db(server_url: str, token: str) -> int:
+    """The highest DB number that was empty and is now claimed with `token`; 0 when none is."""
+    for number in range(15, 0, -1):
+        client = redis.Redis.from_url(f"{server_url}/{number}")
+        try:
+            if not client.set(_CLAIM_KEY, token, nx=True, ex=_CLAIM_SECONDS):
+                continue
+            if int(client.dbsize()) == 1:
+                return number
+            client.delete(_CLAIM_KEY)  # someone else's data lives there: leave it alone
+        finally:
+            client.close()
+    return 0
 
 
 class PostgresServer:
