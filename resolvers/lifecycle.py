@@ -9,6 +9,16 @@ too: an edit rewrites its body, a delete removes body and attachments at once.
 
 Payloads start with the message id (`{"m":<id>,`), so a delete finds the pending edits
 of its message by that prefix and removes their bodies as well.
+
+Blocks filter these events as they filter messages: in a direct conversation nothing a
+user edits, deletes or reacts reaches a member who blocked them (resolvers/blocks.py). A
+delete for everyone is final: it is remembered on the send's record (`SentKey`), which
+outlives the message row, and an edit of a deleted message is `NotFound`.
+
+Each change first writes the actor's member row (`_hold_membership`): membership then
+holds until commit, as for a send, and one member's changes in a conversation take turns,
+so that the per-message reaction limit is counted with no other insert in flight. Locks
+follow the order of every writer: member row, the send's record, the message row, inbox heads.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from models import (
     ConversationKind,
     EventKind,
     InboxEntry,
+    Member,
     Message,
     Reaction,
     SentKey,
@@ -39,7 +50,8 @@ from models import (
 )
 from models.columns import utcnow
 from resolvers.accounts import Viewer
-from resolvers.conversations import MANAGERS, member_ids, membership
+from resolvers.blocks import blockers_among
+from resolvers.conversations import MANAGERS, member_ids
 from resolvers.errors import BadUserInput, Forbidden, NotFound
 from resolvers.ids import MessageRef
 from resolvers.inbox import Appended, append_events
@@ -113,28 +125,66 @@ async def _actor(session: AsyncSession, viewer: Viewer) -> User:
     return user
 
 
-async def _sent_at(session: AsyncSession, ref: MessageRef) -> tuple[datetime | None, bool]:
-    """When the message was sent (from the message if pending, else its idempotency record); and if deleted."""
-    row = (
-        await session.execute(
-            select(col(Message.sent_at), col(Message.deleted_at)).where(
-                col(Message.id) == ref.message_id, col(Message.conversation_id) == ref.conversation_id
-            )
-        )
-    ).one_or_none()
-    if row is not None:
-        return row[0], row[1] is not None
-    sent = await session.scalar(
-        select(col(SentKey.sent_at)).where(
-            col(SentKey.message_id) == ref.message_id, col(SentKey.sender_id) == ref.sender_id
-        )
+async def _hold_membership(session: AsyncSession, conversation_id: int, user_id: int) -> Member:
+    """The actor's membership, held until commit; `NotFound` for non-members, as for a missing conversation.
+
+    A write, not a read (as a send's first statement): on SQLite it takes the write lock,
+    so every later read is current; on PostgreSQL it locks the member row against a removal
+    and against the member's other changes here (a send's FOR KEY SHARE does not wait for it).
+    """
+    held = await session.execute(
+        update(Member)
+        .where(col(Member.conversation_id) == conversation_id, col(Member.user_id) == user_id)
+        .values(muted=col(Member.muted))
+        .execution_options(synchronize_session=False)
     )
-    return sent, False
+    if not held.rowcount:  # type: ignore[attr-defined]
+        raise NotFound("No such conversation.")
+    member = await session.get(Member, (conversation_id, user_id))
+    assert member is not None  # locked above
+    return member
 
 
-async def _append(session: AsyncSession, kind: EventKind, change: LifecycleChange) -> tuple[None, list[Appended]]:
-    members = await member_ids(session, change.message.conversation_id)
-    appended = await append_events(session, members, kind, payload_text=payload_of(kind, change), at=change.at)
+async def _sent_at(session: AsyncSession, ref: MessageRef, *, lock: bool = False) -> tuple[datetime | None, bool]:
+    """When the message was sent, and whether it was deleted for everyone.
+
+    From its row while it is pending, else from its send's record (which remembers a
+    delete once the row is gone). `lock` locks both as a delete's UPDATE does (FOR NO KEY
+    UPDATE), so that an edit and a delete of one message take turns.
+    """
+    key_query = select(col(SentKey.sent_at), col(SentKey.deleted_at)).where(
+        col(SentKey.message_id) == ref.message_id, col(SentKey.sender_id) == ref.sender_id
+    )
+    row_query = select(col(Message.sent_at), col(Message.deleted_at)).where(
+        col(Message.id) == ref.message_id, col(Message.conversation_id) == ref.conversation_id
+    )
+    if lock:
+        key_query, row_query = key_query.with_for_update(key_share=True), row_query.with_for_update(key_share=True)
+    key = (await session.execute(key_query)).one_or_none()
+    row = (await session.execute(row_query)).one_or_none()
+    deleted = (key is not None and key[1] is not None) or (row is not None and row[1] is not None)
+    sent_at = row[0] if row is not None else key[0] if key is not None else None
+    return sent_at, deleted
+
+
+async def _recipients(session: AsyncSession, ref: MessageRef, actor_id: int) -> tuple[list[int], bool]:
+    """Who gets the actor's change, and whether a blocker was left out.
+
+    Every member, less (in a direct conversation) those who blocked the actor: the rule
+    of a send (infra/pg_delivery.py `recipients`, resolvers/sql_delivery.py).
+    """
+    members = await member_ids(session, ref.conversation_id)
+    kind = await session.scalar(select(col(Conversation.kind)).where(col(Conversation.id) == ref.conversation_id))
+    if kind is not ConversationKind.DIRECT:
+        return members, False
+    blockers = set(await blockers_among(session, actor_id, members))
+    return [uid for uid in members if uid not in blockers], bool(blockers)
+
+
+async def _append(
+    session: AsyncSession, kind: EventKind, change: LifecycleChange, recipients: list[int]
+) -> tuple[None, list[Appended]]:
+    appended = await append_events(session, recipients, kind, payload_text=payload_of(kind, change), at=change.at)
     return None, appended
 
 
@@ -148,25 +198,30 @@ async def edit_message(services: Services, viewer: Viewer, ref: MessageRef, body
     window = services.limits.edit_window_seconds
 
     async def work(session: AsyncSession) -> tuple[None, list[Appended]]:
-        await membership(session, ref.conversation_id, viewer.user_id)
+        await _hold_membership(session, ref.conversation_id, viewer.user_id)
         if ref.sender_id != viewer.user_id:
             raise Forbidden("Only its sender can edit a message.")
         now = utcnow()
-        sent_at, deleted = await _sent_at(session, ref)
+        # Locked: a delete for everyone (by a group admin, say) either committed before and is
+        # seen here, or waits and then finds this edit's event to erase.
+        sent_at, deleted = await _sent_at(session, ref, lock=True)
         if deleted:
             raise NotFound("No such message.")
         if _outside(sent_at, now, window):
             raise Forbidden(f"A message can be edited for {window:g} seconds after it was sent.")
-        # Still pending somewhere: a device that has not received it yet gets the new text too.
-        await session.execute(
-            update(Message)
-            .where(col(Message.id) == ref.message_id, col(Message.deleted_at).is_(None))
-            .values(body=text)
-            .execution_options(synchronize_session=False)
-        )
+        recipients, blocked = await _recipients(session, ref, viewer.user_id)
+        if not blocked:
+            # Still pending somewhere: a device that has not received it yet gets the new text too.
+            # Not for a member who blocked the sender: their pending copy keeps the text it had.
+            await session.execute(
+                update(Message)
+                .where(col(Message.id) == ref.message_id, col(Message.deleted_at).is_(None))
+                .values(body=text)
+                .execution_options(synchronize_session=False)
+            )
         actor = await _actor(session, viewer)
         change = LifecycleChange(ref, viewer.user_id, actor.username, actor.display_name, now, body=text)
-        return await _append(session, EventKind.EDIT, change)
+        return await _append(session, EventKind.EDIT, change, recipients)
 
     await check_send_rate(services, viewer)
     await commit_then_publish(services, work)
@@ -184,7 +239,7 @@ async def delete_message(services: Services, viewer: Viewer, ref: MessageRef) ->
     retention = timedelta(seconds=services.file_config.retention_seconds)
 
     async def work(session: AsyncSession) -> tuple[None, list[Appended]]:
-        member = await membership(session, ref.conversation_id, viewer.user_id)
+        member = await _hold_membership(session, ref.conversation_id, viewer.user_id)
         now = utcnow()
         kind = await session.scalar(select(col(Conversation.kind)).where(col(Conversation.id) == ref.conversation_id))
         manager = kind is ConversationKind.GROUP and member.role in MANAGERS
@@ -194,6 +249,18 @@ async def delete_message(services: Services, viewer: Viewer, ref: MessageRef) ->
             sent_at, _deleted = await _sent_at(session, ref)
             if _outside(sent_at, now, window):
                 raise Forbidden(f"A message can be deleted by its sender for {window:g} seconds after it was sent.")
+        # Remembered on the send's record, which outlives the row: an edit after delivery reads it
+        # there. The record before the row, the order in which an edit locks them.
+        marked = await session.execute(
+            update(SentKey)
+            .where(
+                col(SentKey.message_id) == ref.message_id,
+                col(SentKey.sender_id) == ref.sender_id,
+                col(SentKey.deleted_at).is_(None),
+            )
+            .values(deleted_at=now)
+            .execution_options(synchronize_session=False)
+        )
         erased = await session.execute(
             update(Message)
             .where(
@@ -204,11 +271,9 @@ async def delete_message(services: Services, viewer: Viewer, ref: MessageRef) ->
             .values(body=None, attachments=None, deleted_at=now)
             .execution_options(synchronize_session=False)
         )
-        if not erased.rowcount:  # type: ignore[attr-defined]
-            deleted_before = await session.scalar(
-                select(col(Message.id)).where(col(Message.id) == ref.message_id, col(Message.deleted_at).is_not(None))
-            )
-            if deleted_before is not None:
+        if not marked.rowcount and not erased.rowcount:  # type: ignore[attr-defined]
+            _sent, deleted_before = await _sent_at(session, ref)
+            if deleted_before:
                 return None, []  # deleted already: nothing new to tell
         # Released as if long ago: the next file-retention run marks and deletes the objects.
         await session.execute(
@@ -219,7 +284,8 @@ async def delete_message(services: Services, viewer: Viewer, ref: MessageRef) ->
         )
         actor = await _actor(session, viewer)
         change = LifecycleChange(ref, viewer.user_id, actor.username, actor.display_name, now)
-        appended = await _append(session, EventKind.DELETE, change)
+        recipients, _blocked = await _recipients(session, ref, viewer.user_id)
+        appended = await _append(session, EventKind.DELETE, change, recipients)
         # After the inbox heads are locked (the lock order of every writer), so no acknowledgement
         # pruning these entries can hold a head this transaction waits for.
         await _erase_pending_edits(session, ref.message_id)
@@ -268,7 +334,8 @@ async def react(services: Services, viewer: Viewer, ref: MessageRef, value: str,
     limit = services.limits.max_reactions_per_user_per_message
 
     async def work(session: AsyncSession) -> tuple[None, list[Appended]]:
-        await membership(session, ref.conversation_id, viewer.user_id)
+        # Held first: the member's reactions take turns, so the count below sees every one stored.
+        await _hold_membership(session, ref.conversation_id, viewer.user_id)
         key = (ref.message_id, viewer.user_id, emoji)
         existing = await session.get(Reaction, key)
         now = utcnow()
@@ -304,7 +371,8 @@ async def react(services: Services, viewer: Viewer, ref: MessageRef, value: str,
             )
         actor = await _actor(session, viewer)
         change = LifecycleChange(ref, viewer.user_id, actor.username, actor.display_name, now, emoji=emoji, added=added)
-        return await _append(session, EventKind.REACTION, change)
+        recipients, _blocked = await _recipients(session, ref, viewer.user_id)
+        return await _append(session, EventKind.REACTION, change, recipients)
 
     await check_send_rate(services, viewer)
     try:

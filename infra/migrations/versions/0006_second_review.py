@@ -24,6 +24,10 @@ def upgrade() -> None:
     # A delete for everyone outlives the message row: an edit after delivery must still see it.
     with op.batch_alter_table("sent_keys") as batch:
         batch.add_column(sa.Column("deleted_at", models.columns.UTCDateTime(timezone=True), nullable=True))
+    op.execute(
+        "UPDATE sent_keys SET deleted_at = (SELECT m.deleted_at FROM messages m WHERE m.id = sent_keys.message_id) "
+        "WHERE EXISTS (SELECT 1 FROM messages m WHERE m.id = sent_keys.message_id AND m.deleted_at IS NOT NULL)"
+    )
     # Presence goes only to people one has engaged with: set when a member sends or creates.
     with op.batch_alter_table("members") as batch:
         batch.add_column(sa.Column("engaged", sa.Boolean(), nullable=False, server_default=sa.false()))
