@@ -1,4 +1,4 @@
-"""Query cost: a validation rule that refuses documents asking for too much at once.
+"""Query cost: operations asking for too much at once are refused before they run.
 
 The cost of an operation is the number of fields it may resolve: every field counts
 once per item of each list it sits in. A list's size is its `first` argument where
@@ -7,11 +7,12 @@ the document gives one, else the argument's default (`conversations` 50, `member
 `DEFAULT_LIST_SIZE`. For a union or interface only the costliest member type counts
 (an item is one of them).
 
-`first` given as a variable costs as the variable's default in the document, else as
-the argument's default: validation runs once per document (it is cached) and does not
-see variable values. Every `first` is also capped where it is read (`members` and
-`conversations` at 100, `searchUsers` at 50, `pendingEvents` at 500), which bounds
-what a variable can add.
+A `first` given as a variable costs as the request's value; left out or null, as the
+argument's default (what the resolver then reads). Validation is cached per document and
+never sees values, so the limit is checked in two places: the validation rule
+(`cost_limit_rule`) refuses operations whose cost does not depend on variables, and
+`VariableCosts`, called by the executor once the request's variables are coerced
+(graph/executor.py), costs the others with their values, on every transport.
 
 Fragments are costed once per type they are spread on and then multiplied, so nested
 fragment spreads cannot make the rule itself slow. Introspection fields count as one:
@@ -20,7 +21,10 @@ their answer is bounded by the schema, and production turns introspection off.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from graphql import (
@@ -52,6 +56,10 @@ DEFAULT_LIST_SIZE: Final = 100
 LIST_SIZES: Final[Mapping[str, int]] = {"Message.attachments": 10}
 # Deeper selections than this are refused by the depth limit anyway; stop costing there.
 MAX_NESTING: Final = 64
+# Operations remembered by `VariableCosts` (whether their cost depends on variables), and
+# costs remembered per operation, one for each set of sizes its variables gave.
+MEMO_SIZE: Final = 512
+COSTS_PER_OPERATION: Final = 16
 
 
 class _Cost:
@@ -63,16 +71,22 @@ class _Cost:
         fragments: Mapping[str, FragmentDefinitionNode],
         operation: OperationDefinitionNode,
         default_list_size: int,
+        variables: Mapping[str, Any],
     ) -> None:
         self._schema = schema
         self._fragments = fragments
         self._default_list_size = default_list_size
-        self._variable_defaults: dict[str, int] = {}
+        # Coerced values already hold the variables' defaults; a document's own default
+        # serves callers costing without values.
+        self._variables: dict[str, Any] = {}
         for definition in operation.variable_definitions or ():
             if isinstance(definition.default_value, IntValueNode):
-                self._variable_defaults[definition.variable.name.value] = int(definition.default_value.value)
+                self._variables[definition.variable.name.value] = int(definition.default_value.value)
+        self._variables.update(variables)
         self._memo: dict[tuple[str, str], int] = {}
         self._active: set[str] = set()
+        # The variables some list's size was read from: none, and the cost is the same for every request.
+        self.sized_by: set[str] = set()
 
     def selections(self, parent: GraphQLNamedType, selection_set: SelectionSetNode | None, depth: int) -> int:
         """Cost of a selection set for one item of `parent` (the costliest member for abstract types)."""
@@ -152,10 +166,29 @@ class _Cost:
         given = next((a.value for a in node.arguments or () if a.name.value == "first"), None)
         if isinstance(given, IntValueNode):
             return max(0, int(given.value))
-        if isinstance(given, VariableNode) and given.name.value in self._variable_defaults:
-            return max(0, self._variable_defaults[given.name.value])
+        if isinstance(given, VariableNode):
+            self.sized_by.add(given.name.value)
+            value = self._variables.get(given.name.value)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return max(0, value)
+            # Left out or null: the argument is the resolver's default.
         default = argument.default_value
         return default if isinstance(default, int) and default >= 0 else self._default_list_size
+
+
+def _costed(
+    schema: GraphQLSchema,
+    operation: OperationDefinitionNode,
+    fragments: Mapping[str, FragmentDefinitionNode],
+    variables: Mapping[str, Any],
+    default_list_size: int,
+) -> tuple[int, frozenset[str]]:
+    """The operation's cost, and the variables it depends on."""
+    root = schema.get_root_type(operation.operation)
+    if root is None:
+        return 0, frozenset()
+    cost = _Cost(schema, fragments, operation, default_list_size, variables)
+    return cost.selections(root, operation.selection_set, 0), frozenset(cost.sized_by)
 
 
 def operation_cost(
@@ -163,13 +196,23 @@ def operation_cost(
     operation: OperationDefinitionNode,
     fragments: Mapping[str, FragmentDefinitionNode],
     *,
+    variables: Mapping[str, Any] | None = None,
     default_list_size: int = DEFAULT_LIST_SIZE,
 ) -> int:
-    """The cost of one operation of a document (see the module's docstring)."""
-    root = schema.get_root_type(operation.operation)
-    if root is None:
-        return 0
-    return _Cost(schema, fragments, operation, default_list_size).selections(root, operation.selection_set, 0)
+    """The cost of one operation of a document with these (coerced) variable values (see the module's docstring).
+
+    Without values, a variable costs as its default in the document.
+    """
+    return _costed(schema, operation, fragments, variables or {}, default_list_size)[0]
+
+
+def _too_costly(cost: int, max_cost: int, node: OperationDefinitionNode) -> GraphQLError:
+    return GraphQLError(
+        f"This query may cost {cost}, more than the limit of {max_cost}: ask for fewer "
+        "items (`first`) or fewer fields, or split it.",
+        node,
+        extensions={"code": "BAD_USER_INPUT", "cost": cost, "maxCost": max_cost},
+    )
 
 
 def cost_limit_rule(max_cost: int, *, default_list_size: int = DEFAULT_LIST_SIZE) -> type[ValidationRule]:
@@ -183,16 +226,83 @@ def cost_limit_rule(max_cost: int, *, default_list_size: int = DEFAULT_LIST_SIZE
             fragments = {
                 d.name.value: d for d in self.context.document.definitions if isinstance(d, FragmentDefinitionNode)
             }
-            cost = operation_cost(self.context.schema, node, fragments, default_list_size=default_list_size)
-            if cost > max_cost:
-                self.report_error(
-                    GraphQLError(
-                        f"This query may cost {cost}, more than the limit of {max_cost}: ask for fewer "
-                        "items (`first`) or fewer fields, or split it.",
-                        node,
-                        extensions={"code": "BAD_USER_INPUT", "cost": cost, "maxCost": max_cost},
-                    )
-                )
+            cost, sized_by = _costed(self.context.schema, node, fragments, {}, default_list_size)
+            # An operation whose lists are sized by variables is costed per request (VariableCosts).
+            if not sized_by and cost > max_cost:
+                self.report_error(_too_costly(cost, max_cost, node))
             return self.SKIP
 
     return QueryCostLimit
+
+
+@dataclass
+class _Known:
+    """What `VariableCosts` remembers of an operation (holding it keeps its id unique)."""
+
+    schema: GraphQLSchema
+    operation: OperationDefinitionNode
+    sized_by: tuple[str, ...]
+    costs: dict[tuple[int | None, ...], int] = field(default_factory=dict)
+
+
+class VariableCosts:
+    """The half of the cost limit that needs the request: operations whose list sizes are variables.
+
+    Remembers per operation whether its cost depends on variables (the parser cache hands
+    out one document per query text): an operation that does not, which the validation
+    rule has costed already, then costs a dictionary lookup per request.
+    """
+
+    def __init__(self, max_cost: int, *, default_list_size: int = DEFAULT_LIST_SIZE) -> None:
+        self._max_cost = max_cost
+        self._default_list_size = default_list_size
+        self._known: OrderedDict[tuple[int, int], _Known] = OrderedDict()
+        self._lock = threading.Lock()  # tests and benchmarks run servers in threads of one process
+
+    def check(
+        self,
+        schema: GraphQLSchema,
+        operation: OperationDefinitionNode,
+        fragments: Mapping[str, FragmentDefinitionNode],
+        variables: Mapping[str, Any],
+    ) -> GraphQLError | None:
+        """The error refusing this operation with these coerced variable values, or None."""
+        known = self._known_of(schema, operation, fragments)
+        if not known.sized_by:
+            return None  # the validation rule costs it
+        sizes = _sizes(known, variables)
+        cost = known.costs.get(sizes)
+        if cost is None:
+            cost = _costed(schema, operation, fragments, variables, self._default_list_size)[0]
+            with self._lock:
+                if len(known.costs) >= COSTS_PER_OPERATION:
+                    known.costs.clear()
+                known.costs[sizes] = cost
+        return None if cost <= self._max_cost else _too_costly(cost, self._max_cost, operation)
+
+    def _known_of(
+        self, schema: GraphQLSchema, operation: OperationDefinitionNode, fragments: Mapping[str, FragmentDefinitionNode]
+    ) -> _Known:
+        key = (id(schema), id(operation))
+        with self._lock:
+            known = self._known.get(key)
+            if known is not None:
+                self._known.move_to_end(key)
+                return known
+        sized_by = _costed(schema, operation, fragments, {}, self._default_list_size)[1]
+        known = _Known(schema, operation, tuple(sorted(sized_by)))
+        with self._lock:
+            self._known[key] = known
+            while len(self._known) > MEMO_SIZE:
+                self._known.popitem(last=False)
+        return known
+
+
+def _sizes(known: _Known, variables: Mapping[str, Any]) -> tuple[int | None, ...]:
+    """The list sizes the request's variables give, as a memo key (None: left out or null)."""
+    return tuple(_size(variables.get(name)) for name in known.sized_by)
+
+
+def _size(value: Any) -> int | None:
+    """A list size as a memo key: an Int variable's value; None (left out or null) for anything else."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -8,12 +8,18 @@ from collections.abc import Iterator
 from graphql import GraphQLError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from strawberry.exceptions import MissingQueryError
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 
 from resolvers.errors import ParleyError
 
 log = logging.getLogger("parley.errors")
 
 INTERNAL = "INTERNAL_SERVER_ERROR"
+
+# What strawberry raises for a request it cannot run as sent: no query, no such operation, or
+# an operation type the transport does not carry (a mutation over GET, a subscription as JSON).
+REQUEST_ERRORS = (MissingQueryError, CannotGetOperationTypeError, InvalidOperationTypeError)
 
 # PostgreSQL refusing because it is shutting down, crashed, starting up (57P01-57P03: the
 # "starting up" window right after a restart) or full (53300); and class 08, connection exceptions.
@@ -69,9 +75,16 @@ def error_code(error: GraphQLError) -> str:
         return original.code
     if isinstance(original, GraphQLError):
         return error_code(original)
+    if isinstance(original, REQUEST_ERRORS):
+        return "BAD_USER_INPUT"
     if is_unavailable(original):
         return "UNAVAILABLE"
     return INTERNAL
+
+
+def exception_code(error: Exception) -> str:
+    """The contract's code for an exception that ended an operation (a client's mistake, or the server's)."""
+    return error_code(error if isinstance(error, GraphQLError) else GraphQLError(str(error), original_error=error))
 
 
 def shape_errors(errors: list[GraphQLError]) -> list[GraphQLError]:

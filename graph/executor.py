@@ -9,6 +9,10 @@ the subscription ends. Here each event's executor gets memos of its own.
 Events whose selection needs no resolver are built by a projection plan
 (graph/projection.py) instead of being executed; anything else runs through
 graphql-core unchanged. Queries and mutations are not affected.
+
+`cost_limited` makes any executor class check the query cost with the request's
+variables (graph/cost.py): building the executor is where they are first coerced, for
+queries, mutations and subscriptions over every transport alike.
 """
 
 from __future__ import annotations
@@ -17,17 +21,18 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping
-from typing import Any, Final
+from typing import Any, Final, cast
 
-from graphql import ExecutionResult, GraphQLSchema, OperationDefinitionNode
-from graphql.execution import ExperimentalIncrementalExecutionResults
+from graphql import ExecutionResult, GraphQLError, GraphQLSchema, OperationDefinitionNode
+from graphql.execution import Executor, ExperimentalIncrementalExecutionResults
 from graphql.execution.executor import CollectedErrors
 from graphql.pyutils import AwaitableOrValue
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
+from graph.cost import VariableCosts
 from graph.projection import OperationPlan, compile_operation
 
-__all__ = ["ProjectingExecutionContext", "clear_plan_cache"]
+__all__ = ["ProjectingExecutionContext", "clear_plan_cache", "cost_limited"]
 
 log = logging.getLogger("parley.projection")
 
@@ -140,3 +145,26 @@ class ProjectingExecutionContext(StrawberryGraphQLCoreExecutionContext):
             # A bug here must cost speed, not the subscription.
             log.exception("cannot compile a projection; executing this subscription normally")
             return None
+
+
+def cost_limited(executor_class: type[Executor[Any]], costs: VariableCosts) -> type[Executor[Any]]:
+    """A subclass of `executor_class` whose executors are refused when the operation costs too much.
+
+    The check runs once per operation (a subscription's events get copies, never a new build).
+    """
+
+    def build(_cls: type[Executor[Any]], *args: Any, **kwargs: Any) -> list[GraphQLError] | Executor[Any]:
+        # Built as the class itself: only building needs the check, not each executor.
+        executor = executor_class.build(*args, **kwargs)
+        if isinstance(executor, list):  # the variables did not coerce
+            return executor
+        error = costs.check(
+            executor.schema, executor.operation, executor.fragment_definitions, executor.variable_values.coerced
+        )
+        return executor if error is None else [error]
+
+    # A class made at run time: the executor class is itself a parameter of the schema.
+    return cast(
+        "type[Executor[Any]]",
+        type(f"CostLimited{executor_class.__name__}", (executor_class,), {"build": classmethod(build)}),
+    )

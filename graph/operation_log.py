@@ -27,7 +27,7 @@ from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN, Span, StatusCode
 from strawberry.extensions import SchemaExtension
 
-from graph.errors import INTERNAL, error_code
+from graph.errors import INTERNAL, error_code, exception_code
 
 log = logging.getLogger("parley.operation")
 tracer = trace.get_tracer("parley.graphql")
@@ -66,8 +66,10 @@ class OperationLog(SchemaExtension):
         failure: str | None = None
         try:
             yield
-        except Exception:
-            failure = INTERNAL
+        except Exception as error:
+            # strawberry raises for some requests it refuses (no query, a mutation over GET): the
+            # client's mistake, logged with its code like the errors of the result.
+            failure = exception_code(error)
             raise
         finally:
             try:

@@ -7,17 +7,15 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
-from graphql import FieldNode, GraphQLError
+from graphql import FieldNode
 from graphql.utilities import get_operation_ast
-from strawberry.exceptions import MissingQueryError
 from strawberry.extensions import SchemaExtension
 from strawberry.extensions.context import ExecutingContextManager, OperationContextManager
 from strawberry.extensions.runner import SchemaExtensionsRunner
-from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import ExecutionContext
 
 from graph.context import Context
-from graph.errors import error_code
+from graph.errors import error_code, exception_code
 from resolvers.ports import NullTelemetry, Telemetry
 
 log = logging.getLogger("parley.graphql")
@@ -139,10 +137,8 @@ def _kind_and_field(context: ExecutionContext) -> tuple[str, str]:
 
 def _outcome(context: ExecutionContext, error: BaseException | None) -> str:
     """The outcome label: "ok", or the code of the error that ended the operation, else of its first error."""
-    if isinstance(error, (MissingQueryError, CannotGetOperationTypeError, InvalidOperationTypeError)):
-        return "BAD_USER_INPUT"
     if isinstance(error, Exception):
-        return error_code(GraphQLError("", original_error=error))
+        return exception_code(error)
     # None, or CancelledError/GeneratorExit: the client went away or ended its subscription.
     result = context.result
     errors = (result.errors if result is not None else None) or context.pre_execution_errors

@@ -3,10 +3,12 @@
 A client sends `extensions.persistedQuery.sha256Hash` without the query; an unknown hash
 answers `PersistedQueryNotFound` (code PERSISTED_QUERY_NOT_FOUND, what Apollo's
 PersistedQueryLink, Apollo iOS and Apollo Kotlin retry on) and the client sends the hash with
-the query, which is stored only once the hash is verified against the text. Modes
-(`settings.persisted_queries`): `off` ignores the extension, `auto` stores any verified
-query, `allowlist` runs only the operations of `frontend_schema/operations` (sent as text or
-by hash) and refuses every other document with OPERATION_NOT_ALLOWED.
+the query. Anyone may do that, so a text is stored only once its hash is verified and it
+parses and validates against the schema (a request that fails there stores nothing), and
+the store is bounded (entries and text length). Modes (`settings.persisted_queries`): `off`
+ignores the extension, `auto` stores any such query, `allowlist` runs only the operations of
+`frontend_schema/operations` (sent as text or by hash, or found in the shared store) and
+refuses every other document with OPERATION_NOT_ALLOWED.
 
 Apollo's link hashes the document it sends, printed by graphql-js (`sha256(print(query))`),
 after its cache has added `__typename` to every selection set. So an allow-listed operation is
@@ -24,7 +26,7 @@ import hashlib
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -77,7 +79,7 @@ def sha256_hex(text: str) -> str:
 class MemoryPersistedQueries:
     """A bounded LRU of persisted queries for one process (the embedded mode, or no Redis)."""
 
-    def __init__(self, max_entries: int = 5000, max_chars: int = 16 * 1024 * 1024) -> None:
+    def __init__(self, max_entries: int = 2000, max_chars: int = 16 * 1024 * 1024) -> None:
         self._entries: OrderedDict[str, str] = OrderedDict()
         self._max_entries = max_entries
         self._max_chars = max_chars
@@ -185,8 +187,13 @@ class PersistedQueries:
     # Replaced by the app's lifespan with the Redis store when Redis is configured.
     store: PersistedQueryStore = field(default_factory=MemoryPersistedQueries)
 
-    async def resolve(self, query: str | None, extensions: Mapping[str, Any] | None) -> str | None:
-        """The query to run; raises PersistedQueryError when it is unknown, mismatched or not allowed."""
+    async def resolve(
+        self, query: str | None, extensions: Mapping[str, Any] | None, *, storable: Callable[[str], bool]
+    ) -> str | None:
+        """The query to run; raises PersistedQueryError when it is unknown, mismatched or not allowed.
+
+        A text sent with its hash is stored when `storable(text)`: it parses and validates.
+        """
         if self.mode == "off":
             return query
         persisted = (extensions or {}).get("persistedQuery")
@@ -203,8 +210,9 @@ class PersistedQueries:
         if sha256_hex(query) != sha256:
             raise PersistedQueryError("provided sha does not match query", "BAD_USER_INPUT")
         self._check_allowed(query)
-        if len(query) > MAX_STORED_QUERY_CHARS:
-            return query  # runs, but is not kept: the store is shared and lives for days
+        if len(query) > MAX_STORED_QUERY_CHARS or not storable(query):
+            # Runs (or fails) as sent, but is not kept: the store is shared and lives for days.
+            return query
         try:
             await self.store.put(sha256, query)
         except Exception:  # a cache: the operation runs anyway, and the client will send the text again
@@ -216,13 +224,15 @@ class PersistedQueries:
         if listed is not None:
             return listed
         try:
-            # Only verified (and, in allowlist mode, allowed) texts are ever stored.
             stored = await self.store.get(sha256)
         except Exception:  # the client falls back to sending the query
             log.warning("could not read a persisted query", exc_info=True)
             stored = None
         if stored is None:
             raise PersistedQueryError(NOT_FOUND_MESSAGE, NOT_FOUND_CODE)
+        # The store is shared: another process (in `auto` mode, or before a switch to the
+        # allow-list) may have stored any valid text.
+        self._check_allowed(stored)
         return stored
 
     def _check_allowed(self, query: str | None) -> None:

@@ -6,12 +6,13 @@ from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import Any
 
 import strawberry
-from graphql import GraphQLError
+from graphql import GraphQLError, parse, specified_rules
 from graphql.execution import Executor as GraphQLExecutionContext
-from graphql.validation import NoSchemaIntrospectionCustomRule
+from graphql.validation import ASTValidationRule, NoSchemaIntrospectionCustomRule
 from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter, SchemaExtension
 from strawberry.extensions.runner import SchemaExtensionsRunner
 from strawberry.schema.config import StrawberryConfig
+from strawberry.schema.schema import validate_document
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 from strawberry.types import ExecutionResult as StrawberryExecutionResult
@@ -21,9 +22,9 @@ from strawberry.types.graphql import OperationType
 from graph.accounts import AccountMutation, AccountQuery
 from graph.blocks import BlockMutation, BlockQuery
 from graph.conversations import ConversationMutation, ConversationQuery
-from graph.cost import cost_limit_rule
+from graph.cost import VariableCosts, cost_limit_rule
 from graph.errors import log_errors, shape_errors
-from graph.executor import ProjectingExecutionContext
+from graph.executor import ProjectingExecutionContext, cost_limited
 from graph.files import FileMutation
 from graph.input_rules import OnePasswordFieldPerOperation, StorableStringLiterals
 from graph.messaging import MessagingMutation, MessagingQuery, MessagingSubscription
@@ -62,6 +63,9 @@ class ParleySchema(strawberry.Schema):
     # Resolves Apollo persisted queries and enforces the allow-list (graph/persisted_queries.py)
     # for every transport, as all of them reach the schema through `execute` or `stream`.
     persisted_queries: PersistedQueries | None = None
+    # How every document is checked (graph/policy.py): a persisted text is stored only if it passes.
+    document_rules: tuple[type[ASTValidationRule], ...] = ()
+    max_tokens: int = 2000
 
     def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
         log_errors(errors)
@@ -78,7 +82,7 @@ class ParleySchema(strawberry.Schema):
     ) -> StrawberryExecutionResult:
         if self.persisted_queries is not None:
             try:
-                query = await self.persisted_queries.resolve(query, operation_extensions)
+                query = await self.persisted_queries.resolve(query, operation_extensions, storable=self.storable)
             except PersistedQueryError as refused:
                 return PreExecutionError(data=None, errors=[refused.error])
         return await super().execute(
@@ -103,7 +107,7 @@ class ParleySchema(strawberry.Schema):
     ) -> Any:
         if self.persisted_queries is not None:
             try:
-                query = await self.persisted_queries.resolve(query, operation_extensions)
+                query = await self.persisted_queries.resolve(query, operation_extensions, storable=self.storable)
             except PersistedQueryError as refused:
                 return _refused(refused)
         return await super().stream(
@@ -115,6 +119,27 @@ class ParleySchema(strawberry.Schema):
             operation_extensions,
             allowed_operation_types,
         )
+
+    def storable(self, query: str) -> bool:
+        """True when the text parses and validates as every request's document is checked."""
+        # Only for texts sent with a hash, so the work (without graph/policy.py's caches) is rare.
+        try:
+            document = parse(query, max_tokens=self.max_tokens)
+        except GraphQLError:
+            return False
+        return not validate_document(self._schema, document, self.document_rules)
+
+    async def _prepare_operation_async(
+        self, context: ExecutionContext, extensions_runner: SchemaExtensionsRunner
+    ) -> PreExecutionError | None:
+        try:
+            return await super()._prepare_operation_async(context, extensions_runner)
+        except GraphQLError as error:
+            # A syntax error, raised by the parse hook (graph/policy.py) where strawberry expects
+            # none: answered as strawberry answers its own, a request error, on every transport
+            # (uncaught, it failed HTTP streams and WebSocket operations as a server error).
+            context.pre_execution_errors = [error]
+            return PreExecutionError(data=None, errors=[error])
 
     async def _handle_execution_result(
         self,
@@ -148,7 +173,7 @@ def build_schema(
     max_depth: int = 10,
     max_aliases: int = 30,
     max_tokens: int = 2000,
-    max_query_cost: int = 50_000,
+    max_query_cost: int = 250_000,
     introspection: bool = True,
     subscription: type = Subscription,
     execution_context_class: type[GraphQLExecutionContext[Any]] = ProjectingExecutionContext,
@@ -163,6 +188,7 @@ def build_schema(
     `traced`: each operation gets an OpenTelemetry span (graph/operation_log.py).
     `max_batch_operations`: HTTP batches (JSON arrays) of at most this many operations; None, no batching.
     `persisted_queries`: Apollo APQ and the allow-list (graph/persisted_queries.py); None, neither.
+    The query cost is checked by `execution_context_class` once variables are known (graph/cost.py).
     """
     # The depth and alias limits are validation rules, built once here: the validation
     # cache keys on the rule classes, and fresh ones per request would never hit it.
@@ -188,8 +214,11 @@ def build_schema(
             batching_config=None if max_batch_operations is None else {"max_operations": max_batch_operations},
         ),
         # The default bounds memory per open subscription and projects events without execution.
-        "execution_context_class": execution_context_class,
+        "execution_context_class": cost_limited(execution_context_class, VariableCosts(max_query_cost)),
     }
     schema = ParleySchema(query=Query, mutation=Mutation, subscription=subscription, **kwargs)
     schema.persisted_queries = persisted_queries
+    # strawberry's default rules (graph/policy.py adds these to them).
+    schema.document_rules = (*specified_rules, *rules)
+    schema.max_tokens = max_tokens
     return schema

@@ -18,9 +18,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketState
 from strawberry.asgi import ASGIWebSocketAdapter, GraphQL
-from strawberry.exceptions import ConnectionRejectionError
+from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData, GraphQLRequestProtocol
 from strawberry.http.streaming import HTTPStreamTransport, MultipartSubscriptionTransport, SSETransport
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.subscriptions import (
     GRAPHQL_SSE_PROTOCOL,
     GRAPHQL_TRANSPORT_WS_PROTOCOL,
@@ -30,6 +31,7 @@ from strawberry.subscriptions import (
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage
 from strawberry.types import ExecutionResult, SubscriptionExecutionResult
+from strawberry.types.graphql import OperationType
 from strawberry.types.unset import UnsetType
 
 from graph.context import ActivityThrottle, Context
@@ -125,6 +127,10 @@ MULTIPART_SUBSCRIPTION_CONTENT_TYPE = 'multipart/mixed;boundary="graphql";subscr
 _NOT_FOUND_HEADERS = {"Cache-Control": "private, no-cache, must-revalidate"}
 _SERVER_FAILURES = frozenset({"INTERNAL_SERVER_ERROR", "UNAVAILABLE"})
 _END = object()
+NEEDS_A_STREAM = (
+    "A subscription needs a stream: a WebSocket (graphql-transport-ws or graphql-ws), or HTTP accepting "
+    "multipart/mixed;subscriptionSpec=1.0 or text/event-stream."
+)
 
 
 class _MultipartSubscriptions(MultipartSubscriptionTransport):
@@ -138,10 +144,11 @@ class _MultipartSubscriptions(MultipartSubscriptionTransport):
 class _Refused(Exception):
     """A request refused before it runs: answered as JSON with this status and error."""
 
-    def __init__(self, status: int, error: ParleyError) -> None:
+    def __init__(self, status: int, error: ParleyError, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(error.message)
         self.status = status
         self.error = GraphQLError(error.message, extensions={"code": error.code})
+        self.headers = headers
 
 
 class _SubResponse(Response):
@@ -380,6 +387,46 @@ class ParleyGraphQL(GraphQL[Context, None]):
         guarded: SubscriptionExecutionResult = self._guarded(result, context, device)  # type: ignore[assignment]
         return guarded
 
+    async def execute_single(  # noqa: PLR0917 - strawberry's signature
+        self,
+        request: Request,
+        request_adapter: AsyncHTTPRequestAdapter,
+        sub_response: Response,
+        context: Context,
+        root_value: None,
+        request_data: GraphQLRequestData,
+    ) -> ExecutionResult:
+        """One operation answered as one JSON response; what cannot run so is refused as the client's mistake.
+
+        strawberry executes a subscription sent as plain JSON (and fails it as a server error)
+        and answers these refusals as plain text: here each is a GraphQL error, BAD_USER_INPUT,
+        and a mutation over GET is 405 with `Allow: POST`, as the GraphQL-over-HTTP spec asks.
+        """
+        method = request_adapter.method
+        allowed = OperationType.from_http(method) - {OperationType.SUBSCRIPTION}
+        if method == "GET" and not self.allow_queries_via_get:
+            allowed -= {OperationType.QUERY}
+        try:
+            return await self.schema.execute(
+                request_data.query,
+                root_value=root_value,
+                variable_values=request_data.variables,
+                context_value=context,
+                operation_name=request_data.operation_name,
+                allowed_operation_types=allowed,
+                operation_extensions=request_data.extensions,
+            )
+        except InvalidOperationTypeError as error:
+            if error.operation_type is OperationType.SUBSCRIPTION:
+                raise _Refused(400, BadUserInput(NEEDS_A_STREAM)) from None
+            if error.operation_type is OperationType.MUTATION and method == "GET":
+                raise _Refused(405, BadUserInput("A mutation needs POST."), {"Allow": "POST"}) from None
+            raise _Refused(400, BadUserInput(error.as_http_error_reason(method))) from None
+        except CannotGetOperationTypeError as error:
+            raise _Refused(400, BadUserInput(error.as_http_error_reason())) from None
+        except MissingQueryError:
+            raise _Refused(400, BadUserInput("No GraphQL query found in the request.")) from None
+
     async def _open_stream(self, context: _HttpContext) -> int | None:
         """Counts an HTTP stream as a WebSocket is counted: online, limited, closed on revocation.
 
@@ -478,7 +525,7 @@ class ParleyGraphQL(GraphQL[Context, None]):
                 await super().__call__(scope, receive, send)
             except _Refused as refused:
                 body = {"errors": [refused.error.formatted]}
-                await JSONResponse(body, status_code=refused.status)(scope, receive, send)
+                await JSONResponse(body, status_code=refused.status, headers=refused.headers)(scope, receive, send)
             return
         telemetry = self._services().telemetry
         telemetry.socket_opened()

@@ -98,6 +98,7 @@ def _limits(settings: Settings) -> Limits:
         edit_window_seconds=settings.edit_window_seconds,
         delete_window_seconds=settings.delete_window_seconds,
         max_reactions_per_user_per_message=settings.max_reactions_per_user_per_message,
+        push_registrations_per_hour=settings.push_registrations_per_hour,
     )
 
 
@@ -114,6 +115,10 @@ def _file_config(settings: Settings) -> FileConfig:
         thumbnail_max_source_bytes=settings.thumbnail_max_source_bytes,
         public_url=settings.public_url,
         uploads_per_hour=settings.uploads_per_hour,
+        thumbnail_concurrency=settings.thumbnail_concurrency,
+        upload_bytes_per_hour=settings.upload_bytes_per_hour,
+        keep_image_metadata=settings.keep_image_metadata,
+        max_image_bytes=settings.max_image_bytes,
     )
 
 
@@ -163,6 +168,8 @@ async def _connected_services(settings: Settings, overrides: Overrides) -> Async
             settings.database_url,
             pool_timeout=settings.database_pool_timeout_seconds,
             connect_timeout=settings.database_connect_timeout_seconds,
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
         )
     )
     redis: Redis | RedisCluster | None = None
@@ -188,6 +195,7 @@ async def _connected_services(settings: Settings, overrides: Overrides) -> Async
     if settings.database_url.startswith("postgresql"):
         delivery = pg_store = await PgDeliveryStore.connect(
             settings.database_url,
+            max_size=settings.delivery_pool_size,
             pool_timeout=settings.database_pool_timeout_seconds,
             connect_timeout=settings.database_connect_timeout_seconds,
         )
@@ -235,7 +243,7 @@ async def _connected_services(settings: Settings, overrides: Overrides) -> Async
     log.info(
         "Parley node %s started (%s mode, database %s, broker %s)",
         node_id,
-        "production" if settings.is_production else "development",
+        settings.env or "default",  # PARLEY_ENV unset: the production defaults
         settings.database_url.split("://")[0],
         ("redis cluster" if isinstance(redis, RedisCluster) else "redis") if redis else "in-process",
     )
@@ -384,8 +392,15 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> Starle
         lifespan=lifespan,
     )
     app.state.draining = draining  # the server sets it on SIGTERM (infra/server.py)
-    # Uploads are bounded by their own ticket's size (infra/storage/local.py), streamed to disk.
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes, exempt_prefixes=("/uploads",))
+    # Uploads are bounded by their own ticket's size (infra/storage/local.py), streamed to disk,
+    # and by a deadline of their own.
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_request_bytes,
+        exempt_prefixes=("/uploads",),
+        timeout_seconds=settings.request_body_timeout_seconds,
+        exempt_timeout_seconds=settings.upload_body_timeout_seconds,
+    )
     # Added last, runs first: the headers go on every response (413s too), and they see the
     # client and scheme as the trusted proxies report them.
     app.add_middleware(

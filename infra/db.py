@@ -29,7 +29,13 @@ _RETRYABLE_SQLSTATES = {"40P01", "40001"}
 
 
 def create_engine(
-    url: str, *, echo: bool = False, pool_timeout: float = 30.0, connect_timeout: float = 60.0
+    url: str,
+    *,
+    echo: bool = False,
+    pool_timeout: float = 30.0,
+    connect_timeout: float = 60.0,
+    pool_size: int = 10,
+    max_overflow: int = 20,
 ) -> AsyncEngine:
     """An engine for `url`; SQLite gets foreign keys, WAL and a busy timeout.
 
@@ -56,8 +62,8 @@ def create_engine(
     return create_async_engine(
         url,
         echo=echo,
-        pool_size=10,
-        max_overflow=20,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
         pool_recycle=1800,
         hide_parameters=True,
         pool_timeout=pool_timeout,

@@ -16,7 +16,11 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PARLEY_", frozen=True, extra="forbid")
 
-    env: Literal["development", "production"] = "development"
+    # `development` turns on what only a developer's machine should have (GraphiQL, introspection,
+    # the web chat, private push endpoints); `production` also refuses the development secret.
+    # Unset, each of those is off as in production: a deployment that forgot the variable gets
+    # the safe value, and only `scripts/serve` (the quick start) sets `development` for you.
+    env: Literal["development", "production"] | None = None
     database_url: str = "sqlite+aiosqlite:///./parley.db"
     redis_url: str | None = None
     # Prefixes every Redis key and pub/sub channel, so deployments (and test runs) can share a Redis.
@@ -24,15 +28,18 @@ class Settings(BaseSettings):
     secret_key: str = DEFAULT_SECRET_KEY
     # Browser origins allowed to open WebSockets: comma-separated ("https://app.example,https://x.example").
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    # GraphiQL and introspection: on in development; off in production unless enabled.
+    # GraphiQL and introspection: on with PARLEY_ENV=development; otherwise off unless enabled.
     graphiql: bool | None = None
     introspection: bool | None = None
-    # The example web chat at `/`: on in development; off in production unless enabled.
+    # The example web chat at `/`: on with PARLEY_ENV=development; otherwise off unless enabled.
     web_chat: bool | None = None
     # Apollo automatic persisted queries: `auto` stores hashes on first use (Redis, or in process);
     # `allowlist` accepts only the operations of frontend_schema/operations (and their hashes);
     # `off` ignores the extension.
     persisted_queries: Literal["off", "auto", "allowlist"] = "auto"
+    # Persisted query texts kept (Redis, shared; or in process), the least recently used evicted
+    # first: anyone may register texts, so this bounds the store (each text at most 32 KiB).
+    persisted_query_max_entries: int = Field(default=2000, ge=1)
     # Operations per HTTP batch (a JSON array of requests); each counts against the usual limits.
     max_batch_operations: int = Field(default=10, ge=1, le=100)
     log_level: str = "INFO"
@@ -58,6 +65,12 @@ class Settings(BaseSettings):
     # a database that hangs.
     database_pool_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
     database_connect_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    # Connections per process: SQLAlchemy's pool (and its overflow) for most operations, and the
+    # asyncpg pool of the send/acknowledge path. PostgreSQL's max_connections must cover every
+    # process's sum (see docs/operations.md), or PgBouncer must sit in between.
+    database_pool_size: int = Field(default=10, ge=1, le=1000)
+    database_max_overflow: int = Field(default=20, ge=0, le=1000)
+    delivery_pool_size: int = Field(default=10, ge=1, le=1000)
     # PARLEY_REDIS_URL names one node of a Redis Cluster (sharded pub/sub, hash-tagged keys).
     redis_cluster: bool = False
 
@@ -73,6 +86,10 @@ class Settings(BaseSettings):
     max_subscriptions_per_connection: int = Field(default=20, ge=1)
     # HTTP request bodies and WebSocket messages, in bytes.
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # A request body (or an upload to the built-in storage) still arriving after this many
+    # seconds is cut off with 408: a client trickling bytes cannot hold a connection for ever.
+    request_body_timeout_seconds: float = Field(default=30.0, gt=0)
+    upload_body_timeout_seconds: float = Field(default=900.0, gt=0)
     # Messages one user may send per minute (across all devices).
     send_rate_per_minute: int = Field(default=300, ge=1)
     # Message lifecycle (issue 13): how long a sender may edit, and delete for everyone, a message.
@@ -100,8 +117,10 @@ class Settings(BaseSettings):
     # A typing indicator is passed on at most once per (user, conversation) per this many seconds.
     typing_interval_seconds: float = Field(default=2.0, ge=0)
 
-    # Query cost per document: fields weighted by the sizes of the lists they sit in.
-    max_query_cost: int = Field(default=50_000, ge=100)
+    # Query cost per operation: fields weighted by the sizes of the lists they sit in, at the
+    # sizes the request asks for. The client kit's operations at the largest pages the server
+    # allows (a pendingEvents page of 500 events costs about 160,000) pass.
+    max_query_cost: int = Field(default=250_000, ge=100)
     # Sockets that do not send connection_init within this many seconds are closed (4408).
     connection_init_timeout_seconds: float = Field(default=10.0, gt=0)
 
@@ -142,12 +161,21 @@ class Settings(BaseSettings):
     # them; an upload never attached to a message is deleted after `unattached_upload_hours`.
     file_retention_days: float = Field(default=30, ge=0)
     unattached_upload_hours: float = Field(default=24, ge=0)
-    # Thumbnails of image attachments: the longest side, and decompression-bomb limits.
+    # Thumbnails of image attachments: the longest side, and decompression-bomb limits (a JPEG,
+    # decoded at a reduced scale, may have 4 times the pixels), and how many one worker process
+    # makes at once (each may take hundreds of MiB while decoding).
     thumbnail_size: int = Field(default=320, ge=16, le=2048)
-    thumbnail_max_pixels: int = Field(default=50_000_000, ge=1000)
+    thumbnail_max_pixels: int = Field(default=16_000_000, ge=1000)
     thumbnail_max_source_bytes: int = Field(default=30 * 1024 * 1024, ge=1024)
-    # Upload tickets one user may ask for per hour.
+    thumbnail_concurrency: int = Field(default=1, ge=1, le=64)
+    # Upload tickets one user may ask for per hour, and the bytes they may declare in all.
     uploads_per_hour: int = Field(default=500, ge=1)
+    upload_bytes_per_hour: int = Field(default=1024 * 1024 * 1024, ge=1)
+    # JPEG, PNG and WebP attachments lose their EXIF and XMP metadata (GPS position, camera,
+    # times) when attached, all but the orientation, unless this keeps it. They are read whole
+    # for it, so while it is off they are at most `max_image_bytes`.
+    keep_image_metadata: bool = False
+    max_image_bytes: int = Field(default=30 * 1024 * 1024, ge=1024)
     # The thumbnail worker looks for work this often when no notice woke it.
     thumbnail_poll_seconds: float = Field(default=10.0, gt=0)
 
@@ -155,7 +183,8 @@ class Settings(BaseSettings):
     # `parley vapid-keys` (private key, base64url) and a contact URI the push services may use.
     push_vapid_private_key: str | None = None
     push_vapid_subject: str = "mailto:admin@localhost.localdomain"
-    # Plain http and private/loopback WebPush endpoints (SSRF); None: allowed only in development.
+    # Plain http and private/loopback WebPush endpoints (SSRF); None: allowed only with
+    # PARLEY_ENV=development.
     push_allow_private_endpoints: bool | None = None
     # The message body in the payload (push services and OS vendors then see it): off by default.
     push_include_body: bool = False
@@ -168,6 +197,9 @@ class Settings(BaseSettings):
     push_max_attempts: int = Field(default=5, ge=1)
     push_retry_base_seconds: float = Field(default=1.0, gt=0)
     push_retry_max_seconds: float = Field(default=300.0, gt=0)
+    # The longest Retry-After honoured, and only from the big push services (APNs, FCM, and the
+    # WebPush hosts of Google, Mozilla, Apple and Microsoft): any other endpoint gets the backoff.
+    push_retry_after_max_seconds: float = Field(default=60.0, gt=0)
     # A job a worker has held unacknowledged this long (the worker died) is taken over by another.
     push_claim_idle_seconds: float = Field(default=60.0, gt=0)
     # On SIGTERM a worker gives in-flight jobs this long, then leaves them to the other workers.
@@ -177,6 +209,8 @@ class Settings(BaseSettings):
     # timeout of one request to a push service.
     push_worker_concurrency: int = Field(default=500, ge=1)
     push_request_timeout_seconds: float = Field(default=10.0, gt=0)
+    # registerPush calls one user may make per hour (each resolves a client-chosen host name).
+    push_registrations_per_hour: int = Field(default=60, ge=1)
     # APNs: token auth (the .p8 key's PEM text, its key id, the team id), the app's bundle id,
     # and the endpoint (the sandbox, https://api.sandbox.push.apple.com, for development builds).
     push_apns_key: str | None = None
@@ -223,8 +257,8 @@ class Settings(BaseSettings):
 
     @property
     def env_chosen(self) -> bool:
-        """Whether PARLEY_ENV (or `env=`) was given, rather than development by default."""
-        return "env" in self.model_fields_set
+        """Whether PARLEY_ENV (or `env=`) was given."""
+        return self.env is not None
 
     @property
     def is_production(self) -> bool:
@@ -232,14 +266,19 @@ class Settings(BaseSettings):
         return self.env == "production"
 
     @property
+    def is_development(self) -> bool:
+        """True only with an explicit `PARLEY_ENV=development`: what turns on the development defaults."""
+        return self.env == "development"
+
+    @property
     def graphiql_enabled(self) -> bool:
-        """GraphiQL is served unless turned off; in production only when turned on."""
-        return self.graphiql if self.graphiql is not None else not self.is_production
+        """GraphiQL is served in development unless turned off; elsewhere only when turned on."""
+        return self.graphiql if self.graphiql is not None else self.is_development
 
     @property
     def web_chat_enabled(self) -> bool:
-        """The example web chat is served unless turned off; in production only when turned on."""
-        return self.web_chat if self.web_chat is not None else not self.is_production
+        """The example web chat is served in development unless turned off; elsewhere only when turned on."""
+        return self.web_chat if self.web_chat is not None else self.is_development
 
     @property
     def introspection_enabled(self) -> bool:
@@ -248,10 +287,10 @@ class Settings(BaseSettings):
 
     @property
     def push_private_endpoints_allowed(self) -> bool:
-        """Whether WebPush endpoints may be plain http or private addresses (development by default)."""
+        """Whether WebPush endpoints may be plain http or private addresses (in development by default)."""
         if self.push_allow_private_endpoints is not None:
             return self.push_allow_private_endpoints
-        return not self.is_production
+        return self.is_development
 
     @property
     def is_sqlite(self) -> bool:

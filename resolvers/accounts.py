@@ -206,13 +206,16 @@ async def get_users(services: Services, user_ids: Sequence[int]) -> dict[int, Us
     return found
 
 
+MAX_SEARCH_PAGE = 50
+
+
 async def search_users(services: Services, *, prefix: str, first: int) -> list[User]:
     """Users whose username or display name starts with `prefix` (case-insensitive)."""
     text = prefix.strip().lower()
     if not 1 <= len(text) <= 64:
         raise BadUserInput("prefix is 1 to 64 characters.")
-    if not 1 <= first <= 50:
-        raise BadUserInput("first is between 1 and 50.")
+    if not 1 <= first <= MAX_SEARCH_PAGE:
+        raise BadUserInput(f"first is between 1 and {MAX_SEARCH_PAGE}.")
     pattern = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     async with services.db.session() as session:
         rows = (

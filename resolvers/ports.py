@@ -128,6 +128,8 @@ class SendOutcome:
     # False when an attachment was not the sender's, not checked, or already in a message:
     # then nothing was stored.
     attachments_ok: bool = True
+    # The sender's first message in this conversation: their presence now shows to its members.
+    newly_engaged: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +254,13 @@ class Presence(Protocol):
         self, user_ids: Sequence[int]
     ) -> AbstractAsyncContextManager[AsyncIterator[Sequence[PresenceChange] | Resync]]:
         """This process's feed of those users' transitions (in batches), listening once it has entered."""
+        ...
+
+    async def reveal(self, user_ids: Sequence[int]) -> None:
+        """Tells every process's watchers of these users to read again what they may see; never raises.
+
+        For a change of who may see them that is no online/offline transition (a first message).
+        """
         ...
 
 
@@ -393,7 +402,11 @@ class FileStorage(Protocol):
         ...
 
     async def write(self, key: str, data: bytes, *, content_type: str) -> None:
-        """Stores `data` at `key` (thumbnails, made by the server)."""
+        """Stores `data` at `key` (thumbnails and checked copies, made by the server)."""
+        ...
+
+    async def copy(self, source: str, target: str) -> None:
+        """Copies the object at `source` (bytes and content type) to `target`; FileNotFoundError when missing."""
         ...
 
     async def delete(self, keys: Sequence[str]) -> None:
@@ -426,12 +439,18 @@ class FileConfig:
     retention_seconds: float = 30 * 86400
     unattached_seconds: float = 86400
     thumbnail_size: int = 320
-    thumbnail_max_pixels: int = 50_000_000
+    thumbnail_max_pixels: int = 16_000_000
     thumbnail_max_source_bytes: int = 30 * 1024 * 1024
     # The scheme and host of download and upload URLs, when not the request's own.
     public_url: str | None = None
     uploads_per_hour: int = 500
     thumbnail_max_attempts: int = 3
+    thumbnail_concurrency: int = 1
+    upload_bytes_per_hour: int = 1024 * 1024 * 1024
+    # JPEG, PNG and WebP originals lose their EXIF/XMP (GPS positions) but their orientation,
+    # unless kept; they are read whole for it, so they are at most `max_image_bytes`.
+    keep_image_metadata: bool = False
+    max_image_bytes: int = 30 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -518,6 +537,7 @@ class Limits:
     edit_window_seconds: float = 900
     delete_window_seconds: float = 86400
     max_reactions_per_user_per_message: int = 5
+    push_registrations_per_hour: int = 60
 
 
 @dataclass(frozen=True)

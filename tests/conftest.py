@@ -28,7 +28,15 @@ TEST_SECRET = "test-secret-key-for-parley-0123456789abcdef"
 # The whole suite registers its users from 127.0.0.1 on shared servers, up to 100 at once:
 # the per-address limit on login/register attempts and the bound on password hashes running
 # at once are tested on servers of their own (tests/test_abuse.py).
-SUITE_LIMITS: dict[str, object] = {"auth_attempts_per_address": 1_000_000, "max_concurrent_password_hashes": 1000}
+# Small connection pools: parallel workers each run servers against one PostgreSQL, whose
+# max_connections (100 by default) must cover them all.
+SUITE_LIMITS: dict[str, object] = {
+    "auth_attempts_per_address": 1_000_000,
+    "max_concurrent_password_hashes": 1000,
+    "database_pool_size": 3,
+    "database_max_overflow": 5,
+    "delivery_pool_size": 4,
+}
 
 
 def suite_process_env(postgres: str, redis: RedisTarget) -> dict[str, str]:
@@ -71,12 +79,17 @@ def redis_target() -> Iterator[RedisTarget]:
         pytest.exit(f"cannot run the Redis tests: {missing}", returncode=3)
 
 
+# The suite's servers run as a developer's do (GraphiQL, introspection, the web chat, local push
+# endpoints); a test of the production defaults passes `env` itself.
+DEVELOPMENT: dict[str, object] = {"env": "development"}
+
+
 def embedded_settings(tmp: Path, **changes: object) -> Settings:
     """Settings of the embedded mode: a SQLite file, no Redis."""
     return Settings(
         database_url=f"sqlite+aiosqlite:///{tmp / 'parley.db'}",
         secret_key=TEST_SECRET,
-        **{**SUITE_LIMITS, **changes},  # type: ignore[arg-type]
+        **{**DEVELOPMENT, **SUITE_LIMITS, **changes},  # type: ignore[arg-type]
     )
 
 
@@ -87,7 +100,7 @@ def production_settings(postgres: str, redis: RedisTarget, **changes: object) ->
         redis_url=redis.url,
         redis_prefix=redis.prefix,
         secret_key=TEST_SECRET,
-        **{**SUITE_LIMITS, **changes},  # type: ignore[arg-type]
+        **{**DEVELOPMENT, **SUITE_LIMITS, **changes},  # type: ignore[arg-type]
     )
 
 
@@ -119,3 +132,21 @@ def api(request: pytest.FixtureRequest) -> Api:
     """A running Parley server, once per mode."""
     server: ThreadServer = request.getfixturevalue(f"{request.param}_server")
     return Api(url=server.url, ws_url=server.ws_url, mode=request.param)
+
+
+# The tiers (`pytest -m "not servers and not clients"` is the fast loop; CI runs all): a test
+# is marked by what it reaches, so nobody has to remember to mark it.
+_SERVICE_FIXTURES = frozenset({"postgres_server_url", "redis_target"})
+_CLIENT_MODULES = frozenset({"test_browser", "test_node_clients", "test_frontend_kit"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if isinstance(item, pytest.Function) else ""
+        if module in _CLIENT_MODULES:
+            item.add_marker(pytest.mark.clients)
+        fixtures = set(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)
+        production = callspec is not None and callspec.params.get("api") == "production"
+        if production or fixtures & _SERVICE_FIXTURES:
+            item.add_marker(pytest.mark.servers)

@@ -31,6 +31,7 @@ from graphql import (
     NameNode,
     OperationDefinitionNode,
     SelectionSetNode,
+    VariableNode,
     Visitor,
     build_schema,
     parse,
@@ -41,8 +42,11 @@ from graphql import (
 )
 from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter
 
-from graph.cost import cost_limit_rule
+from graph.cost import cost_limit_rule, operation_cost
 from infra.settings import Settings
+from resolvers.accounts import MAX_SEARCH_PAGE
+from resolvers.conversations import MAX_CONVERSATIONS_PAGE, MAX_MEMBERS_PAGE
+from resolvers.events import MAX_PENDING_PAGE
 from tests.client import HttpClient, Json, ws_connect
 from tests.servers import ThreadServer
 
@@ -191,6 +195,39 @@ def test_operations_pass_the_servers_query_limits_as_apollo_sends_them() -> None
         document = parse(print_ast(sent), max_tokens=max_tokens)
         errors = validate(schema, document, rules)
         assert not errors, f"operation {name} would be refused: {[e.message for e in errors]}"
+
+
+# The largest `first` each paged field accepts (more is BAD_USER_INPUT).
+LARGEST_PAGES = {
+    "conversations": MAX_CONVERSATIONS_PAGE,
+    "members": MAX_MEMBERS_PAGE,
+    "pendingEvents": MAX_PENDING_PAGE,
+    "searchUsers": MAX_SEARCH_PAGE,
+}
+
+
+class _LargestPages(Visitor):
+    """Collects, for each variable that sizes a page, the largest page its field accepts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.variables: dict[str, int] = {}
+
+    def enter_field(self, node: FieldNode, *_args: object) -> None:
+        for argument in node.arguments or ():
+            if argument.name.value == "first" and isinstance(argument.value, VariableNode):
+                self.variables[argument.value.name.value] = LARGEST_PAGES[node.name.value]
+
+
+def test_operations_stay_within_the_cost_limit_at_the_largest_pages() -> None:
+    """Review 2, item 1: costed with the sizes a request sends, every kit operation still runs at its largest pages."""
+    schema, fragments = _schema(), _fragments()
+    max_cost = Settings.model_fields["max_query_cost"].default
+    for name, operation in _operations().items():
+        largest = _LargestPages()
+        visit(_document(operation, fragments), largest)
+        cost = operation_cost(schema, operation, fragments, variables=largest.variables)
+        assert cost <= max_cost, f"operation {name} costs {cost} at pages {largest.variables}, over {max_cost}"
 
 
 def test_schema_graphqls_is_an_exact_copy_of_schema_graphql() -> None:

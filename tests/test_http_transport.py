@@ -74,6 +74,44 @@ async def test_application_json_stays_the_default_and_always_200(api: Api) -> No
         assert response.json()["data"] is None
 
 
+async def test_client_mistakes_are_answered_as_client_errors(api: Api) -> None:
+    """Review 2, item 15: a subscription as plain JSON, a mutation over GET, a syntax error on a stream or a
+    socket are the client's mistakes: BAD_USER_INPUT (and a 4xx status), never INTERNAL_SERVER_ERROR."""
+    (alice,) = await api.people("alice")
+    headers = {"Authorization": f"Bearer {alice.token}"}
+    async with httpx.AsyncClient(base_url=api.url, headers=headers, timeout=30) as http:
+        # A subscription needs a stream: it used to run and fail as a server error.
+        for accept in ("application/json", GRAPHQL_RESPONSE):
+            answer = await http.post("/graphql", json={"query": EVENTS}, headers={"Accept": accept})
+            assert answer.status_code == 400, answer.text
+            assert answer.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+            assert "WebSocket" in answer.json()["errors"][0]["message"]
+        # A mutation over GET: 405 with Allow, as the GraphQL-over-HTTP spec asks (it was a plain-text 400).
+        answer = await http.get("/graphql", params={"query": "mutation { logout }"})
+        assert answer.status_code == 405
+        assert answer.headers["allow"] == "POST"
+        assert answer.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+        answer = await http.post("/graphql", json={"variables": {}})
+        assert answer.status_code == 400
+        assert answer.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+        # On an SSE stream: a syntax error broke the response off, a GET mutation was a server error.
+        sse = {"Accept": "text/event-stream"}
+        for method, query in (("POST", "{ me { id "), ("GET", "mutation { logout }")):
+            if method == "POST":
+                answer = await http.post("/graphql", json={"query": query}, headers=sse)
+            else:
+                answer = await http.get("/graphql", params={"query": query}, headers=sse)
+            data = next(line[5:] for line in answer.text.splitlines() if line.startswith("data:") and line[5:].strip())
+            assert json.loads(data)["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT", (method, data)
+    # On a WebSocket: graphql-transport-ws closes with 4400 and the parser's message (it closed nothing
+    # and the operation failed in the server's log).
+    async with ws_connect(api.ws_url, alice.token) as socket:
+        await socket.subscribe("subscription { events { __typename ")
+        code, reason = await asyncio.wait_for(socket.closed, 10)
+    assert code == 4400
+    assert reason.startswith("Syntax Error")
+
+
 # --- batching --------------------------------------------------------------------------------
 
 
@@ -269,7 +307,7 @@ async def eventually(check: Any, timeout: float = 10) -> None:
 
 async def test_multipart_subscription_delivers_live_events_and_counts_presence(api: Api) -> None:
     alice, bob = await api.people("alice", "bob")
-    direct = await alice.direct_with(bob)
+    direct = await bob.direct_with(alice)  # bob starts it: alice sees his presence (resolvers/privacy.py)
     await bob.drain()
     async with http_stream(api, bob, MULTIPART_ACCEPT) as response:
         assert response.status_code == 200
@@ -292,7 +330,7 @@ async def _not(check: Any) -> bool:
 
 async def test_sse_subscription_delivers_live_events(api: Api) -> None:
     alice, bob = await api.people("alice", "bob")
-    direct = await alice.direct_with(bob)
+    direct = await bob.direct_with(alice)  # bob starts it: alice sees his presence
     await bob.drain()
     async with http_stream(api, bob, "text/event-stream") as response:
         assert response.status_code == 200
@@ -333,7 +371,7 @@ async def test_http_streams_refuse_a_bad_token_and_respect_the_subscription_limi
 
 async def test_a_revoked_device_loses_its_http_stream_at_once(api: Api) -> None:
     alice, bob = await api.people("alice", "bob")
-    await alice.direct_with(bob)
+    await bob.direct_with(alice)  # bob starts it: alice sees his presence
     async with http_stream(api, bob, "text/event-stream") as response:
         await eventually(lambda: is_online(alice, bob))
         await bob.data("mutation { logout }")

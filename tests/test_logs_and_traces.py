@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import logging
 import threading
 import time
 import zlib
@@ -233,9 +234,50 @@ async def test_json_logs_have_one_object_per_line_with_operation_fields_and_no_s
     assert "query-secret-456" not in text
 
 
-def test_request_paths_in_uvicorn_records_lose_query_strings_and_download_tokens() -> None:
-    import logging  # noqa: PLC0415
+class Records(logging.Handler):
+    """Collects the records of a logger (the thread servers log in this process)."""
 
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def operation_records() -> Iterator[list[logging.LogRecord]]:
+    logger = logging.getLogger("parley.operation")
+    handler, level = Records(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler.records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+async def test_client_mistakes_are_logged_with_their_code_not_as_server_errors(
+    api: Api, operation_records: list[logging.LogRecord]
+) -> None:
+    """Review 2, item 15: a subscription sent as plain JSON, a syntax error and a mutation over GET are
+    logged with the code the client gets (they were INTERNAL_SERVER_ERROR)."""
+    async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
+        await http.post("/graphql", json={"query": "subscription { events { __typename } }"})
+        await http.post("/graphql", json={"query": "{ me { id "})
+        await http.get("/graphql", params={"query": "mutation { logout }"})
+    outcomes = {
+        (getattr(r, "operation_type", None), getattr(r, "root_field", None)): getattr(r, "outcome", None)
+        for r in operation_records
+    }
+    assert outcomes[("subscription", "events")] == "BAD_USER_INPUT"
+    assert outcomes[(None, None)] == "BAD_USER_INPUT"  # did not parse: no type, no field
+    assert outcomes[("mutation", "logout")] == "BAD_USER_INPUT"
+    assert "INTERNAL_SERVER_ERROR" not in outcomes.values()
+
+
+def test_request_paths_in_uvicorn_records_lose_query_strings_and_download_tokens() -> None:
     record = logging.LogRecord(
         "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
         ("127.0.0.1:5555", "GET", "/files/abc.def-ghi?x=1", "1.1", 404), None,

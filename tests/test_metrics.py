@@ -139,6 +139,27 @@ async def test_labels_come_only_from_the_schema_never_from_clients(metered: Mete
     assert operations(samples, "other", "BAD_USER_INPUT", kind="query") >= 1
 
 
+async def test_client_mistakes_are_counted_as_client_errors(metered: Metered) -> None:
+    """Review 2, item 15: a subscription sent as plain JSON and a mutation over an SSE GET count as
+    BAD_USER_INPUT, the client's mistake (they counted as INTERNAL_SERVER_ERROR)."""
+    alice = await metered.api.register("alice")
+    before = await scrape(metered.metrics_url)
+    headers = {"Authorization": f"Bearer {alice.token}"}
+    async with httpx.AsyncClient(base_url=metered.api.url, headers=headers, timeout=30) as http:
+        await http.post("/graphql", json={"query": "subscription { events { __typename } }"})
+        sse = {"Accept": "text/event-stream"}
+        await http.get("/graphql", params={"query": "mutation { logout }"}, headers=sse)
+    after = await scrape(metered.metrics_url)
+
+    def added(kind: str, field: str, outcome: str) -> float:
+        return operations(after, field, outcome, kind) - operations(before, field, outcome, kind)
+
+    assert added("subscription", "events", "BAD_USER_INPUT") == 1
+    assert added("mutation", "logout", "BAD_USER_INPUT") == 1
+    assert added("subscription", "events", "INTERNAL_SERVER_ERROR") == 0
+    assert added("mutation", "logout", "INTERNAL_SERVER_ERROR") == 0
+
+
 async def test_sockets_and_subscriptions_are_counted_while_open_and_events_as_delivered(metered: Metered) -> None:
     alice, bob = await metered.api.people("alice", "bob")
     conversation = await alice.direct_with(bob)

@@ -1,11 +1,16 @@
-"""Query amplification (issue 7, item 5): a cost limit per document, paginated lists, bounded loaders."""
+"""Query amplification (issue 7, item 5): a cost limit per document, paginated lists, bounded loaders.
+
+Review 2, item 1: the limit holds for the request's variable values, on every transport."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
+import httpx
 from graphql import (
     FragmentDefinitionNode,
     OperationDefinitionNode,
@@ -14,15 +19,17 @@ from graphql import (
     validate,
 )
 from sqlalchemy import event
+from websockets.asyncio.client import connect
+from websockets.typing import Subprotocol
 
-from graph.cost import cost_limit_rule, operation_cost
+from graph.cost import VariableCosts, cost_limit_rule, operation_cost
 from graph.schema import build_schema
 from infra.app import Overrides
 from infra.db import Database, create_engine
 from resolvers import accounts, conversations
 from resolvers.ports import Services
 from tests.conftest import embedded_settings
-from tests.helpers import CONVERSATION_FIELDS, EVENT_FIELDS, Api
+from tests.helpers import CONVERSATION_FIELDS, EVENT_FIELDS, Api, Person
 from tests.servers import ThreadServer
 
 USER = "user { id username displayName online lastSeen }"
@@ -31,19 +38,19 @@ SCHEMA = build_schema()._schema
 
 async def test_item_05_a_costly_query_is_refused_before_it_runs(api: Api) -> None:
     bob = await api.register("bob")
-    # 500 events, each with up to 100 members: far past the default limit of 50,000.
+    # 500 events, each with up to 100 members: past the default limit of 250,000.
     body = await bob.http.post(
         f"{{ pendingEvents(first: 500) {{ ... on ConversationEvent {{ conversation {{ members {{ {USER} }} }} }} }} }}"
     )
     assert "data" not in body or body["data"] is None
     (error,) = body["errors"]
     assert error["extensions"]["code"] == "BAD_USER_INPUT"
-    assert error["extensions"]["maxCost"] == 50_000
-    assert error["extensions"]["cost"] > 50_000
+    assert error["extensions"]["maxCost"] == 250_000
+    assert error["extensions"]["cost"] > 250_000
     assert "first" in error["message"]
     # What the app and the test helpers send stays well within it.
     await bob.data(f"{{ conversations {{ {CONVERSATION_FIELDS} }} }}")
-    await bob.data(f"query P($first: Int) {{ pendingEvents(first: $first) {{ {EVENT_FIELDS} }} }}", first=500)
+    await bob.data(f"query P($first: Int) {{ pendingEvents(first: $first) {{ {EVENT_FIELDS} }} }}", first=100)
 
 
 async def test_item_05_the_limit_is_a_setting_and_nothing_runs_past_it(tmp_path: Path) -> None:
@@ -146,6 +153,128 @@ async def test_item_05_loaders_take_more_ids_than_one_statement_may_bind(migrate
         assert not any(pages.values())
     finally:
         await db.close()
+
+
+# Cheap as the document reads it (sizes 0), 603,030 with the sizes a request gives: 30 * (1 + 100 * (1 + 100 * 2)).
+SIZED_BY_VARIABLES = (
+    "query Q($n: Int = 0, $m: Int = 0) { "
+    + " ".join(f"a{i}: conversations(first: $n) {{ members(first: $m) {{ user {{ username }} }} }}" for i in range(30))
+    + " }"
+)
+# A subscription's single root field holds one list: a size far past its cap makes it costly.
+SUBSCRIPTION_SIZED_BY_A_VARIABLE = (
+    "subscription S($m: Int = 1) { events { ... on ConversationEvent { conversation { members(first: $m) "
+    "{ user { username } } } } } }"
+)
+COSTLY = {"n": 100, "m": 100}
+
+
+def refused_for_cost(errors: list[Any]) -> bool:
+    extensions = errors[0].get("extensions", {}) if errors else {}
+    return extensions.get("code") == "BAD_USER_INPUT" and extensions.get("cost", 0) > extensions.get("maxCost", 0) > 0
+
+
+async def ws_first_errors(api: Api, person: Person, protocol: str, query: str, variables: dict[str, Any]) -> list[Any]:
+    """The errors of the first answer to one operation over a WebSocket subprotocol (None: no answer in 5 s)."""
+    subscribe = "subscribe" if protocol == "graphql-transport-ws" else "start"
+    async with connect(api.ws_url, subprotocols=[Subprotocol(protocol)]) as socket:
+        await socket.send(
+            json.dumps({"type": "connection_init", "payload": {"authorization": f"Bearer {person.token}"}})
+        )
+        assert json.loads(await socket.recv())["type"] == "connection_ack"
+        await socket.send(
+            json.dumps({"id": "1", "type": subscribe, "payload": {"query": query, "variables": variables}})
+        )
+        try:
+            async with asyncio.timeout(5):
+                while (message := json.loads(await socket.recv())).get("id") != "1":
+                    pass
+        except TimeoutError:
+            return []  # the operation is running: nothing refused it
+    payload = message["payload"]
+    if message["type"] == "error":  # a refusal before execution: the error (legacy) or a list of them
+        return payload if isinstance(payload, list) else [payload]
+    errors: list[Any] = payload.get("errors") or []
+    return errors
+
+
+async def stream_first_errors(
+    api: Api, person: Person, accept: str, query: str, variables: dict[str, Any]
+) -> list[Any]:
+    """The errors of the first result of an HTTP stream (SSE or Apollo multipart); [] when none came in 5 s."""
+    headers = {"Authorization": f"Bearer {person.token}", "Accept": accept}
+    body = {"query": query, "variables": variables}
+    try:
+        async with (
+            asyncio.timeout(5),
+            httpx.AsyncClient(timeout=10) as http,
+            http.stream("POST", f"{api.url}/graphql", json=body, headers=headers) as response,
+        ):
+            async for line in response.aiter_lines():
+                if line.startswith("data:") and line[5:].strip():  # SSE
+                    errors: list[Any] = json.loads(line[5:]).get("errors") or []
+                    return errors
+                if line.startswith('{"payload"'):  # multipart
+                    return list(json.loads(line)["payload"].get("errors") or [])
+    except TimeoutError:
+        pass
+    return []
+
+
+async def test_a_query_costly_through_its_variables_is_refused_on_every_transport(api: Api) -> None:
+    """Review 2, item 1: the cost is that of the request's variable values, not of the defaults the document gives.
+
+    Sizes given as variables used to cost as their defaults (0 here), so the query ran.
+    """
+    alice, bob = await api.people("alice", "bob")
+    await alice.direct_with(bob)
+    # Cheap values run; costly ones are refused before anything runs, over HTTP POST, GET and in a batch.
+    cheap = await alice.http.post(SIZED_BY_VARIABLES, {"n": 1, "m": 1})
+    assert "errors" not in cheap
+    assert cheap["data"]["a0"][0]["members"][0]["user"]["username"] in {alice.username, bob.username}
+    costly = await alice.http.post(SIZED_BY_VARIABLES, COSTLY)
+    assert costly["data"] is None
+    assert refused_for_cost(costly["errors"])
+    assert costly["errors"][0]["extensions"]["cost"] == 603_030
+    headers = {"Authorization": f"Bearer {alice.token}"}
+    async with httpx.AsyncClient(base_url=api.url, timeout=30, headers=headers) as http:
+        params = {"query": SIZED_BY_VARIABLES, "variables": json.dumps(COSTLY)}
+        assert refused_for_cost((await http.get("/graphql", params=params)).json()["errors"])
+        batch = [
+            {"query": SIZED_BY_VARIABLES, "variables": {"n": 1, "m": 1}},
+            {"query": SIZED_BY_VARIABLES, "variables": COSTLY},
+        ]
+        answers = (await http.post("/graphql", json=batch)).json()
+        assert "errors" not in answers[0]
+        assert refused_for_cost(answers[1]["errors"])
+    # Both WebSocket subprotocols and both HTTP streams, for a query and for a subscription.
+    assert refused_for_cost(await ws_first_errors(api, alice, "graphql-transport-ws", SIZED_BY_VARIABLES, COSTLY))
+    for protocol in ("graphql-transport-ws", "graphql-ws"):  # the legacy one carries subscriptions only
+        errors = await ws_first_errors(api, alice, protocol, SUBSCRIPTION_SIZED_BY_A_VARIABLE, {"m": 1_000_000})
+        assert refused_for_cost(errors), protocol
+    sse = "text/event-stream"
+    assert refused_for_cost(await stream_first_errors(api, alice, sse, SIZED_BY_VARIABLES, COSTLY))
+    assert refused_for_cost(await stream_first_errors(api, alice, sse, SUBSCRIPTION_SIZED_BY_A_VARIABLE, {"m": 10**6}))
+    multipart = "multipart/mixed;boundary=graphql;subscriptionSpec=1.0,application/json"
+    errors = await stream_first_errors(api, alice, multipart, SUBSCRIPTION_SIZED_BY_A_VARIABLE, {"m": 10**6})
+    assert refused_for_cost(errors)
+    # A subscription of a sensible size still opens (nothing to say yet: no answer).
+    assert await ws_first_errors(api, alice, "graphql-transport-ws", SUBSCRIPTION_SIZED_BY_A_VARIABLE, {"m": 10}) == []
+
+
+def test_the_cost_of_a_variable_size_is_its_value_and_left_out_its_default() -> None:
+    """Review 2, item 1: costed with coerced values; a size left out or null costs as the argument's default."""
+    document = parse("query Q($n: Int, $m: Int = 3) { conversations(first: $n) { members(first: $m) { role } } }")
+    (operation,) = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    assert operation_cost(SCHEMA, operation, {}, variables={"n": 2, "m": 4}) == 1 + 2 * (1 + 4)
+    assert operation_cost(SCHEMA, operation, {}, variables={"n": None, "m": None}) == 1 + 50 * (1 + 100)
+    assert operation_cost(SCHEMA, operation, {}) == 1 + 50 * (1 + 3)  # without values: the document's defaults
+    # The validation rule leaves such operations to the per-request check (it cannot see values).
+    assert validate(SCHEMA, document, [cost_limit_rule(100)]) == []
+    assert VariableCosts(100).check(SCHEMA, operation, {}, {"n": 2, "m": 4}) is None
+    refused = VariableCosts(100).check(SCHEMA, operation, {}, {"n": 100, "m": None})
+    assert refused is not None
+    assert refused.extensions == {"code": "BAD_USER_INPUT", "cost": 1 + 100 * (1 + 100), "maxCost": 100}
 
 
 def cost_of(query: str) -> int:
