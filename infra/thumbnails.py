@@ -2,6 +2,8 @@
 
 Uploaded bytes are hostile: the decoder only runs on the formats we preview, after the header's pixel
 count was checked, and the output carries no EXIF/XMP/ICC (GPS positions never leave the server).
+Decoding takes memory in proportion to the pixels decoded: a JPEG is decoded at 1/2 to 1/8 of its
+size (libjpeg's scaling), so it may have `JPEG_PIXEL_FACTOR` times the pixels of other formats.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from resolvers.ports import ImageError
 
 THUMBNAIL_CONTENT_TYPE = "image/webp"
 _WEBP_QUALITY = 80
+# How many times `max_pixels` a JPEG's header may declare: the scaled size libjpeg decodes to must
+# still be within `max_pixels` (progressive JPEGs also keep their coefficients, about 3 bytes a pixel).
+JPEG_PIXEL_FACTOR = 4
 
 
 class ThumbnailError(ImageError):
@@ -65,11 +70,13 @@ class PillowThumbnailer:
 def _render(data: bytes, size: int, max_pixels: int) -> bytes:
     try:
         with Image.open(io.BytesIO(data), formats=_source_formats()) as source:
+            jpeg = source.format == "JPEG"
             # Image.open read only the header: refuse before the first pixel is decoded.
-            _refuse_bomb(source.size, max_pixels)
-            if source.format == "JPEG":
+            _refuse_bomb(source.size, max_pixels * JPEG_PIXEL_FACTOR if jpeg else max_pixels)
+            if jpeg:
                 # libjpeg scales by 1/2, 1/4 or 1/8 while decoding: far less memory and time for a preview.
                 source.draft("RGB", (size, size))
+                _refuse_bomb(source.size, max_pixels)
             # The first frame of an animation (Image.open is positioned there); exif_transpose loads it.
             upright = ImageOps.exif_transpose(source)
         picture = _to_srgb(upright)

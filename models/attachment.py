@@ -14,7 +14,7 @@ from models.columns import BigId, UTCDateTime, utcnow
 class UploadState(enum.StrEnum):
     # A ticket was handed out; the bytes may or may not be in storage yet.
     PENDING = "PENDING"
-    # The stored object was checked (present, size, type, first bytes): it may be attached.
+    # A copy of the stored object was checked (present, size, type, first bytes): it may be attached.
     READY = "READY"
     # The retention job is deleting its objects: it can no longer be attached or downloaded.
     DELETING = "DELETING"
@@ -42,6 +42,9 @@ class Attachment(SQLModel, table=True):
     uploader_id: int = Field(foreign_key="users.id", index=True, sa_type=BigId, ondelete="CASCADE")
     # Made by the server (never the client): unguessable, and unique per upload.
     storage_key: str = Field(max_length=200, unique=True)
+    # The copy the check read and recipients download: no upload ticket can write it, so a ticket
+    # posted again after the check changes nothing that is served (None until checked).
+    checked_key: str | None = Field(default=None, max_length=220)
     filename: str = Field(max_length=255)
     content_type: str = Field(max_length=127)
     # What the client declared (the upload's ceiling), and what storage holds once checked.

@@ -54,10 +54,9 @@ async def sweep_files(services: Services, *, now: datetime) -> RetentionResult:
             batch = await file_store.being_deleted(session, limit=DELETE_BATCH)
         if not batch:
             break
-        keys = [key for _, key, _ in batch] + [thumb for _, _, thumb in batch if thumb]
-        await services.files.delete(keys)
+        await services.files.delete([key for _, keys in batch for key in keys])
 
-        ids = [upload_id for upload_id, _, _ in batch]
+        ids = [upload_id for upload_id, _ in batch]
         await services.db.transaction(functools.partial(file_store.forget, ids=ids))
         deleted += len(batch)
         if len(batch) < DELETE_BATCH:

@@ -50,18 +50,25 @@ async def uploads_of(session: AsyncSession, uploader_id: int, ids: Sequence[int]
     return {row.id: row for row in rows if row.id is not None}
 
 
-async def mark_ready(session: AsyncSession, upload_id: int, *, size: int, thumbnail: bool) -> None:
-    """Records that the stored object passed its checks (unless retention took it meanwhile)."""
-    await session.execute(
+async def mark_ready(session: AsyncSession, upload_id: int, *, checked_key: str, size: int, thumbnail: bool) -> bool:
+    """Records the checked copy of an upload; False when another check came first or retention took it."""
+    result = await session.execute(
         update(Attachment)
-        .where(col(Attachment.id) == upload_id, col(Attachment.state) == UploadState.PENDING)
+        .where(
+            col(Attachment.id) == upload_id,
+            col(Attachment.checked_key).is_(None),
+            # READY without a copy: checked before copies were made, so checked again.
+            col(Attachment.state).in_([UploadState.PENDING, UploadState.READY]),
+        )
         .values(
             state=UploadState.READY,
+            checked_key=checked_key,
             size=size,
             thumbnail_state=ThumbnailState.PENDING if thumbnail else None,
         )
         .execution_options(synchronize_session=False)
     )
+    return int(result.rowcount or 0) == 1  # type: ignore[attr-defined]
 
 
 async def thumbnail_keys(session: AsyncSession, ids: Sequence[int]) -> dict[int, str]:
@@ -84,12 +91,14 @@ async def claim_thumbnail_work(
 ) -> list[Attachment]:
     """Takes up to `limit` uploads waiting for a thumbnail (or abandoned by a worker that died).
 
+    Only uploads in a message: a checked upload whose send was refused gets no preview.
     `SKIP LOCKED` lets workers on many processes share the work without waiting on each other.
     """
     waiting = (
         select(col(Attachment.id))
         .where(
             col(Attachment.state) == UploadState.READY,
+            col(Attachment.message_id).is_not(None),
             col(Attachment.thumbnail_attempts) < max_attempts,
             or_(
                 col(Attachment.thumbnail_state) == ThumbnailState.PENDING,
@@ -162,15 +171,17 @@ async def mark_expired(session: AsyncSession, *, released_before: datetime, crea
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
-async def being_deleted(session: AsyncSession, *, limit: int) -> list[tuple[int, str, str | None]]:
-    """Uploads marked for deletion: (id, object key, thumbnail key)."""
+async def being_deleted(session: AsyncSession, *, limit: int) -> list[tuple[int, list[str]]]:
+    """Uploads marked for deletion: (id, the keys of its objects: upload, checked copy, thumbnail)."""
     rows = await session.execute(
-        select(col(Attachment.id), col(Attachment.storage_key), col(Attachment.thumbnail_key))
+        select(
+            col(Attachment.id), col(Attachment.storage_key), col(Attachment.checked_key), col(Attachment.thumbnail_key)
+        )
         .where(col(Attachment.state) == UploadState.DELETING)
         .order_by(col(Attachment.id))
         .limit(limit)
     )
-    return [(upload_id, key, thumb) for upload_id, key, thumb in rows if upload_id is not None]
+    return [(upload_id, [key for key in keys if key is not None]) for upload_id, *keys in rows if upload_id is not None]
 
 
 async def forget(session: AsyncSession, ids: Sequence[int]) -> None:

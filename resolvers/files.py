@@ -2,13 +2,17 @@
 
 Bytes never pass through the API: a client uploads straight to storage with a
 policy-bound form (`create_upload`) and downloads with a short-lived URL minted when a
-member reads `Attachment.url`. Before an upload may be attached it is checked in
-storage (present, size within what was declared, stored type as declared, first bytes
-matching the type: PITFALLS.md, an S3 look-alike may not enforce the form's policy).
+member reads `Attachment.url`. Before an upload may be attached it is copied, in storage,
+to a key no upload form can write, and the copy is checked (present, size within what was
+declared, stored type as declared, first bytes matching the type: an S3 look-alike may not
+enforce the form's policy) and is what recipients download: posting the form again after
+the check changes nothing that is served. Photos lose their metadata (GPS) in the copy.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -17,10 +21,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+import anyio
+
 from models import Attachment, UploadState
-from resolvers import file_checks, file_store
+from resolvers import file_checks, file_store, image_metadata
 from resolvers.accounts import Viewer
-from resolvers.errors import BadUserInput, NotFound, ParleyError, Unavailable
+from resolvers.errors import BadUserInput, NotFound, ParleyError, RateLimited, Unavailable
 from resolvers.ids import parse_row_id
 from resolvers.ports import AttachmentClaim, FileStorage, Services
 from resolvers.rate_limits import spend
@@ -92,6 +98,8 @@ async def create_upload(
         raise BadUserInput(f"Content type {content_type[:127]!r} is not allowed; allowed: {allowed}.")
     if not 1 <= size <= config.max_upload_bytes:
         raise BadUserInput(f"A file is 1 to {config.max_upload_bytes} bytes.")
+    if not config.keep_image_metadata and kind in image_metadata.cleaned_types() and size > config.max_image_bytes:
+        raise BadUserInput(f"A {kind} image is at most {config.max_image_bytes} bytes; share larger ones zipped.")
     limit = config.uploads_per_hour
     await spend(
         services,
@@ -100,6 +108,7 @@ async def create_upload(
         window_seconds=3600,
         refusal=f"At most {limit} uploads an hour; try again later.",
     )
+    await _spend_upload_bytes(services, viewer, size)
     # Made by the server, never the client: unguessable, and grouped by uploader.
     key = f"{viewer.user_id}/{secrets.token_urlsafe(18)}"
     record = Attachment(
@@ -120,6 +129,26 @@ async def create_upload(
     )
     log.info("upload %s: user %s, %s, %d bytes declared", upload_id, viewer.user_id, kind, size)
     return UploadTicketView(attachment_id=upload_id, url=form.url, fields=form.fields, expires_at=form.expires_at)
+
+
+async def _spend_upload_bytes(services: Services, viewer: Viewer, size: int) -> None:
+    """Counts the declared size against the uploader's bytes per hour; `RateLimited` past them."""
+    limit = services.file_config.upload_bytes_per_hour
+    key = f"upload-bytes:{viewer.user_id}"
+    try:
+        await spend(
+            services,
+            key,
+            limit=limit,
+            window_seconds=3600,
+            amount=size,
+            refusal=f"At most {limit} bytes of uploads an hour, and this file does not fit; try again later.",
+        )
+    except RateLimited:
+        # Nothing is uploaded: its bytes go back, so a smaller file may still fit this hour.
+        with contextlib.suppress(Exception):
+            await services.rate_limiter.hit(key, window_seconds=3600, amount=-size)
+        raise
 
 
 def _parse_ids(raw_ids: Sequence[str]) -> list[int]:
@@ -152,48 +181,106 @@ async def prepare_attachments(services: Services, viewer: Viewer, raw_ids: Seque
             raise BadUserInput(UNKNOWN_ATTACHMENT.format(id=upload_id))
         if upload.message_id is not None:
             raise BadUserInput(f"Attachment {upload_id} is already in a message; upload the file again.")
-        size = upload.size if upload.state is UploadState.READY and upload.size is not None else None
-        if size is None:
-            size = await _check_stored(services, files, upload)
+        checked = _checked(upload)
+        if checked is None:
+            checked = await _check_stored(services, files, upload)
+        key, size = checked
         metadata.append(
             {
                 "id": upload_id,
                 "n": upload.filename,
                 "t": upload.content_type,
                 "z": size,
-                "k": upload.storage_key,
+                "k": key,
                 "p": file_checks.is_image(upload.content_type),
             }
         )
     return AttachmentClaim(ids=ids, metadata=json.dumps(metadata, separators=(",", ":")))
 
 
-async def _check_stored(services: Services, files: FileStorage, upload: Attachment) -> int:
-    """Checks an upload's object in storage and records it as attachable; returns its size."""
+def _checked(upload: Attachment) -> tuple[str, int] | None:
+    """The checked copy's key and size, when the upload was checked (uploads checked before copies existed were not)."""
+    if upload.state is UploadState.READY and upload.checked_key is not None and upload.size is not None:
+        return upload.checked_key, upload.size
+    return None
+
+
+async def _check_stored(services: Services, files: FileStorage, upload: Attachment) -> tuple[str, int]:
+    """Copies an upload to a key of its own, checks the copy and records it as attachable; returns its key and size.
+
+    The copy's key is new for every check: of two checks at once, one copy is recorded and the
+    other deleted, so what was recorded is what its own check read.
+    """
     assert upload.id is not None
-    stored = await _storage_call(files.stat(upload.storage_key))
+    key = f"{upload.storage_key}.checked-{secrets.token_urlsafe(9)}"
+    try:
+        await _storage_call(files.copy(upload.storage_key, key))
+    except FileNotFoundError:
+        raise BadUserInput(f"Attachment {upload.id} has not been uploaded (or its ticket expired unused).") from None
+    try:
+        size = await _check_copy(services, files, upload, key)
+    except BaseException:
+        await _discard(files, key)
+        raise
+    previewable = file_checks.is_image(upload.content_type)
+
+    async def work(session: Any) -> bool:
+        assert upload.id is not None
+        return await file_store.mark_ready(session, upload.id, checked_key=key, size=size, thumbnail=previewable)
+
+    # A failure here leaves the copy: the commit may have happened, and then the record needs it.
+    recorded = await services.db.transaction(work)
+    if recorded:
+        return key, size
+    # Another send checked it meanwhile (or retention took it): its record stands.
+    await _discard(files, key)
+    async with services.db.session() as session:
+        again = (await file_store.uploads_of(session, upload.uploader_id, [upload.id])).get(upload.id)
+    checked = _checked(again) if again is not None else None
+    if checked is None:
+        raise BadUserInput(UNKNOWN_ATTACHMENT.format(id=upload.id))
+    return checked
+
+
+async def _check_copy(services: Services, files: FileStorage, upload: Attachment, key: str) -> int:
+    """Checks the checked copy at `key` (and removes a photo's metadata from it); returns its size."""
+    assert upload.id is not None
+    config = services.file_config
+    stored = await _storage_call(files.stat(key))
     if stored is None:
-        raise BadUserInput(f"Attachment {upload.id} has not been uploaded (or its ticket expired unused).")
-    if not 1 <= stored.size <= min(upload.declared_size, services.file_config.max_upload_bytes):
+        raise BadUserInput(f"Attachment {upload.id} has not been uploaded.")
+    if not 1 <= stored.size <= min(upload.declared_size, config.max_upload_bytes):
         raise BadUserInput(f"Attachment {upload.id} is {stored.size} bytes, not the {upload.declared_size} declared.")
     if file_checks.normalize_content_type(stored.content_type or "") != upload.content_type:
         raise BadUserInput(f"Attachment {upload.id} was stored as another content type than declared.")
+    cleaning = not config.keep_image_metadata and upload.content_type in image_metadata.cleaned_types()
+    # A photo is read whole (its size was bounded by max_image_bytes when declared); anything else, its start.
+    limit = stored.size if cleaning else file_checks.EXTENSION_CHECK_BYTES
     try:
-        head = await _storage_call(files.read(upload.storage_key, limit=file_checks.EXTENSION_CHECK_BYTES))
+        data = await _storage_call(files.read(key, limit=limit))
     except FileNotFoundError:
         raise BadUserInput(f"Attachment {upload.id} has not been uploaded.") from None
-    problem = file_checks.content_problem(upload.content_type, head)
+    size = stored.size
+    if cleaning:
+        cleaned = await asyncio.to_thread(image_metadata.strip_metadata, upload.content_type, data)
+        if cleaned is not data:
+            data, size = cleaned, len(cleaned)
+            await _storage_call(files.write(key, cleaned, content_type=upload.content_type))
+    problem = file_checks.content_problem(upload.content_type, data[: file_checks.EXTENSION_CHECK_BYTES])
     if problem is not None:
         log.info("upload %s of user %s refused: %s", upload.id, upload.uploader_id, problem)
         raise BadUserInput(f"Attachment {upload.id} does not look like {upload.content_type}: {problem}")
-    previewable = file_checks.is_image(upload.content_type)
+    return size
 
-    async def work(session: Any) -> None:
-        assert upload.id is not None
-        await file_store.mark_ready(session, upload.id, size=stored.size, thumbnail=previewable)
 
-    await services.db.transaction(work)
-    return stored.size
+async def _discard(files: FileStorage, key: str) -> None:
+    """Deletes a checked copy nobody will use (best effort: at worst it is an orphan in storage)."""
+    # Shielded: a send cancelled mid-check (client gone) must still not leave its copy behind.
+    with anyio.CancelScope(shield=True):
+        try:
+            await files.delete([key])
+        except Exception:
+            log.warning("could not delete the unused copy %s", key, exc_info=True)
 
 
 def attachments_of(conversation_id: int, metadata: str | None) -> tuple[AttachmentView, ...]:

@@ -1,8 +1,9 @@
 """Thumbnails of image attachments, made off the request path by a worker.
 
-A send that attaches an image marks it (PENDING) and wakes the workers over the bus;
-each worker takes a few with `SKIP LOCKED`, so any number of them share the work. A
-worker that dies leaves its claims WORKING; they are taken over once stale. Until a
+Checking an image marks it (PENDING); once a send has attached it, the send wakes the
+workers over the bus. Each worker takes `thumbnail_concurrency` (one by default: decoding
+an image takes a lot of memory) with `SKIP LOCKED`, so any number of them share the work.
+A worker that dies leaves its claims WORKING; they are taken over once stale. Until a
 thumbnail exists, `Attachment.thumbnailUrl` is null.
 """
 
@@ -25,7 +26,6 @@ log = logging.getLogger("parley.thumbnails")
 
 # Claims older than this belong to a worker that died (a thumbnail takes well under a second).
 STALE_CLAIM = timedelta(minutes=5)
-BATCH = 4
 
 
 async def make_pending_thumbnails(services: Services) -> int:
@@ -38,7 +38,11 @@ async def make_pending_thumbnails(services: Services) -> int:
     async def claim(session: AsyncSession) -> list[Attachment]:
         now = utcnow()
         return await file_store.claim_thumbnail_work(
-            session, now=now, stale_before=now - STALE_CLAIM, max_attempts=config.thumbnail_max_attempts, limit=BATCH
+            session,
+            now=now,
+            stale_before=now - STALE_CLAIM,
+            max_attempts=config.thumbnail_max_attempts,
+            limit=config.thumbnail_concurrency,
         )
 
     while True:
@@ -55,9 +59,11 @@ async def _thumbnail(services: Services, upload: Attachment) -> None:
     assert services.thumbnailer is not None
     config = services.file_config
     key = f"{upload.storage_key}.preview"
+    # The checked copy recipients download (uploads attached before copies were made have none).
+    source = upload.checked_key or upload.storage_key
     state, stored_key = ThumbnailState.FAILED, None
     try:
-        data = await services.files.read(upload.storage_key, limit=config.thumbnail_max_source_bytes + 1)
+        data = await services.files.read(source, limit=config.thumbnail_max_source_bytes + 1)
         if len(data) > config.thumbnail_max_source_bytes:
             log.info("upload %s: too large for a thumbnail (%d bytes or more)", upload.id, len(data))
         else:

@@ -7,7 +7,7 @@ import struct
 import zipfile
 
 import pytest
-from PIL import Image, features
+from PIL import Image, ImageCms, PngImagePlugin, features
 
 from resolvers.file_checks import (
     EXTENSION_CHECK_BYTES,
@@ -16,6 +16,7 @@ from resolvers.file_checks import (
     is_image,
     normalize_content_type,
 )
+from resolvers.image_metadata import cleaned_types, strip_metadata
 
 # --- samples, built the way the real programs write them -------------------------------------------
 
@@ -311,3 +312,125 @@ def test_only_previewable_image_types_are_images() -> None:
     assert not is_image("application/pdf")
     assert not is_image("nonsense")
     assert not is_image(None)
+
+
+# --- photo metadata (Review 2, item 17): removed but the orientation, the picture untouched ---------
+
+GPS_IFD = 0x8825
+
+
+def photo_exif() -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: turn right to show upright
+    exif[0x010F] = "PhoneMaker"
+    exif[GPS_IFD] = {1: "N", 2: (52.0, 31.0, 12.0), 3: "E", 4: (13.0, 24.0, 36.0)}
+    return exif
+
+
+XMP = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><exif:GPSLatitude>52,31.2N</exif:GPSLatitude></x:xmpmeta>'
+
+
+def picture() -> Image.Image:
+    image = Image.new("RGB", (120, 80), (200, 40, 40))
+    image.paste((20, 40, 200), (0, 0, 60, 40))
+    return image
+
+
+def jpeg_segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def camera_jpeg() -> bytes:
+    """A phone's JPEG: EXIF with GPS, XMP, an IPTC block, a comment, an ICC profile, and a second picture after it."""
+    out = io.BytesIO()
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    picture().save(out, format="JPEG", exif=photo_exif(), xmp=XMP, icc_profile=icc, comment=b"at home")
+    data = out.getvalue()
+    iptc = jpeg_segment(0xED, b"Photoshop 3.0\x00" + b"8BIM\x04\x04" + b"City: Berlin")
+    # After SOI: the IPTC block as cameras place it; after EOI: an MPF-style second image.
+    return data[:2] + iptc + data[2:] + data
+
+
+def pixels(data: bytes) -> bytes:
+    with Image.open(io.BytesIO(data)) as image:
+        return image.tobytes()
+
+
+def exif_of(data: bytes) -> dict[int, object]:
+    with Image.open(io.BytesIO(data)) as image:
+        exif = image.getexif()
+        assert not exif.get_ifd(GPS_IFD)
+        return dict(exif)
+
+
+def test_a_jpeg_loses_location_and_other_metadata_but_keeps_orientation_colours_and_pixels() -> None:
+    original = camera_jpeg()
+    assert b"City: Berlin" in original
+    assert Image.open(io.BytesIO(original)).getexif().get_ifd(GPS_IFD)
+
+    cleaned = strip_metadata("image/jpeg", original)
+
+    assert exif_of(cleaned) == {0x0112: 6}
+    for marker in (b"PhoneMaker", b"xmpmeta", b"City: Berlin", b"at home"):
+        assert marker not in cleaned, marker
+    assert "icc_profile" in Image.open(io.BytesIO(cleaned)).info
+    assert cleaned.count(b"\xff\xd9") == 1  # the second picture is gone
+    assert cleaned.endswith(b"\xff\xd9")
+    assert pixels(cleaned) == pixels(original)
+    assert content_problem("image/jpeg", cleaned[:EXTENSION_CHECK_BYTES]) is None
+
+
+def test_a_png_loses_its_exif_and_text_chunks_but_keeps_orientation_and_pixels() -> None:
+    out = io.BytesIO()
+    text = PngImagePlugin.PngInfo()
+    text.add_itxt("XML:com.adobe.xmp", XMP.decode())
+    text.add_text("Comment", "at home")
+    picture().save(out, format="PNG", exif=photo_exif(), pnginfo=text)
+    original = out.getvalue()
+
+    cleaned = strip_metadata("image/png", original)
+
+    assert exif_of(cleaned) == {0x0112: 6}
+    for marker in (b"PhoneMaker", b"xmpmeta", b"at home", b"tEXt", b"iTXt"):
+        assert marker not in cleaned, marker
+    assert cleaned.index(b"eXIf") < cleaned.index(b"IDAT")
+    assert pixels(cleaned) == pixels(original)
+
+
+def test_a_webp_loses_its_exif_and_xmp_but_keeps_orientation_and_pixels() -> None:
+    out = io.BytesIO()
+    picture().save(out, format="WEBP", lossless=True, exif=photo_exif(), xmp=XMP)
+    original = out.getvalue()
+    assert b"XMP " in original
+
+    cleaned = strip_metadata("image/webp", original)
+
+    assert exif_of(cleaned) == {0x0112: 6}
+    for marker in (b"PhoneMaker", b"xmpmeta", b"XMP "):
+        assert marker not in cleaned, marker
+    assert int.from_bytes(cleaned[4:8], "little") == len(cleaned) - 8
+    assert pixels(cleaned) == pixels(original)
+
+
+@pytest.mark.parametrize("image_format", ["JPEG", "PNG", "WEBP"])
+def test_an_image_without_metadata_is_kept_byte_for_byte(image_format: str) -> None:
+    data = image_bytes(image_format)
+    assert strip_metadata(f"image/{image_format.lower()}", data) is data
+
+
+def test_other_types_are_not_touched() -> None:
+    data = b"%PDF-1.7\n" + b"PhoneMaker" * 10
+    assert strip_metadata("application/pdf", data) is data
+    assert cleaned_types() == {"image/jpeg", "image/png", "image/webp"}
+
+
+@pytest.mark.parametrize("content_type", ["image/jpeg", "image/png", "image/webp"])
+def test_cut_or_damaged_images_are_cleaned_without_error_and_keep_no_metadata(content_type: str) -> None:
+    out = io.BytesIO()
+    picture().save(out, format=content_type.split("/")[1].upper(), exif=photo_exif())
+    data = out.getvalue()
+    for end in range(0, len(data), 7):
+        assert b"PhoneMaker" not in strip_metadata(content_type, data[:end]), end
+    for at in range(12, 200, 9):
+        garbled = data[:at] + bytes(range(256)) * 4 + data[at:]
+        assert b"PhoneMaker" not in strip_metadata(content_type, garbled), at

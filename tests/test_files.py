@@ -1,20 +1,23 @@
 """File sharing end to end: upload with a ticket, attach on send, download, thumbnails, retention.
 
 The local backend runs in the embedded and the production mode; the S3 backend against
-a real S3-protocol server process (moto), which does not enforce POST policies
-(PITFALLS.md): there the service's own checks are what the tests prove.
+a real S3-protocol server process (moto), which does not enforce POST policies: there
+the service's own checks are what the tests prove.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import struct
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aioboto3
 import httpx
 import pytest
 from PIL import Image
@@ -33,11 +36,14 @@ FILE_EVENTS = f"""
 """
 
 
-def jpeg_with_gps(width: int = 1200, height: int = 800) -> bytes:
-    """A photo as a phone takes it: JPEG with EXIF GPS coordinates."""
+def jpeg_with_gps(width: int = 1200, height: int = 800, *, orientation: int | None = None) -> bytes:
+    """A photo as a phone takes it: JPEG with EXIF GPS coordinates (and an orientation, if given)."""
     image = Image.new("RGB", (width, height), (200, 40, 40))
+    image.paste((20, 40, 200), (0, 0, width // 2, height // 2))
     exif = Image.Exif()
     exif[0x010F] = "PhoneMaker"  # Make
+    if orientation is not None:
+        exif[0x0112] = orientation
     gps = exif.get_ifd(0x8825)
     gps[1] = "N"
     gps[2] = (52.0, 31.0, 12.0)
@@ -114,9 +120,9 @@ async def test_recipient_downloads_the_bytes_the_sender_uploaded(files_api: Api)
     alice, bob = await files_api.people("alice", "bob")
     direct = await alice.direct_with(bob)
     await bob.drain()
-    photo = jpeg_with_gps()
+    photo = png(640, 480)  # no metadata: its bytes are served as uploaded
     report = b"%PDF-1.7\n" + uuid.uuid4().bytes * 1000
-    photo_id = await alice.upload("holiday.jpg", "image/jpeg", photo)
+    photo_id = await alice.upload("holiday.png", "image/png", photo)
     report_id = await alice.upload("Q3 report (final).pdf", "application/pdf", report)
 
     async with bob.socket() as socket:
@@ -128,7 +134,7 @@ async def test_recipient_downloads_the_bytes_the_sender_uploaded(files_api: Api)
     assert sent["body"] is None
     assert [a["id"] for a in received["attachments"]] == [photo_id, report_id]
     first, second = received["attachments"]
-    assert (first["filename"], first["contentType"], first["size"]) == ("holiday.jpg", "image/jpeg", len(photo))
+    assert (first["filename"], first["contentType"], first["size"]) == ("holiday.png", "image/png", len(photo))
     assert (second["filename"], second["contentType"], second["size"]) == (
         "Q3 report (final).pdf",
         "application/pdf",
@@ -400,3 +406,207 @@ async def test_deleting_a_message_for_everyone_deletes_its_files_with_the_next_r
             while (await download(url)).status_code == 200:  # noqa: ASYNC110 - polling another process's job
                 await asyncio.sleep(0.3)
         assert (await download(url)).status_code in (403, 404)
+
+
+# --- Review 2: what was checked is what is served; bounded thumbnails, uploads and metadata ---
+
+
+def huge_png(side: int) -> bytes:
+    """A black PNG of `side`x`side` pixels, a few dozen KiB on disk (a decompression bomb)."""
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    rows = zlib.compress(bytes((side + 1) * side), 9)  # a filter byte per row, all black
+    chunks = ((b"IHDR", header), (b"IDAT", rows), (b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + b"".join(
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data)) for kind, data in chunks
+    )
+
+
+async def stored_previews(api: Api, owner: Person, files_dir: Path, s3: S3Server) -> list[str]:
+    """The previews stored for `owner`'s uploads (read in storage: a refused upload is nowhere in the API)."""
+    if api.mode == "embedded":
+        return sorted(path.name for path in (files_dir / owner.user_id).glob("*.preview"))
+    session = aioboto3.Session(
+        aws_access_key_id=s3.access_key_id, aws_secret_access_key=s3.secret_access_key, region_name=s3.region
+    )
+    async with session.client("s3", endpoint_url=s3.url) as client:
+        listed = await client.list_objects_v2(Bucket=s3.bucket, Prefix=f"{owner.user_id}/")
+    return sorted(item["Key"] for item in listed.get("Contents", []) if item.get("Key", "").endswith(".preview"))
+
+
+async def thumbnail_of(person: Person, attachment_id: str) -> str | None:
+    """The thumbnail URL of an attachment among the person's pending messages."""
+    for event in await pending_files(person):
+        for attachment in event.get("message", {}).get("attachments", []):
+            if attachment["id"] == attachment_id:
+                url: str | None = attachment["thumbnailUrl"]
+                return url
+    raise AssertionError(f"attachment {attachment_id} is not among the pending messages")
+
+
+async def previewed(sender: Person, recipient: Person, conversation_id: str) -> None:
+    """Sends an image and waits for its thumbnail: every thumbnail job queued before it has run by then."""
+    upload = await sender.upload("marker.png", "image/png", png())
+    await sender.send_files(conversation_id, [upload])
+    async with asyncio.timeout(60):
+        while await thumbnail_of(recipient, upload) is None:  # noqa: ASYNC110 - polling another process's job
+            await asyncio.sleep(0.1)
+
+
+async def test_posting_an_upload_form_again_after_attaching_changes_nothing_recipients_download(
+    files_api: Api,
+) -> None:
+    """Review 2, item 4: a ticket replayed with an ELF after the check: recipients still get the checked PNG."""
+    alice, bob = await files_api.people("alice", "bob")
+    direct = await alice.direct_with(bob)
+    picture = png(80, 60)
+    ticket = await alice.ticket("cat.png", "image/png", 10_000)
+    assert (await post_form(ticket, "cat.png", "image/png", picture)).status_code in (200, 204)
+    await alice.send_files(direct, [str(ticket["attachmentId"])], body="cat")
+
+    replay = await post_form(ticket, "cat.png", "image/png", ELF)
+    if files_api.mode != "production_s3":
+        # The built-in storage refuses a second upload with one ticket (moto, like S3, takes it).
+        assert replay.status_code == 403
+
+    attachment = (await pending_files(bob))[-1]["message"]["attachments"][0]
+    downloaded = await download(attachment["url"])
+    assert downloaded.status_code == 200
+    assert downloaded.content == picture
+
+
+async def test_an_upload_whose_send_was_refused_gets_no_thumbnail(
+    tmp_path: Path, files_mode: str, backends: tuple[str, RedisTarget] | None, s3_server: S3Server
+) -> None:
+    """Review 2, item 13: previews are made only of uploads a message carries."""
+    async with file_server(tmp_path, files_mode, backends, s3_server, worker=True, thumbnail_poll_seconds=0.2) as api:
+        alice, bob, carol = await api.people("alice", "bob", "carol")
+        theirs = await bob.direct_with(carol)
+        ours = await alice.direct_with(bob)
+        refused = await alice.upload("photo.png", "image/png", png(640, 480))
+        assert await send_refusal(alice, theirs, [refused]) == "NOT_FOUND"
+
+        await previewed(alice, bob, ours)
+        await previewed(alice, bob, ours)  # a second pass: the refused upload had every chance
+        assert len(await stored_previews(api, alice, tmp_path / "files", s3_server)) == 2
+
+
+async def test_an_image_with_too_many_pixels_gets_no_thumbnail(
+    tmp_path: Path, files_mode: str, backends: tuple[str, RedisTarget] | None, s3_server: S3Server
+) -> None:
+    """Review 2, item 13: a 7000x7000 PNG of a few KiB is not decoded (the default pixel limit)."""
+    async with file_server(tmp_path, files_mode, backends, s3_server, worker=True) as api:
+        alice, bob = await api.people("alice", "bob")
+        direct = await alice.direct_with(bob)
+        bomb = huge_png(7000)
+        assert len(bomb) < 200_000
+        upload = await alice.upload("big.png", "image/png", bomb)
+        await alice.send_files(direct, [upload])
+
+        await previewed(alice, bob, direct)
+        await previewed(alice, bob, direct)  # the big one was claimed and finished before these
+        assert await thumbnail_of(bob, upload) is None
+        assert len(await stored_previews(api, alice, tmp_path / "files", s3_server)) == 2
+
+
+async def test_a_photo_downloads_without_its_location_but_upright(files_api: Api) -> None:
+    """Review 2, item 17: EXIF GPS (and the rest of EXIF/XMP) is removed from originals; orientation stays."""
+    alice, bob = await files_api.people("alice", "bob")
+    direct = await alice.direct_with(bob)
+    await bob.drain()
+    photo = jpeg_with_gps(640, 480, orientation=6)
+    upload = await alice.upload("where.jpg", "image/jpeg", photo)
+    await alice.send_files(direct, [upload])
+
+    attachment = (await pending_files(bob))[-1]["message"]["attachments"][0]
+    downloaded = (await download(attachment["url"])).content
+    assert attachment["size"] == len(downloaded) < len(photo)
+    original = Image.open(io.BytesIO(photo))
+    assert original.getexif().get_ifd(0x8825)  # the upload really had a position
+    assert b"PhoneMaker" in photo
+    picture = Image.open(io.BytesIO(downloaded))
+    assert not picture.getexif().get_ifd(0x8825)
+    assert dict(picture.getexif()) == {0x0112: 6}
+    assert b"PhoneMaker" not in downloaded
+    # The image data is untouched: the very same pixels.
+    assert picture.tobytes() == original.tobytes()
+
+
+async def test_a_photo_keeps_its_metadata_when_the_server_is_set_to_keep_it(tmp_path: Path) -> None:
+    """Review 2, item 17: PARLEY_KEEP_IMAGE_METADATA serves originals as uploaded."""
+    with ThreadServer(
+        embedded_settings(tmp_path, files_dir=str(tmp_path / "files"), keep_image_metadata=True)
+    ) as server:
+        api = Api(url=server.url, ws_url=server.ws_url, mode="embedded")
+        alice, bob = await api.people("alice", "bob")
+        direct = await alice.direct_with(bob)
+        photo = jpeg_with_gps(orientation=6)
+        sent = await alice.send_files(direct, [await alice.upload("where.jpg", "image/jpeg", photo)])
+        assert (await download(sent["attachments"][0]["url"])).content == photo
+
+
+async def test_uploads_past_the_hourly_byte_quota_are_refused(
+    tmp_path: Path, files_mode: str, backends: tuple[str, RedisTarget] | None, s3_server: S3Server
+) -> None:
+    """Review 2, item 16: declared sizes count against PARLEY_UPLOAD_BYTES_PER_HOUR, per user."""
+    async with file_server(tmp_path, files_mode, backends, s3_server, upload_bytes_per_hour=1000) as api:
+        alice, bob = await api.people("alice", "bob")
+        upload = "mutation U($input: CreateUploadInput!) { createUpload(input: $input) { attachmentId } }"
+
+        async def ask(person: Person, size: int) -> str:
+            response = await person.http.post(
+                upload, {"input": {"filename": "a.pdf", "contentType": "application/pdf", "size": size}}
+            )
+            return "ok" if "errors" not in response else str(response["errors"][0]["extensions"]["code"])
+
+        assert await ask(alice, 600) == "ok"
+        assert await ask(alice, 600) == "RATE_LIMITED"
+        assert await ask(alice, 400) == "ok"  # a refused upload's bytes were not counted
+        assert await ask(alice, 1) == "RATE_LIMITED"
+        assert await ask(bob, 1000) == "ok"  # per user
+
+
+async def trickle(port: int, head: bytes, *, timeout: float = 30) -> bytes:
+    """Sends `head`, then one more byte of the announced body every 0.1 s, until the server answers."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        async with asyncio.timeout(timeout):
+            while True:
+                try:
+                    answer = await asyncio.wait_for(reader.read(4096), 0.1)
+                except TimeoutError:
+                    writer.write(b"x")  # a trickle: never idle, never done
+                    await writer.drain()
+                    continue
+                return answer
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("mode", ["embedded", "production"])
+async def test_a_trickled_request_body_is_cut_off_with_408(
+    tmp_path: Path, mode: str, request: pytest.FixtureRequest
+) -> None:
+    """Review 2, item 16: bodies (GraphQL and uploads) must arrive within their deadline."""
+    limits = {"request_body_timeout_seconds": 1, "upload_body_timeout_seconds": 1.5}
+    if mode == "embedded":
+        settings = embedded_settings(tmp_path, files_dir=str(tmp_path / "files"), **limits)
+    else:
+        postgres, target = request.getfixturevalue("migrated_postgres"), request.getfixturevalue("redis_target")
+        settings = production_settings(postgres, target, files_dir=str(tmp_path / "files"), **limits)
+    with ThreadServer(settings) as server:
+        for path, kind, start in (
+            ("/graphql", "application/json", '{"query": "'),
+            ("/uploads", "multipart/form-data; boundary=x", '--x\r\nContent-Disposition: form-data; name="a"\r\n\r\n'),
+        ):
+            head = (
+                f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {kind}\r\n"
+                f"Content-Length: 100000\r\n\r\n{start}"
+            ).encode()
+            answer = await trickle(server.port, head)
+            assert answer.startswith(b"HTTP/1.1 408 "), (path, answer[:200])
+        # A body sent at once is unaffected.
+        async with httpx.AsyncClient() as client:
+            response = await client.post(f"{server.url}/graphql", json={"query": "{ __typename }"})
+        assert response.json() == {"data": {"__typename": "Query"}}

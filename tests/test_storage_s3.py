@@ -260,3 +260,24 @@ async def test_unreachable_server_is_an_error_not_a_missing_file(s3_server: S3Se
     ) as storage:
         with pytest.raises(BotoCoreError):
             await storage.stat("a")
+
+
+async def test_a_copy_is_not_changed_by_posting_the_upload_form_again(storage: S3Storage) -> None:
+    """Review 2, item 4: a presigned POST stays valid until it expires, but it writes its own key only."""
+    key = new_key()
+    form = await storage.upload_form(
+        key=key, content_type="application/pdf", max_size=MAX_SIZE, expires_in=600, base_url="https://ignored"
+    )
+    assert (await post_form(form, name="a.pdf", data=PDF, content_type="application/pdf")).is_success
+    await storage.copy(key, f"{key}.checked-1")
+
+    replay = b"\x7fELF" + bytes(60)
+    assert (await post_form(form, name="a.pdf", data=replay, content_type="application/pdf")).is_success
+
+    assert await storage.read(key, limit=100) == replay
+    assert await storage.read(f"{key}.checked-1", limit=1000) == PDF
+    copied = await storage.stat(f"{key}.checked-1")
+    assert copied is not None
+    assert (copied.size, copied.content_type) == (len(PDF), "application/pdf")
+    with pytest.raises(FileNotFoundError):
+        await storage.copy(new_key(), new_key())

@@ -10,6 +10,7 @@ import zlib
 import pytest
 from PIL import ExifTags, Image, ImageCms
 
+from infra.settings import Settings
 from infra.thumbnails import THUMBNAIL_CONTENT_TYPE, PillowThumbnailer, ThumbnailError, make_thumbnail
 from resolvers.ports import ImageError
 
@@ -196,3 +197,25 @@ async def test_thumbnailer_port_uses_the_configured_limits_and_its_errors_are_im
     assert max(opened(await thumbnailer.thumbnail(camera_jpeg())).size) == 64
     with pytest.raises(ImageError):
         await thumbnailer.thumbnail(png_claiming(5000, 5000))
+
+
+async def test_a_7000_pixel_square_png_is_refused_by_the_default_limit() -> None:
+    """Review 2, item 13: the default pixel limit refuses a 49-megapixel PNG (about 600 MiB to decode)."""
+    default = Settings.model_fields["thumbnail_max_pixels"].default
+    with pytest.raises(ThumbnailError, match="too many pixels"):
+        await make_thumbnail(png_claiming(7000, 7000), size=SIZE, max_pixels=default)
+
+
+async def test_a_jpeg_over_the_pixel_limit_is_previewed_from_its_reduced_decoding() -> None:
+    """Review 2, item 13: libjpeg decodes a large photo at 1/8 scale, so it gets a preview within the limit."""
+    out = io.BytesIO()
+    Image.new("RGB", (3000, 2000), RED).save(out, format="JPEG")
+    preview = opened(await make_thumbnail(out.getvalue(), size=SIZE, max_pixels=2_000_000))
+    assert preview.size == (SIZE, SIZE * 2 // 3)
+
+
+async def test_a_jpeg_too_large_even_when_reduced_is_refused() -> None:
+    out = io.BytesIO()
+    Image.new("L", (3000, 3000)).save(out, format="JPEG")
+    with pytest.raises(ThumbnailError, match="too many pixels"):
+        await make_thumbnail(out.getvalue(), size=SIZE, max_pixels=2_000_000)  # 9 MP > 4 x 2 MP

@@ -10,14 +10,19 @@ Layout under `root`: the object at key `17/abc` is the file `17/abc`, its conten
 the sidecar `17/abc.meta.json`, and uploads stream into `.tmp/` before an atomic
 `os.replace` moves them into place, so a refused or broken upload never leaves a partial
 object behind.
+
+An upload token stores once: a second POST with it is refused (403) even while it is valid,
+so bytes the server has checked cannot be replaced by posting the same form again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
+import secrets
 import stat as stat_module
 import tempfile
 import time
@@ -143,6 +148,10 @@ def _denied(message: str = "Access Denied") -> _Refused:
     return _Refused(403, "AccessDenied", message)
 
 
+def _used() -> _Refused:
+    return _denied("Invalid according to Policy: this upload ticket has been used.")
+
+
 class LocalStorage:
     """The `FileStorage` port over a folder; `routes()` are the upload and download endpoints to mount."""
 
@@ -195,10 +204,15 @@ class LocalStorage:
         return await anyio.to_thread.run_sync(self._read_sync, path, limit)
 
     async def write(self, key: str, data: bytes, *, content_type: str) -> None:
-        """Stores `data` at `key` atomically (thumbnails, made by the server)."""
+        """Stores `data` at `key` atomically (thumbnails and checked copies, made by the server)."""
         path = self._path(key)
         _valid_content_type(content_type)
         await anyio.to_thread.run_sync(self._write_sync, path, data, content_type)
+
+    async def copy(self, source: str, target: str) -> None:
+        """Copies the object at `source` with its content type to `target`; FileNotFoundError when missing."""
+        source_path, target_path = self._path(source), self._path(target)
+        await anyio.to_thread.run_sync(self._copy_sync, source_path, target_path)
 
     async def delete(self, keys: Sequence[str]) -> None:
         """Deletes these objects and their sidecars; a missing one is no error."""
@@ -302,8 +316,11 @@ class LocalStorage:
         fd, name = tempfile.mkstemp(dir=self._temp, prefix="upload-")
         return fd, Path(name)
 
-    def _commit_sync(self, temp: Path, path: Path, content_type: str) -> None:
-        """Moves a finished temp file to `path` with its sidecar; removes the temp file on failure."""
+    def _commit_sync(self, temp: Path, path: Path, content_type: str, *, exclusive: bool = False) -> None:
+        """Moves a finished temp file to `path` with its sidecar; removes the temp file on failure.
+
+        `exclusive`: FileExistsError when something is at `path` already (one upload per ticket).
+        """
         try:
             fd, meta_temp = self._new_temp_sync()
             try:
@@ -312,12 +329,28 @@ class LocalStorage:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 # Data first: a crash in between leaves the new bytes with the old (or no) type,
                 # which the server's check of an upload refuses, never old bytes with a new type.
-                os.replace(temp, path)
+                if exclusive:
+                    # link() never replaces (rename() would): of two racing uploads, one wins.
+                    os.link(temp, path)
+                else:
+                    os.replace(temp, path)
                 os.replace(meta_temp, _sidecar(path))
             finally:
                 meta_temp.unlink(missing_ok=True)
         finally:
             temp.unlink(missing_ok=True)
+
+    def _copy_sync(self, source: Path, target: Path) -> None:
+        stored = self._stat_sync(source)
+        if stored is None or stored.content_type is None:
+            # No sidecar: the upload broke off between its data and its type, so it never completed.
+            raise FileNotFoundError(str(source))
+        self._temp.mkdir(parents=True, exist_ok=True)
+        temp = self._temp / f"copy-{secrets.token_hex(12)}"
+        # A second name for the same bytes, not a copy of them: objects are never rewritten in
+        # place (uploads are stored once, server writes replace the file), so the two cannot diverge.
+        os.link(source, temp)
+        self._commit_sync(temp, target, stored.content_type)
 
     def _write_sync(self, path: Path, data: bytes, content_type: str) -> None:
         fd, temp = self._new_temp_sync()
@@ -392,7 +425,7 @@ class _Upload:
         self.pending: list[bytes] = []
         self.ended = False
 
-    async def run(self) -> None:
+    def _parser(self) -> MultipartParser:
         media_type, options = parse_options_header(self.request.headers.get("content-type"))
         boundary = options.get(b"boundary")
         if media_type != b"multipart/form-data" or not boundary or len(boundary) > 256:
@@ -407,7 +440,10 @@ class _Upload:
             "on_part_end": self._on_part_end,
             "on_end": self._on_end,
         }
-        parser = MultipartParser(boundary, callbacks)
+        return MultipartParser(boundary, callbacks)
+
+    async def run(self) -> None:
+        parser = self._parser()
         temp: Path | None = None
         file: AsyncFile[bytes] | None = None
         received = 0
@@ -422,7 +458,7 @@ class _Upload:
                 except MultipartParseError as error:
                     raise _malformed() from error
                 if self.file_started and file is None:
-                    fd, temp = await anyio.to_thread.run_sync(self.storage._new_temp_sync)
+                    fd, temp = await self._new_temp()
                     file = await anyio.open_file(fd, "wb")
                 if self.pending:
                     assert file is not None  # file bytes are only queued once the file part started
@@ -436,14 +472,11 @@ class _Upload:
                 raise _Refused(400, "InvalidArgument", "POST requires exactly one file upload per request.")
             if self.file_size < 1:
                 raise _Refused(400, "EntityTooSmall", "Your proposed upload is smaller than the minimum allowed size")
-            assert self.ticket is not None
             await file.flush()
             await anyio.to_thread.run_sync(os.fsync, file.wrapped.fileno())
             await file.aclose()
             file = None
-            await anyio.to_thread.run_sync(
-                self.storage._commit_sync, temp, self.storage._path(self.ticket.key), self.ticket.content_type
-            )
+            await self._commit(temp)
             temp = None
         finally:
             # Shielded: a cancelled request (client gone) must still not leave its temp file behind.
@@ -452,6 +485,28 @@ class _Upload:
                     await file.aclose()
                 if temp is not None:
                     await anyio.to_thread.run_sync(temp.unlink, True)
+
+    def _target(self) -> Path:
+        assert self.ticket is not None
+        return self.storage._path(self.ticket.key)
+
+    async def _new_temp(self) -> tuple[int, Path]:
+        """The temp file the upload streams into; `_used()` when the ticket already stored its upload."""
+        # Refused before a byte is written; the exclusive commit settles races.
+        if await anyio.to_thread.run_sync(self.storage._regular_file_stat, self._target()) is not None:
+            raise _used()
+        return await anyio.to_thread.run_sync(self.storage._new_temp_sync)
+
+    async def _commit(self, temp: Path) -> None:
+        """Moves the finished upload to the ticket's key, unless something is there already (`_used()`)."""
+        assert self.ticket is not None
+        commit = functools.partial(
+            self.storage._commit_sync, temp, self._target(), self.ticket.content_type, exclusive=True
+        )
+        try:
+            await anyio.to_thread.run_sync(commit)
+        except FileExistsError as error:
+            raise _used() from error
 
     # --- parser callbacks (synchronous; they raise _Refused to stop the upload) ---
 

@@ -1,7 +1,8 @@
 """Attachments in an S3 bucket (AWS, MinIO, moto): clients upload and download through presigned URLs.
 
-The server itself only checks (HEAD), sniffs (ranged GET), writes thumbnails and deletes;
-the bytes of uploads and downloads never pass through it.
+The server itself only copies uploads (CopyObject) to keys no presigned POST can write,
+checks the copies (HEAD, ranged GET), writes thumbnails and deletes; the bytes of uploads
+and downloads never pass through it (images aside, whose metadata it removes).
 """
 
 from __future__ import annotations
@@ -186,6 +187,17 @@ class S3Storage:
     async def write(self, key: str, data: bytes, *, content_type: str) -> None:
         """Stores `data` at `key` with this content type."""
         await self._client.put_object(Bucket=self._bucket, Key=key, Body=data, ContentType=content_type)
+
+    async def copy(self, source: str, target: str) -> None:
+        """A server-side copy (CopyObject: bytes and content type); FileNotFoundError when `source` is missing."""
+        try:
+            await self._client.copy_object(
+                Bucket=self._bucket, Key=target, CopySource={"Bucket": self._bucket, "Key": source}
+            )
+        except ClientError as error:
+            if _error_code(error) in _NOT_FOUND:
+                raise FileNotFoundError(source) from error
+            raise
 
     async def delete(self, keys: Sequence[str]) -> None:
         """Deletes these objects, 1000 per request; a missing key is no error, any other failure raises."""
