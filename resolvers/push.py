@@ -2,8 +2,10 @@
 
 A WebPush endpoint comes from a client and the worker POSTs to it: unless private
 endpoints are allowed (development), it must be `https` and every address its
-host resolves to must be public, checked at registration and again before each
-send (DNS can change), and the sender connects to the address that was checked.
+host resolves to must be public (`is_public_address`), checked at registration and
+again before each send (DNS can change), and the sender connects to the address
+that was checked. The name is looked up on threads of its own (`_Resolver`), with a
+timeout: the client chooses it, and its lookup may hang.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import binascii
 import ipaddress
 import socket
 import string
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -23,16 +27,29 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from models import InboxEntry, Member, Message, PushPlatform, PushRegistration
+from models import InboxEntry, Member, Message, PushPlatform, PushRegistration, SentKey
 from resolvers.accounts import Viewer
 from resolvers.batches import chunks
-from resolvers.errors import BadUserInput, Unauthenticated
+from resolvers.errors import BadUserInput, Unauthenticated, Unavailable
 from resolvers.ports import PushJob, Services
+from resolvers.rate_limits import spend
 
 MAX_ENDPOINT = 2048
 MAX_TOKEN = 4096
 # An endpoint's name is the client's choice: a slow resolver must not hold a request long.
 RESOLVE_TIMEOUT_SECONDS = 3.0
+# Lookups running at once per process; more are refused (UNAVAILABLE) rather than queued.
+RESOLVER_THREADS = 8
+# Prefixes that reach an IPv4 address through a translator or relay (NAT64, RFC 6052 and
+# RFC 8215; 6to4, RFC 3056; IPv4-compatible, RFC 4291), which `is_global` takes as public
+# whatever IPv4 they embed. The well-known NAT64 prefix is judged by its IPv4 address
+# (DNS64 networks reach every host through it); the others are refused.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_REFUSED_IPV6 = (
+    ipaddress.IPv6Network("64:ff9b:1::/48"),
+    ipaddress.IPv6Network("2002::/16"),
+    ipaddress.IPv6Network("::/96"),
+)
 _TOKEN_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-_:.")
 
 
@@ -41,6 +58,53 @@ def _b64url(value: str, *, what: str) -> bytes:
         return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
     except (binascii.Error, ValueError):
         raise BadUserInput(f"{what} is not base64url.") from None
+
+
+def is_public_address(address: str) -> bool:
+    """Whether an address is globally routable, and so is whatever IPv4 address it leads to."""
+    ip = ipaddress.ip_address(address.split("%", maxsplit=1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped.is_global
+        if ip in _NAT64:
+            return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF).is_global
+        if any(ip in network for network in _REFUSED_IPV6):
+            return False
+    return ip.is_global
+
+
+class _Resolver:
+    """getaddrinfo on a small pool of its own threads.
+
+    The event loop's getaddrinfo runs on the default executor (asyncio), which password
+    hashing and thumbnails share, or on libuv's four threads (uvloop), which every other
+    name lookup shares: hanging lookups of names a client chose would hold those. No
+    async resolver library is installed (aiodns would need pycares), and getaddrinfo
+    follows the system's configuration (/etc/hosts, nsswitch) as the connections do.
+    Per process, so shared by every event loop in it (thread-safe, bound to none).
+    """
+
+    def __init__(self, threads: int) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="parley-resolve")
+        # A lookup that times out keeps its thread until getaddrinfo returns: counted until then.
+        self._free = threading.BoundedSemaphore(threads)
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        """The addresses of `host`; `Unavailable` when every thread is busy (callers bound the wait)."""
+        if not self._free.acquire(blocking=False):
+            raise Unavailable("Too many push endpoints are being checked; try again in a moment.")
+        try:
+            lookup = self._pool.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+        except BaseException:
+            self._free.release()
+            raise
+        # Runs when the lookup ends, or when it is cancelled before it started.
+        lookup.add_done_callback(lambda _done: self._free.release())
+        infos = await asyncio.wrap_future(lookup)
+        return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+_resolver = _Resolver(RESOLVER_THREADS)
 
 
 async def check_endpoint(url: str, *, allow_private: bool) -> list[str]:
@@ -63,18 +127,13 @@ async def check_endpoint(url: str, *, allow_private: bool) -> list[str]:
     if not parts.hostname or parts.username is not None or parts.password is not None:
         raise BadUserInput("endpoint must name a host (and no user or password).")
     try:
-        infos = await asyncio.wait_for(
-            asyncio.get_running_loop().getaddrinfo(
-                parts.hostname, port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM
-            ),
-            timeout=RESOLVE_TIMEOUT_SECONDS,
-        )
+        async with asyncio.timeout(RESOLVE_TIMEOUT_SECONDS):
+            addresses = await _resolver.resolve(parts.hostname, port or (443 if parts.scheme == "https" else 80))
     except (socket.gaierror, UnicodeError, TimeoutError):
         raise BadUserInput("endpoint's host does not resolve.") from None
-    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     if not addresses:
         raise BadUserInput("endpoint's host does not resolve.")
-    if not allow_private and not all(ipaddress.ip_address(a.split("%")[0]).is_global for a in addresses):
+    if not allow_private and not all(is_public_address(address) for address in addresses):
         raise BadUserInput("endpoint must be a public address.")
     return addresses
 
@@ -130,8 +189,16 @@ async def register_push(
     """Binds a push channel to the viewer's device, replacing the device's previous one.
 
     Validated first (a WebPush endpoint must pass `check_endpoint`); the registration
-    is deleted with the device (revocation, logout, expiry).
+    is deleted with the device (revocation, logout, expiry). Rate-limited per user,
+    before anything is looked up.
     """
+    await spend(
+        services,
+        f"push-registrations:{viewer.user_id}",
+        limit=services.limits.push_registrations_per_hour,
+        window_seconds=3600,
+        refusal="Too many push registrations in the last hour; try again later.",
+    )
     registration = await _registration(
         services, viewer, platform, token=token, endpoint=endpoint, p256dh=p256dh, auth=auth
     )
@@ -178,12 +245,15 @@ class Notification:
 async def notifications_for(services: Services, job: PushJob, *, include_body: bool) -> list[Notification]:
     """Whom this job notifies, and through which registrations.
 
-    A recipient is skipped when: it is the sender; it muted the conversation; every
-    device of it already received the message (its inbox entry is pruned); a newer
-    message of the conversation is pending for it (that message's job notifies, with
-    the count: a burst becomes one notification); it is online; it has no registration.
+    Nobody is notified of a message deleted for everyone meanwhile. A recipient is
+    skipped when: it is the sender; it muted the conversation; every device of it
+    already received the message (its inbox entry is pruned); a newer message of the
+    conversation is pending for it (that message's job notifies, with the count: a
+    burst becomes one notification); it is online; it has no registration.
     """
     async with services.db.session() as session:
+        if await _deleted(session, job):
+            return []
         recipients = (
             select(col(InboxEntry.user_id))
             .join(
@@ -207,7 +277,11 @@ async def notifications_for(services: Services, job: PushJob, *, include_body: b
         pending = await session.execute(
             select(col(InboxEntry.user_id), func.max(col(InboxEntry.message_id)), func.count())
             .join(Message, col(Message.id) == col(InboxEntry.message_id))
-            .where(col(InboxEntry.user_id).in_(recipients), col(Message.conversation_id) == job.conversation_id)
+            .where(
+                col(InboxEntry.user_id).in_(recipients),
+                col(Message.conversation_id) == job.conversation_id,
+                col(Message.deleted_at).is_(None),
+            )
             .group_by(col(InboxEntry.user_id))
         )
         counts = {uid: int(n) for uid, newest, n in pending if newest == job.message_id}
@@ -224,3 +298,20 @@ async def notifications_for(services: Services, job: PushJob, *, include_body: b
         if include_body and registrations:
             body = await session.scalar(select(col(Message.body)).where(col(Message.id) == job.message_id))
     return [Notification(uid, counts[uid], body, regs) for uid, regs in registrations.items()]
+
+
+async def _deleted(session: AsyncSession, job: PushJob) -> bool:
+    """Whether the job's message was deleted for everyone (its row, or its send's record once the row is gone)."""
+    marks = await session.execute(
+        select(col(Message.deleted_at))
+        .where(col(Message.id) == job.message_id, col(Message.deleted_at).is_not(None))
+        .union_all(
+            select(col(SentKey.deleted_at)).where(
+                col(SentKey.message_id) == job.message_id,
+                col(SentKey.sender_id) == job.sender_id,
+                col(SentKey.deleted_at).is_not(None),
+            )
+        )
+        .limit(1)
+    )
+    return marks.first() is not None

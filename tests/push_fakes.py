@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 HANG = -1
+# Bodies of scripted answers go out in chunks of this size.
+CHUNK = 64 * 1024
 
 
 def b64url(data: bytes) -> str:
@@ -58,6 +60,15 @@ class Received:
     status: int
 
 
+@dataclass(frozen=True)
+class Reply:
+    """A scripted answer: a status, headers, and a body of `body_bytes` zero bytes (a hostile endpoint's)."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body_bytes: int = 0
+
+
 def verify_vapid(authorization: str, *, public_key: str, audience: str) -> dict[str, Any]:
     """The claims of a `vapid t=…,k=…` header, after checking its key, ES256 signature, audience and expiry."""
     scheme, _, params = authorization.partition(" ")
@@ -83,30 +94,47 @@ def verify_vapid(authorization: str, *, public_key: str, audience: str) -> dict[
 class PushEndpoint:
     """A local WebPush service: records every POST and answers with the queued statuses (then 201).
 
-    A status of HANG holds the request unanswered until `release()`.
+    A status of HANG holds the request unanswered until `release()`. Queued `Reply`s, and
+    the standing replies of `standing` (by subscription name, for every request to it),
+    script the headers and body too; `cut_short` counts bodies the client hung up on.
     """
 
     def __init__(self) -> None:
         self.received: list[Received] = []
-        self.statuses: deque[int] = deque()
+        self.statuses: deque[int | Reply] = deque()
+        self.standing: dict[str, Reply] = {}
         self.default_status = 201
+        self.cut_short = 0
         self._released = threading.Event()
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                status = endpoint.statuses.popleft() if endpoint.statuses else endpoint.default_status
+                reply = endpoint.standing.get(self.path.rsplit("/", 1)[-1])
+                if reply is None:
+                    queued = endpoint.statuses.popleft() if endpoint.statuses else endpoint.default_status
+                    reply = queued if isinstance(queued, Reply) else Reply(queued)
                 endpoint.received.append(
-                    Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body, status)
+                    Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body, reply.status)
                 )
-                if status == HANG:
+                if reply.status == HANG:
                     endpoint._released.wait(30)
                     return
                 with contextlib.suppress(OSError):
-                    self.send_response(status)
-                    self.send_header("Content-Length", "0")
+                    self.send_response(reply.status)
+                    for name, value in reply.headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", str(reply.body_bytes))
                     self.end_headers()
+                sent = 0
+                try:
+                    while sent < reply.body_bytes:
+                        chunk = min(CHUNK, reply.body_bytes - sent)
+                        self.wfile.write(bytes(chunk))
+                        sent += chunk
+                except OSError:
+                    endpoint.cut_short += 1
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

@@ -5,25 +5,34 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
+import threading
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
+from infra.passwords import Argon2Hasher
+from infra.push.queue import GROUP, RedisPushQueue
 from infra.push.webpush import new_vapid_keys
 from infra.testing.processes import ProcessServer
 from infra.testing.services import RedisTarget
+from resolvers.errors import BadUserInput, Unavailable
+from resolvers.ports import PushJob
+from resolvers.push import RESOLVER_THREADS, check_endpoint
 from tests.conftest import embedded_settings, production_settings, suite_process_env
 from tests.helpers import Api, Person
-from tests.push_fakes import HANG, PushEndpoint, Subscription, b64url, verify_vapid
+from tests.push_fakes import HANG, PushEndpoint, Reply, Subscription, b64url, verify_vapid
 from tests.servers import ThreadServer
 
 VAPID_PRIVATE, VAPID_PUBLIC = new_vapid_keys()
@@ -420,3 +429,199 @@ async def test_registrations_are_validated_replaced_and_removed(tmp_path: Path, 
         await alice.send(conversation, "three")
         await asyncio.sleep(QUIET_SECONDS)
         assert len(endpoint.received) == 1
+
+
+async def until(condition: Callable[[], bool], what: str, *, timeout: float = 15) -> None:
+    """Waits until `condition()` holds (`timeout` only guards against a hang)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("mode", ["embedded", "production"])
+async def test_a_huge_error_body_from_a_push_endpoint_is_not_read_whole(
+    mode: str, tmp_path: Path, backends: tuple[str, RedisTarget] | None, endpoint: PushEndpoint
+) -> None:
+    """Review 2, item 7: the worker reads a few KiB of an answer and hangs up; the job still completes."""
+    async with rig(tmp_path, backends) as setup:
+        alice, bob, conversation = await pair(setup.api)
+        subscription = await subscribe(bob, endpoint)
+        endpoint.statuses.append(Reply(503, body_bytes=64 * 1024 * 1024))
+        message = await alice.send(conversation, "are you there")
+        first, second = await endpoint.wait_for(2)
+        assert (first.status, second.status) == (503, 201)
+        assert subscription.decrypt(second.body)["messageId"] == message["id"]
+        await until(lambda: endpoint.cut_short == 1, "the worker to hang up on the 64 MiB body")
+
+
+@pytest.mark.parametrize("mode", ["embedded", "production"])
+async def test_a_strangers_endpoint_asking_to_retry_in_five_minutes_does_not_hold_up_other_notifications(
+    mode: str, tmp_path: Path, backends: tuple[str, RedisTarget] | None, endpoint: PushEndpoint
+) -> None:
+    """Review 2, item 7: one sending slot; the job resting until its retry gives it back to the next job.
+
+    Its Retry-After (from no known push service) is not honoured, and the backoff is long
+    here: before the fix the job held the only slot for five minutes.
+    """
+    settings: dict[str, object] = {"push_worker_concurrency": 1, "push_retry_base_seconds": 600}
+    async with rig(tmp_path, backends, settings=settings) as setup:
+        alice, bob, conversation = await pair(setup.api)
+        carol = await setup.api.register("carol")
+        await subscribe(bob, endpoint)
+        await subscribe(carol, endpoint)
+        endpoint.standing[carol.username] = Reply(429, {"Retry-After": "300"})
+        await alice.send(await alice.direct_with(carol), "for the stranger")
+        [refused] = await endpoint.wait_for(1)
+        assert (refused.path, refused.status) == (f"/push/{carol.username}", 429)
+        await alice.send(conversation, "for bob")
+        received = await endpoint.wait_for(2)
+        assert [(r.path, r.status) for r in received] == [
+            (f"/push/{carol.username}", 429),
+            (f"/push/{bob.username}", 201),
+        ]
+
+
+@pytest.mark.parametrize("mode", ["embedded", "production"])
+async def test_register_push_is_rate_limited_per_user(
+    mode: str, tmp_path: Path, backends: tuple[str, RedisTarget] | None
+) -> None:
+    """Review 2, item 8: each registerPush may look up a host the client chose; a user gets a few per hour."""
+    async with rig(tmp_path, backends, start_worker=False, settings={"push_registrations_per_hour": 3}) as setup:
+        alice, bob = await setup.api.people("alice", "bob")
+        token = {"platform": "APNS", "token": "ab" * 32}
+        for _ in range(3):
+            assert (await bob.data(REGISTER, input=token))["registerPush"] is True
+        assert await bob.error(REGISTER, input=token) == "RATE_LIMITED"
+        assert (await alice.data(REGISTER, input=token))["registerPush"] is True
+
+
+async def test_hanging_endpoint_lookups_do_not_hold_up_password_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review 2, item 8: lookups of endpoint hosts run on threads of their own, not the default executor.
+
+    The default executor (asyncio's getaddrinfo used it) is where password hashes run: with
+    it full of hanging lookups, a login waited for them.
+    """
+    release = threading.Event()
+    entered: list[str] = []
+    real_getaddrinfo = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "hangs.example":
+            entered.append(host)
+            release.wait(60)
+            raise socket.gaierror(socket.EAI_AGAIN, "no answer")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    hasher = Argon2Hasher(fast=True)
+    default_threads = min(32, (os.cpu_count() or 1) + 4)  # ThreadPoolExecutor's default
+    lookups = [
+        asyncio.create_task(check_endpoint("https://hangs.example/push", allow_private=False))
+        for _ in range(default_threads + RESOLVER_THREADS)
+    ]
+    try:
+        await until(lambda: len(entered) >= min(default_threads, RESOLVER_THREADS), "the lookups to hang")
+        # The timeout only guards against a hang: before the fix the hash waited behind the lookups.
+        hashed = await asyncio.wait_for(hasher.hash("correct horse"), timeout=30)
+        assert not release.is_set()
+        assert await hasher.verify(hashed, "correct horse")
+    finally:
+        release.set()
+        outcomes = await asyncio.gather(*lookups, return_exceptions=True)
+    assert all(isinstance(outcome, BadUserInput | Unavailable) for outcome in outcomes), outcomes
+
+
+async def test_nat64_and_6to4_endpoints_reaching_private_addresses_are_refused(
+    backends: tuple[str, RedisTarget] | None,
+) -> None:
+    """Review 2, item 12: addresses embedding an IPv4 address are judged by it (or refused outright)."""
+    assert backends is not None
+    postgres, target = backends
+    with ThreadServer(production_settings(postgres, target, env="production", **PUSH_SETTINGS)) as server:
+        bob = await Api(server.url, server.ws_url, "production").register("bob")
+        subscription = Subscription()
+        keys = {"platform": "WEBPUSH", "p256dh": subscription.p256dh, "auth": b64url(subscription.auth)}
+        for url in (
+            "https://[64:ff9b::a00:1]/push",  # NAT64 of 10.0.0.1
+            "https://[64:ff9b::7f00:1]/push",  # NAT64 of 127.0.0.1
+            "https://[64:ff9b::a9fe:a9fe]/latest",  # NAT64 of the cloud metadata address
+            "https://[64:ff9b:1::a00:1]/push",  # the local-use NAT64 prefix
+            "https://[2002:a9fe:a9fe::1]/latest",  # 6to4 of the cloud metadata address
+            "https://[2002:808:808::1]/push",  # 6to4 at all
+            "https://[::a00:1]/push",  # IPv4-compatible 10.0.0.1
+            "https://[::ffff:a00:1]/push",  # IPv4-mapped 10.0.0.1
+        ):
+            assert await bob.error(REGISTER, input={**keys, "endpoint": url}) == "BAD_USER_INPUT", url
+        # A DNS64 network reaches public hosts through NAT64: those stay allowed.
+        public = {**keys, "endpoint": "https://[64:ff9b::808:808]/push"}
+        assert (await bob.data(REGISTER, input=public))["registerPush"] is True
+
+
+async def entries(redis: Redis, stream: str) -> list[dict[bytes, bytes]]:
+    """The fields of a stream's entries."""
+    found: list[tuple[bytes, dict[bytes, bytes]]] = await redis.xrange(stream)  # type: ignore[assignment]
+    return [fields for _id, fields in found]
+
+
+async def test_a_malformed_push_job_is_dead_lettered_and_the_rest_of_its_batch_is_served(
+    redis_target: RedisTarget,
+) -> None:
+    """Review 2, item 11: entries are decoded one by one; one that is no job cannot fail its batch forever."""
+    redis = Redis.from_url(redis_target.url)
+    prefix = f"{redis_target.prefix}push-{uuid.uuid4().hex[:8]}:"
+
+    def queue(claim_idle_seconds: float) -> RedisPushQueue:
+        return RedisPushQueue(
+            redis, prefix=prefix, max_length=1000, claim_idle_seconds=claim_idle_seconds, max_attempts=5
+        )
+
+    first = queue(60)
+    good = [PushJob(n, 1, 2, "alice", time.time()) for n in (1, 2)]
+    wrong_types = {"message_id": "3", "conversation_id": 1, "sender_id": 2, "sender_display_name": "a", "sent_at": 0}
+    try:
+        await first.enqueue(good[0])
+        await redis.xadd(first.stream, {"job": b"{not json"})
+        await redis.xadd(first.stream, {"other": b"field"})
+        await redis.xadd(first.stream, {"job": orjson.dumps(wrong_types)})
+        await first.enqueue(good[1])
+        jobs = await first.receive("worker-a", count=10, wait_seconds=0.1)
+        assert [job.job for job in jobs] == good
+        dead = await entries(redis, first.dead_stream)
+        assert [fields[b"job"] for fields in dead] == [b"{not json", b"", orjson.dumps(wrong_types)]
+        assert all(fields[b"reason"].startswith(b"undecodable") for fields in dead)
+        assert (await redis.xpending(first.stream, GROUP))["pending"] == 2  # the bad ones are acknowledged
+
+        # Taken over from a dead worker (XAUTOCLAIM): decoded one by one as well.
+        bad = await redis.xadd(first.stream, {"job": b"[]"})
+        await redis.xreadgroup(GROUP, "ghost", {first.stream: ">"}, count=10)
+        await redis.xclaim(first.stream, GROUP, "ghost", 0, [*(job.id for job in jobs), bad], idle=60_000)
+        reclaimed = await queue(1).receive("worker-b", count=10, wait_seconds=0.1)
+        assert sorted(job.job.message_id for job in reclaimed) == [1, 2]
+        assert all(job.deliveries >= 2 for job in reclaimed)
+        assert len(await entries(redis, first.dead_stream)) == 4
+        assert (await redis.xpending(first.stream, GROUP))["pending"] == 2
+    finally:
+        await redis.delete(first.stream, first.dead_stream)
+        await redis.aclose()
+
+
+@pytest.mark.parametrize("mode", ["embedded", "production"])
+async def test_a_message_deleted_within_the_coalescing_window_is_not_notified(
+    mode: str, tmp_path: Path, backends: tuple[str, RedisTarget] | None, endpoint: PushEndpoint
+) -> None:
+    """Review 2, item 17: the worker skips a message deleted for everyone before its notification went out."""
+    async with rig(tmp_path, backends, settings={"push_coalesce_seconds": 2.0}) as setup:
+        alice, bob, conversation = await pair(setup.api)
+        carol = await setup.api.register("carol")
+        await subscribe(bob, endpoint)
+        await subscribe(carol, endpoint)
+        sent = await alice.send(conversation, "sent to the wrong person")
+        await alice.data("mutation D($m: ID!) { deleteMessage(messageId: $m) }", m=sent["id"])
+        # Queued after the deleted message's job: by its push, that job has run.
+        await alice.send(await alice.direct_with(carol), "for carol")
+        [push] = await endpoint.wait_for(1)
+        assert push.path == f"/push/{carol.username}"
+        await asyncio.sleep(QUIET_SECONDS / 2)
+        assert [r.path for r in endpoint.received] == [f"/push/{carol.username}"]

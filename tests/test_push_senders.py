@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import socket
@@ -24,8 +25,11 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from infra.push.apns import ApnsSender
 from infra.push.fcm import FcmSender
-from infra.push.senders import Notice, Outcome
+from infra.push.senders import Notice, Outcome, known_push_host
+from infra.push.webpush import WebPushSender, new_vapid_keys
+from infra.push.worker import WorkerConfig, retry_delay
 from models import PushPlatform, PushRegistration
+from tests.push_fakes import CHUNK, PushEndpoint, Reply, Subscription, b64url
 
 NOTICE = Notice(conversation_id="7", message_id="m.signed", sender_name="Alice", count=2, body=None)
 APNS_TOKEN = "ab" * 32
@@ -204,6 +208,9 @@ class FakeFcm:
     answers: deque[tuple[int, dict[str, Any], dict[str, str]]] = field(default_factory=deque)
     grants: list[dict[str, Any]] = field(default_factory=list)
     sends: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # Sends answered 503 with a body this long (streamed), and whether the client hung up on one.
+    huge_body: int = 0
+    hung_up: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> ThreadingHTTPServer:
         fake = self
@@ -228,10 +235,23 @@ class FakeFcm:
                     )
                     return
                 fake.sends.append((self.headers["Authorization"], json.loads(body)))
+                if fake.huge_body:
+                    self._stream(fake.huge_body)
+                    return
                 status, answer, headers = (
                     fake.answers.popleft() if fake.answers else (200, {"name": "projects/p/messages/1"}, {})
                 )
                 self._answer(status, answer, headers)
+
+            def _stream(self, size: int) -> None:
+                self.send_response(503)
+                self.send_header("Content-Length", str(size))
+                self.end_headers()
+                try:
+                    for _ in range(size // CHUNK):
+                        self.wfile.write(bytes(CHUNK))
+                except OSError:
+                    fake.hung_up.set()
 
             def _answer(self, status: int, answer: dict[str, Any], headers: dict[str, str] | None = None) -> None:
                 payload = json.dumps(answer).encode()
@@ -357,3 +377,53 @@ async def test_fcm_errors_map_to_outcomes(
     finally:
         await sender.close()
     assert (result.outcome, result.retry_after) == (outcome, retry_after)
+
+
+async def test_fcm_reads_only_the_start_of_a_huge_answer(fcm: tuple[FakeFcm, FcmSender]) -> None:
+    """Review 2, item 7: every push service's answer is read up to a few KiB, then the sender hangs up."""
+    fake, sender = fcm
+    fake.huge_body = 64 * 1024 * 1024
+    try:
+        result = await sender.send(_registration(PushPlatform.FCM, "t"), NOTICE)
+    finally:
+        await sender.close()
+    assert result.outcome is Outcome.RETRY
+    assert await asyncio.to_thread(fake.hung_up.wait, 10)
+
+
+async def test_retry_after_is_honoured_only_from_known_push_services_and_capped() -> None:
+    """Review 2, item 7: a WebPush endpoint anyone runs cannot make the worker wait minutes per attempt."""
+    private_key, _public = new_vapid_keys()
+    sender = WebPushSender(
+        vapid_private_key=private_key,
+        subject="mailto:push@example.com",
+        ttl_seconds=60,
+        urgency="high",
+        allow_private_endpoints=True,
+        timeout=5,
+    )
+    subscription = Subscription()
+    with PushEndpoint() as endpoint:
+        endpoint.standing["stranger"] = Reply(429, {"Retry-After": "300"})
+        registration = PushRegistration(
+            device_id=1,
+            user_id=1,
+            platform=PushPlatform.WEBPUSH,
+            endpoint=endpoint.url("stranger"),
+            p256dh=subscription.p256dh,
+            auth=b64url(subscription.auth),
+        )
+        try:
+            result = await sender.send(registration, NOTICE)
+        finally:
+            await sender.close()
+    assert (result.outcome, result.retry_after) == (Outcome.RETRY, None)
+    for host in ("fcm.googleapis.com", "updates.push.services.mozilla.com", "web.push.apple.com"):
+        assert known_push_host(host)
+    assert known_push_host("wns2-par02p.notify.windows.com")
+    for host in ("127.0.0.1", "push.example.com", "fcm.googleapis.com.example.com", "evilnotify.windows.com"):
+        assert not known_push_host(host)
+    # A known service's Retry-After is honoured up to the cap (PARLEY_PUSH_RETRY_AFTER_MAX_SECONDS).
+    config = WorkerConfig(retry_after_max_seconds=60)
+    assert retry_delay(1, 7.0, config) == 7.0
+    assert retry_delay(1, 300.0, config) == 60.0

@@ -15,7 +15,7 @@ import time
 import httpx
 
 from infra.push.jwt import es256
-from infra.push.senders import SENT, Notice, Outcome, Result, failure, transient
+from infra.push.senders import SENT, Answer, Notice, Outcome, Result, failure, post, transient
 from models import PushRegistration
 
 TOKEN_LIFETIME_SECONDS = 50 * 60
@@ -36,6 +36,7 @@ class ApnsSender:
         self._ttl = ttl_seconds
         self._token = ""
         self._token_at = 0.0
+        self._timeout = timeout
         es256(key, {"iss": team_id, "iat": 0}, kid=key_id)  # a bad key fails at startup, not per send
         # APNs speaks HTTP/2 only: no HTTP/1.1 fallback (and h2 with prior knowledge on a plain-http test endpoint).
         self._http = httpx.AsyncClient(base_url=endpoint, http1=False, http2=True, timeout=timeout, trust_env=False)
@@ -72,8 +73,12 @@ class ApnsSender:
                 "content-type": "application/json",
             }
             try:
-                response = await self._http.post(
-                    f"/3/device/{registration.token}", content=self._payload(notice), headers=headers
+                response = await post(
+                    self._http,
+                    f"/3/device/{registration.token}",
+                    deadline=self._timeout,
+                    content=self._payload(notice),
+                    headers=headers,
                 )
             except httpx.HTTPError as error:
                 return failure(error)
@@ -92,7 +97,7 @@ class ApnsSender:
         await self._http.aclose()
 
 
-def _reason(response: httpx.Response) -> str:
+def _reason(response: Answer) -> str:
     try:
         return str(response.json().get("reason", ""))
     except (ValueError, AttributeError):

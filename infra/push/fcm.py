@@ -15,11 +15,19 @@ from typing import Any
 import httpx
 
 from infra.push.jwt import rs256
-from infra.push.senders import SENT, Notice, Outcome, Result, failure, transient
+from infra.push.senders import SENT, Answer, Notice, Outcome, Result, failure, post, transient
 from models import PushRegistration
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 RENEW_BEFORE_SECONDS = 300
+
+
+class TokenRefused(Exception):
+    """The OAuth token endpoint did not answer 200."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(f"HTTP {answer.status_code}")
+        self.answer = answer
 
 
 class FcmSender:
@@ -39,6 +47,7 @@ class FcmSender:
         self._access_token = ""
         self._expires_at = 0.0
         self._lock = asyncio.Lock()
+        self._timeout = timeout
         self._http = httpx.AsyncClient(http2=True, timeout=timeout, trust_env=False)
 
     async def _token(self, *, renew: bool = False) -> str:
@@ -46,14 +55,17 @@ class FcmSender:
             if renew or time.time() > self._expires_at - RENEW_BEFORE_SECONDS:
                 now = int(time.time())
                 claims = {"iss": self._email, "scope": SCOPE, "aud": self._token_url, "iat": now, "exp": now + 3600}
-                response = await self._http.post(
+                response = await post(
+                    self._http,
                     self._token_url,
+                    deadline=self._timeout,
                     data={
                         "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer",
                         "assertion": rs256(self._key, claims, kid=self._key_id),
                     },
                 )
-                response.raise_for_status()
+                if response.status_code != 200:
+                    raise TokenRefused(response)
                 answer = response.json()
                 self._access_token = str(answer["access_token"])
                 self._expires_at = now + float(answer.get("expires_in", 3600))
@@ -78,12 +90,16 @@ class FcmSender:
         for renew in (False, True):
             try:
                 token = await self._token(renew=renew)
-                response = await self._http.post(
-                    url, json=self._message(registration, notice), headers={"authorization": f"Bearer {token}"}
+                response = await post(
+                    self._http,
+                    url,
+                    deadline=self._timeout,
+                    json=self._message(registration, notice),
+                    headers={"authorization": f"Bearer {token}"},
                 )
-            except httpx.HTTPStatusError as error:  # the token endpoint refused
-                return transient(error.response) or Result(
-                    Outcome.FAILED, f"OAuth token: HTTP {error.response.status_code}"
+            except TokenRefused as refused:
+                return transient(refused.answer) or Result(
+                    Outcome.FAILED, f"OAuth token: HTTP {refused.answer.status_code}"
                 )
             except httpx.HTTPError as error:
                 return failure(error)
@@ -102,7 +118,7 @@ class FcmSender:
         await self._http.aclose()
 
 
-def _error_code(response: httpx.Response) -> str:
+def _error_code(response: Answer) -> str:
     """FCM's errorCode from the error details (UNREGISTERED, INVALID_ARGUMENT…), else the status."""
     try:
         error = response.json().get("error", {})

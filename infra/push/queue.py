@@ -7,18 +7,21 @@ arrives): see PITFALLS.md. Delivery is at-least-once: a job is acknowledged
 and `XAUTOCLAIM` hands those idle longer than `claim_idle` to a live worker. A
 live worker keeps its in-flight jobs from being taken (`keep`, an `XCLAIM … JUSTID`
 to itself that resets their idle time). A job handed out more than `max_attempts`
-times (it kills workers) goes to the dead-letter stream.
+times (it kills workers) goes to the dead-letter stream, and so does an entry that
+is not a job (decoded one by one: it cannot fail the rest of its batch).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
+from pydantic import TypeAdapter
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
@@ -26,10 +29,13 @@ from redis.exceptions import ResponseError
 from infra.redis_batch import RedisBatch
 from resolvers.ports import PushJob, QueuedPushJob
 
+log = logging.getLogger("parley.push")
+
 GROUP = "workers"
 # (message, device) keys of notifications sent: longer than any job stays queued or retried.
 SENT_TTL_SECONDS = 7 * 86400
 DEAD_LETTER_MAX_LENGTH = 100_000
+_JOB = TypeAdapter(PushJob)
 
 
 def encode_job(job: PushJob) -> bytes:
@@ -46,8 +52,8 @@ def encode_job(job: PushJob) -> bytes:
 
 
 def decode_job(text: str | bytes) -> PushJob:
-    """The job a stream field holds."""
-    return PushJob(**orjson.loads(text))
+    """The job a stream field holds; `ValueError` unless it is one (JSON with every field, of its type)."""
+    return _JOB.validate_json(text, strict=True)
 
 
 class RedisPushQueue:
@@ -110,7 +116,7 @@ class RedisPushQueue:
         )
         streams: list[Any] = list(reply or ())
         for _stream, entries in streams:
-            jobs.extend(self._parse(entry_id, fields, 1) for entry_id, fields in entries if fields)
+            jobs.extend(await self._decode([(entry_id, fields) for entry_id, fields in entries if fields], {}))
         return jobs
 
     async def _claim(self, consumer: str, count: int) -> list[QueuedPushJob]:
@@ -130,13 +136,44 @@ class RedisPushQueue:
             consumername=consumer,
         )
         times = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
-        return [self._parse(entry_id, fields, times.get(_text(entry_id), 2)) for entry_id, fields in entries]
+        return await self._decode(entries, times, reclaimed=True)
 
-    def _parse(self, entry_id: Any, fields: dict[Any, Any], deliveries: int) -> QueuedPushJob:
-        raw = fields.get(b"job", fields.get("job"))
-        if raw is None:
-            raise ValueError(f"push job {_text(entry_id)} has no job field")
-        return QueuedPushJob(id=_text(entry_id), job=decode_job(raw), deliveries=deliveries)
+    async def _decode(
+        self, entries: list[tuple[Any, dict[Any, Any]]], times: dict[str, int], *, reclaimed: bool = False
+    ) -> list[QueuedPushJob]:
+        """The jobs of the entries (handed out `times[id]` times); entries that are no job are dead-lettered."""
+        jobs: list[QueuedPushJob] = []
+        undecodable: list[tuple[str, bytes | None, str]] = []
+        for entry_id, fields in entries:
+            key = _text(entry_id)
+            raw = fields.get(b"job", fields.get("job"))
+            job, reason = None, "no job field"
+            if raw is not None:
+                try:
+                    job = decode_job(raw)
+                except ValueError as error:  # what pydantic raises
+                    reason = str(error).splitlines()[0]
+            if job is None:
+                undecodable.append((key, raw, f"undecodable: {reason}"))
+                continue
+            jobs.append(QueuedPushJob(id=key, job=job, deliveries=times.get(key, 2 if reclaimed else 1)))
+        if undecodable:
+            await self._dead_letter_raw(undecodable)
+        return jobs
+
+    async def _dead_letter_raw(self, entries: Sequence[tuple[str, bytes | None, str]]) -> None:
+        """Moves (id, field, reason) entries that are no job to the dead-letter stream, as they were."""
+        log.error("%d push queue entries are not jobs; dead-lettered: %s", len(entries), [e[0] for e in entries])
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for entry_id, raw, reason in entries:
+                pipe.xadd(
+                    self.dead_stream,
+                    {"job": raw or b"", "id": entry_id, "reason": reason[:500], "at": f"{time.time():.3f}"},
+                    maxlen=DEAD_LETTER_MAX_LENGTH,
+                    approximate=True,
+                )
+            pipe.xack(self.stream, GROUP, *(entry_id for entry_id, _raw, _reason in entries))
+            await pipe.execute()
 
     async def keep(self, consumer: str, job_ids: Sequence[str]) -> None:
         """Resets the idle time of jobs this consumer is still working on."""

@@ -71,6 +71,7 @@ def worker_config(settings: Settings) -> WorkerConfig:
         max_attempts=settings.push_max_attempts,
         retry_base_seconds=settings.push_retry_base_seconds,
         retry_max_seconds=settings.push_retry_max_seconds,
+        retry_after_max_seconds=settings.push_retry_after_max_seconds,
         claim_idle_seconds=settings.push_claim_idle_seconds,
         concurrency=settings.push_worker_concurrency,
         shutdown_grace_seconds=settings.push_shutdown_grace_seconds,

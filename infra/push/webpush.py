@@ -4,7 +4,9 @@ pywebpush does the same with requests/aiohttp and connects wherever the endpoint
 name points at send time; here the endpoint is resolved and checked first
 (`resolvers.push.check_endpoint`) and the request goes to the checked address, with
 the name as Host and TLS server name, so DNS cannot be turned against our own
-network between the check and the connection. Redirects are never followed.
+network between the check and the connection. Redirects are never followed, at
+most a few KiB of an answer are read (`senders.post`), and `Retry-After` counts
+only from the big push services (`senders.KNOWN_PUSH_HOSTS`).
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid02
 
-from infra.push.senders import SENT, Notice, Outcome, Result, failure, transient
+from infra.push.senders import SENT, Notice, Outcome, Result, failure, known_push_host, post, transient
 from models import PushRegistration
-from resolvers.errors import BadUserInput
+from resolvers.errors import BadUserInput, Unavailable
 from resolvers.push import check_endpoint
 
 # A VAPID token's lifetime (RFC 8292 allows at most 24 h).
@@ -81,6 +83,7 @@ class WebPushSender:
         self._ttl = ttl_seconds
         self._urgency = urgency
         self._allow_private = allow_private_endpoints
+        self._timeout = timeout
         # trust_env=False: no proxy or netrc from the environment decides where we connect.
         self._http = httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False)
 
@@ -88,7 +91,7 @@ class WebPushSender:
         claims = {"aud": audience, "sub": self._subject, "exp": int(time.time()) + VAPID_TOKEN_SECONDS}
         return str(self._vapid.sign(claims)["Authorization"])
 
-    async def send(self, registration: PushRegistration, notice: Notice) -> Result:
+    async def send(self, registration: PushRegistration, notice: Notice) -> Result:  # noqa: PLR0911 - one return per outcome
         """One encrypted POST to the (re-checked) endpoint."""
         endpoint, p256dh, auth = registration.endpoint, registration.p256dh, registration.auth
         if not endpoint or not p256dh or not auth:
@@ -97,6 +100,8 @@ class WebPushSender:
             addresses = await check_endpoint(endpoint, allow_private=self._allow_private)
         except BadUserInput as refused:
             return Result(Outcome.FAILED, f"endpoint refused: {refused.message}")
+        except Unavailable as busy:  # every lookup thread is taken: later
+            return Result(Outcome.RETRY, busy.message)
         parts = urlsplit(endpoint)
         assert parts.hostname is not None  # check_endpoint refuses URLs without a host
         address = addresses[0]
@@ -128,14 +133,19 @@ class WebPushSender:
         }
         extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
         try:
-            response = await self._http.post(url, content=body, headers=headers, extensions=extensions)
+            response = await post(
+                self._http, url, deadline=self._timeout, content=body, headers=headers, extensions=extensions
+            )
         except httpx.HTTPError as error:
             return failure(error)
         if response.status_code in (200, 201, 202):
             return SENT
         if response.status_code in (404, 410):
             return Result(Outcome.GONE, f"HTTP {response.status_code}")
-        return transient(response) or Result(Outcome.FAILED, f"HTTP {response.status_code}: {response.text[:200]}")
+        # Anyone can run an endpoint: one answering "429, Retry-After: 300" gets our own backoff instead.
+        return transient(response, honour_retry_after=known_push_host(parts.hostname)) or Result(
+            Outcome.FAILED, f"HTTP {response.status_code}: {response.text[:200]}"
+        )
 
     async def close(self) -> None:
         """Closes the connection pool."""
