@@ -29,8 +29,9 @@ class PresenceEvent:
 class PresenceSubscription:
     @strawberry.subscription(
         description="Online/offline transitions of these users (each must share a conversation with the viewer; "
-        "at most 100). First the current state of each, then transitions only. `lastSeen` is null for users "
-        "who hide it; a user who blocked the viewer shows offline."
+        "at most 100). First the current state of each, then transitions only. A user shows offline with a null "
+        "`lastSeen` until they have sent a message in (or created) a conversation they share with the viewer, "
+        "and always once they blocked the viewer; `lastSeen` is null for users who hide it."
     )
     async def presence(self, info: Info, user_ids: list[strawberry.ID]) -> AsyncGenerator[PresenceEvent, None]:
         viewer = await info.context.require_viewer()

@@ -13,7 +13,8 @@ from resolvers import privacy
 class PrivacyMutation:
     @strawberry.mutation(
         description="Hides (or shows again) the viewer's last seen from everyone else; online status stays "
-        "visible to the people the viewer shares a conversation with. Read it back as `me { hideLastSeen }`."
+        "visible to the members of the conversations the viewer created or sent a message in. Read it back as "
+        "`me { hideLastSeen }`."
     )
     async def set_privacy(self, info: Info, hide_last_seen: bool) -> User:
         viewer = await info.context.require_viewer()

@@ -72,8 +72,8 @@ class User:
         return await info.context.loaders(info).presence_visibility.load(int(self.id))
 
     @strawberry.field(
-        description="Online now: at least one live connection anywhere in the cluster. "
-        "Shown only to users who share a conversation with this user (false for anyone else)."
+        description="Online now: at least one live connection anywhere in the cluster. Shown only to users who "
+        "share a conversation with this user that this user created or sent a message in (false for anyone else)."
     )
     async def online(self, info: Info) -> bool:
         if not (await self._visibility(info)).online:
@@ -81,8 +81,9 @@ class User:
         return await info.context.loaders(info).online.load(int(self.id))
 
     @strawberry.field(
-        description="Last heartbeat or activity; null when never seen. Shown only to users who share "
-        "a conversation with this user, and to nobody else when the user hides it (setPrivacy)."
+        description="Last heartbeat or activity; null when never seen. Shown only to users who share a "
+        "conversation with this user that this user created or sent a message in, and to nobody when the user "
+        "hides it (setPrivacy)."
     )
     async def last_seen(self, info: Info) -> datetime | None:
         if not (await self._visibility(info)).last_seen:

@@ -110,8 +110,19 @@ recipients AS (
     ORDER BY m.user_id
     FOR KEY SHARE OF m
 ),
+engaged AS (
+    -- From the sender's first message here their presence shows to its members
+    -- (resolvers/privacy.py); later sends find the row engaged and write nothing. The counts
+    -- order the writes: this runs after `recipients` has locked the member rows (a row this
+    -- statement had already updated, it would skip) and before `locked` takes any head.
+    UPDATE members m SET engaged = true
+    WHERE m.conversation_id = $1 AND m.user_id = $2 AND NOT m.engaged
+      AND EXISTS (SELECT 1 FROM message) AND (SELECT count(*) FROM recipients) >= 0
+    RETURNING 1
+),
 locked AS (
     SELECT h.user_id FROM inbox_heads h JOIN recipients r ON r.user_id = h.user_id
+    WHERE (SELECT count(*) FROM engaged) >= 0
     ORDER BY h.user_id FOR UPDATE OF h
 ),
 heads AS (
@@ -138,7 +149,8 @@ SELECT EXISTS (SELECT 1 FROM member) AS is_member,
            SELECT 1 FROM recipients r JOIN push_registrations p ON p.user_id = r.user_id
            WHERE r.user_id <> $2 AND NOT r.muted
        ) AS may_push,
-       {files_ok} AS files_ok
+       {files_ok} AS files_ok,
+       EXISTS (SELECT 1 FROM engaged) AS newly_engaged
 FROM users u WHERE u.id = $2
 """
 
@@ -409,7 +421,13 @@ class PgDeliveryStore:
             reply_to_sender_id=reply_sender,
         )
         deliveries = list(zip(row["users"] or (), row["seqs"] or (), strict=True))
-        return SendOutcome(is_member=True, message=message, deliveries=deliveries, may_push=bool(row["may_push"]))
+        return SendOutcome(
+            is_member=True,
+            message=message,
+            deliveries=deliveries,
+            may_push=bool(row["may_push"]),
+            newly_engaged=bool(row["newly_engaged"]),
+        )
 
     async def earlier_send(self, sender_id: int, client_id: str) -> EarlierSend | None:
         """The first send with this clientId, if any."""

@@ -63,6 +63,10 @@ def _when(epoch: float | str | bytes | None) -> datetime | None:
     return datetime.fromtimestamp(float(epoch), UTC) if epoch is not None else None
 
 
+# What a watcher is told when someone it watches became visible (or hidden) without a transition.
+_REVEALED = Resync("visibility changed")
+
+
 class _Feed:
     """One watcher's queue: batches of changes, or a Resync when changes were lost (overflow, bus outage)."""
 
@@ -131,6 +135,15 @@ class PresenceHub:
         except Exception:
             log.warning("could not announce %d presence transitions", len(changes), exc_info=True)
 
+    async def reveal(self, user_ids: Sequence[int]) -> None:
+        """Makes every process's watchers of these users read their state again; best effort."""
+        if not user_ids:
+            return
+        try:
+            await self._bus.publish_many([(CHANNEL, orjson.dumps({"reveal": list(user_ids)}).decode())])
+        except Exception:
+            log.warning("could not announce a presence visibility change", exc_info=True)
+
     @asynccontextmanager
     async def watch(self, user_ids: Sequence[int]) -> AsyncIterator[_Feed]:
         """A feed of these users' transitions, subscribed before it is yielded."""
@@ -166,7 +179,12 @@ class PresenceHub:
         for feed in {f for feeds in self._watchers.values() for f in feeds}:
             feed.close()
 
-    def _dispatch(self, wire: list[list[Any]]) -> None:
+    def _dispatch(self, wire: list[list[Any]] | dict[str, list[int]]) -> None:
+        if isinstance(wire, dict):  # who may see these users changed: their watchers read again
+            revealed = {f for user_id in wire.get("reveal", ()) for f in self._watchers.get(int(user_id), ())}
+            for feed in revealed:
+                feed.resync(_REVEALED)
+            return
         for user_id, online, seen, seq in wire:
             feeds = self._watchers.get(int(user_id))
             if feeds:
@@ -226,6 +244,11 @@ class MemoryPresence:
         if self._hub is None:
             raise RuntimeError("presence was built without a hub")
         return self._hub.watch(user_ids)
+
+    async def reveal(self, user_ids: Sequence[int]) -> None:
+        """Makes the watchers of these users read again what they may see (best effort)."""
+        if self._hub is not None:
+            await self._hub.reveal(user_ids)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -457,6 +480,11 @@ class RedisPresence:
         if self._hub is None:
             raise RuntimeError("presence was built without a hub")
         return self._hub.watch(user_ids)
+
+    async def reveal(self, user_ids: Sequence[int]) -> None:
+        """Makes the watchers of these users read again what they may see (best effort)."""
+        if self._hub is not None:
+            await self._hub.reveal(user_ids)
 
     async def _write(self, user_id: int) -> None:
         # A task of its own: a socket cancelled mid-handshake or at shutdown still writes and announces.

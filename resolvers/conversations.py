@@ -225,13 +225,20 @@ async def _create(
     *,
     actor_id: int,
 ) -> tuple[ConversationView, list[Appended]]:
-    """Stores a new conversation with its members and announces it as CREATED."""
+    """Stores a new conversation with its members and announces it as CREATED.
+
+    The creator is engaged in it from the start (their presence shows to its members); the
+    others only once they send a message there (resolvers/privacy.py).
+    """
     session.add(conversation)
     await session.flush()
     assert conversation.id is not None
     now = utcnow()
     session.add_all(
-        [Member(conversation_id=conversation.id, user_id=uid, role=role, joined_at=now) for uid, role in roles.items()]
+        [
+            Member(conversation_id=conversation.id, user_id=uid, role=role, joined_at=now, engaged=uid == actor_id)
+            for uid, role in roles.items()
+        ]
     )
     await session.flush()
     appended = await _announce(session, conversation.id, Change.CREATED, actor_id=actor_id, users=list(roles))

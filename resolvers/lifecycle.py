@@ -342,6 +342,9 @@ async def react(services: Services, viewer: Viewer, ref: MessageRef, value: str,
         if added:
             if existing is not None:
                 return None, []
+            _sent, deleted = await _sent_at(session, ref)
+            if deleted:  # nothing is left to react to, as for an edit
+                raise NotFound("No such message.")
             count = await session.scalar(
                 select(func.count()).where(
                     col(Reaction.message_id) == ref.message_id, col(Reaction.user_id) == viewer.user_id

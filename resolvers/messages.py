@@ -137,6 +137,9 @@ async def send_message(
         await asyncio.gather(announce, _queue_push(services, outcome.message))
     else:
         await announce
+    if outcome.newly_engaged:
+        # Watchers who could not see the sender until this first message read again.
+        await services.presence.reveal([viewer.user_id])
     log.debug("message %s from user %s in conversation %s", outcome.message.id, viewer.user_id, conversation_id)
     view = MessageView.from_stored(outcome.message)
     if any(attachment.previewable for attachment in view.attachments):

@@ -3,8 +3,11 @@
 Only users who share a conversation with the viewer may be watched (the viewer may
 watch themselves); anyone else is `FORBIDDEN`, whether or not they exist. The
 privacy rules of `resolvers/privacy.py` apply at every event: someone who hides
-their last seen shows `lastSeen: null`, and someone who blocked the viewer (or
-no longer shares a conversation with them) shows offline, without saying why.
+their last seen shows `lastSeen: null`, and someone who blocked the viewer, no
+longer shares a conversation with them, or has not yet sent a message in (nor
+created) one they share, shows offline, without saying why. A user's first
+message in a conversation is no transition, but makes their watchers read again
+(`Presence.reveal`), so they show at once to those who may now see them.
 
 The stream listens for transitions first and reads the state second: a
 transition after the read arrives on the feed; one before it is in the read, and
@@ -66,7 +69,7 @@ class _Shown:
         self._viewer_id = viewer_id
         self._ids = user_ids
         self._seq: dict[int, int] = {}
-        self._online: dict[int, bool] = {}  # as shown
+        self._shown: dict[int, tuple[bool, bool]] = {}  # (online, last seen given) as shown
 
     async def read(self, *, initial: bool) -> list[PresenceView]:
         """The state of every watched user: all of it initially, afterwards what changed."""
@@ -79,8 +82,8 @@ class _Shown:
                 continue
             self._seq[uid] = state.seq  # a reset Redis counts from 0 again: take the read as it is
             view = self._view(uid, state.online, state.last_seen, visible.get(uid, privacy.HIDDEN))
-            if initial or self._online.get(uid) != view.online:
-                self._online[uid] = view.online
+            if initial or self._shown.get(uid) != _shown(view):
+                self._shown[uid] = _shown(view)
                 views.append(view)
         return views
 
@@ -98,8 +101,8 @@ class _Shown:
         views: list[PresenceView] = []
         for uid, change in latest.items():
             view = self._view(uid, change.online, change.last_seen, visible.get(uid, privacy.HIDDEN))
-            if self._online.get(uid) != view.online:
-                self._online[uid] = view.online
+            if self._shown.get(uid) != _shown(view):
+                self._shown[uid] = _shown(view)
                 views.append(view)
         return views
 
@@ -108,3 +111,8 @@ class _Shown:
         uid: int, online: bool, last_seen: datetime | None, visibility: privacy.PresenceVisibility
     ) -> PresenceView:
         return PresenceView(uid, online and visibility.online, last_seen if visibility.last_seen else None)
+
+
+def _shown(view: PresenceView) -> tuple[bool, bool]:
+    """What a stream compares to tell whether a view changes what the viewer sees."""
+    return view.online, view.last_seen is not None

@@ -1,10 +1,13 @@
 """Who may see whose presence (online, last seen), and the viewer's own privacy setting.
 
-Presence is visible only to people who share a conversation with the user, so
-sequential user ids cannot be walked to track strangers. Among those, a user who
-set `hide_last_seen` shows no last-seen time to anyone (their online status stays
-visible to conversation partners, as in WhatsApp). A user who blocked the viewer
-shows the viewer nothing. The viewer always sees their own presence.
+A user's presence is visible only to people they have engaged with: those who share
+a conversation in which the user has sent a message or that the user created
+(`Member.engaged`). Walking sequential user ids tells a stranger nothing, and neither
+does adding someone to a group or starting a direct conversation with them: that
+needs no consent. Among those people, a user who set `hide_last_seen` shows no
+last-seen time to anyone (their online status stays visible, as in WhatsApp). A
+user who blocked the viewer shows the viewer nothing. The viewer always sees their
+own presence.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from resolvers.ports import Services
 
 @dataclass(frozen=True, slots=True)
 class PresenceVisibility:
-    """What the viewer may see of one user's presence, and whether they share a conversation."""
+    """What the viewer may see of one user's presence, and whether they share a conversation (any)."""
 
     online: bool
     last_seen: bool
@@ -51,24 +54,30 @@ async def presence_visibility(
         return result
     mine = aliased(Member)
     theirs = aliased(Member)
-    shares = exists().where(
+    shared = (
         col(mine.user_id) == viewer_id,
         col(theirs.conversation_id) == col(mine.conversation_id),
         col(theirs.user_id) == col(User.id),
     )
+    shares = exists().where(*shared)
+    engaged = exists().where(*shared, col(theirs.engaged))
     blocked_viewer = exists().where(and_(col(Block.blocker_id) == col(User.id), col(Block.blocked_id) == viewer_id))
     async with services.db.session() as session:
         for chunk in chunks(others):
             rows = await session.execute(
                 select(
-                    col(User.id), col(User.hide_last_seen), shares.label("shares"), blocked_viewer.label("blocked")
+                    col(User.id),
+                    col(User.hide_last_seen),
+                    shares.label("shares"),
+                    engaged.label("engaged"),
+                    blocked_viewer.label("blocked"),
                 ).where(col(User.id).in_(chunk))
             )
-            for user_id, hide_last_seen, shared, blocked in rows:
+            for user_id, hide_last_seen, share, engaged_with_viewer, blocked in rows:
                 assert user_id is not None
-                visible = bool(shared) and not blocked
+                visible = bool(engaged_with_viewer) and not blocked
                 result[user_id] = PresenceVisibility(
-                    online=visible, last_seen=visible and not hide_last_seen, shares=bool(shared)
+                    online=visible, last_seen=visible and not hide_last_seen, shares=bool(share)
                 )
     return result
 

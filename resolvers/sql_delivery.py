@@ -115,7 +115,8 @@ class SqlDeliveryStore:
             device = await session.get(Device, device_id)
             if device is None or device.user_id != sender_id:  # logged out since authentication
                 return SendOutcome(is_member=False, message=None, device_known=False)
-            if await session.get(Member, (conversation_id, sender_id)) is None:
+            member = await session.get(Member, (conversation_id, sender_id))
+            if member is None:
                 return SendOutcome(is_member=False, message=None)
             if await session.get(SentKey, (sender_id, client_id)) is not None:
                 return SendOutcome(is_member=True, message=None, attachments_ok=attachments is None)
@@ -145,6 +146,11 @@ class SqlDeliveryStore:
                     sent_at=sent_at,
                 )
             )
+            newly_engaged = not member.engaged
+            if newly_engaged:
+                # From their first message here, the sender's presence shows to its members
+                # (resolvers/privacy.py); written once, with the message or not at all.
+                member.engaged = True
             await session.flush()
             recipients = list(
                 (
@@ -172,6 +178,7 @@ class SqlDeliveryStore:
                 message=_stored(message, sender),
                 deliveries=[(a.user_id, a.seq) for a in appended],
                 may_push=await _may_push(session, conversation_id, sender_id, recipients),
+                newly_engaged=newly_engaged,
             )
 
         try:

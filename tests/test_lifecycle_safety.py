@@ -66,8 +66,8 @@ async def test_a_blocked_users_reactions_edits_and_deletes_never_reach_the_block
         "MessageDeletedEvent",
     ]
     # Alice's own reaction to Bob's message still reaches him: the block is one-way.
-    await alice.data(REACT, m=delivered["id"], e="👀")
-    assert about(await pending(bob_tablet), delivered["id"])[-1] == "ReactionEvent"
+    await alice.data(REACT, m=another["id"], e="👀")
+    assert about(await pending(bob_tablet), another["id"])[-1] == "ReactionEvent"
 
 
 async def test_a_blocked_users_edit_does_not_rewrite_a_message_the_blocker_has_yet_to_receive(api: Api) -> None:
@@ -115,6 +115,7 @@ async def test_a_message_deleted_for_everyone_cannot_be_brought_back_by_editing_
     assert about(await drain(alice_tablet), sent["id"]) == ["MessageDeletedEvent"]
     revived = f"back again {uuid.uuid4().hex}"
     assert await alice.error(EDIT, m=sent["id"], b=revived) == "NOT_FOUND"
+    assert await bob.error(REACT, m=sent["id"], e="👍") == "NOT_FOUND"  # nothing left to react to
     # Deleting again is not an error and tells nobody anything new.
     assert (await alice.data(DELETE, m=sent["id"]))["deleteMessage"] is True
 

@@ -338,3 +338,27 @@ async def test_a_watcher_that_falls_behind_is_told_to_read_again() -> None:
             assert [c.seq for c in batch] == [1]
     finally:
         await bus.disconnect()
+
+
+async def test_a_stranger_watching_you_sees_you_offline_until_you_write_in_their_group(api: Api) -> None:
+    """Review 2, item 9: the presence stream follows the same rule as `user { online lastSeen }`.
+
+    Her first message there is no transition, yet the open stream shows her at once.
+    """
+    alice, eve, carol = await api.people("alice", "eve", "carol")
+    group = await eve.create_group("not your friends", members=[alice])
+    await alice.direct_with(carol)  # carol's stream shows when alice's transitions have happened
+    async with watching(eve, alice) as presence, watching(carol, alice) as friend:
+        assert await next_state(presence) == {"online": False, "lastSeen": None, "user": {"id": alice.user_id}}
+        assert (await next_state(friend))["online"] is False
+        async with alice.socket():
+            assert (await online_seen(friend))["online"] is True
+            await presence.expect_silence(0.5)  # alice is online: eve is not told
+            await alice.send(group, "who are you?")
+            shown = await next_state(presence)
+            assert (shown["online"], shown["lastSeen"] is not None) == (True, True)
+            async with watching(eve, alice) as fresh:
+                now = await next_state(fresh)
+                assert (now["online"], now["lastSeen"] is not None) == (True, True)
+        assert (await next_state(friend))["online"] is False
+        assert (await next_state(presence))["online"] is False

@@ -112,3 +112,46 @@ async def test_item_07_a_user_who_blocked_you_shows_you_no_presence(api: Api) ->
         assert await presence_of(bob, alice) == (False, False)
         await alice.data("mutation B($u: ID!) { unblockUser(userId: $u) }", u=bob.user_id)
         assert await presence_of(bob, alice) == (True, True)
+
+
+async def test_a_stranger_who_puts_you_in_a_group_sees_your_presence_only_once_you_write_there(api: Api) -> None:
+    """Review 2, item 9: being added to a group is no consent; your first message there (or creating it) is."""
+    alice, eve = await api.people("alice", "eve")
+    laptop = await alice.other_device("laptop")
+    group = await eve.create_group("not your friends", members=[alice])
+    async with alice.socket():
+        await alice.data("mutation { heartbeat }")
+        assert await presence_of(eve, alice) == (False, False)
+        members = await eve.data(
+            "query C($id: ID!) { conversation(id: $id) { members { user { id online lastSeen } } } }", id=group
+        )
+        shown = {m["user"]["id"]: m["user"] for m in members["conversation"]["members"]}
+        assert shown[alice.user_id] == {"id": alice.user_id, "online": False, "lastSeen": None}
+        # eve created the group: her own presence shows to its members.
+        assert (await presence_of(alice, eve))[1] is True
+
+        await laptop.drain()
+        message = await alice.send(group, "who are you?")
+        assert await presence_of(eve, alice) == (True, True)
+        # The first send (the one that engages alice) still reaches her other devices.
+        assert [e["message"]["id"] for e in await laptop.pending() if e["__typename"] == "MessageEvent"] == [
+            message["id"]
+        ]
+        # Never to someone alice blocked.
+        await alice.data("mutation B($u: ID!) { blockUser(userId: $u) }", u=eve.user_id)
+        assert await presence_of(eve, alice) == (False, False)
+
+
+async def test_a_stranger_who_starts_a_direct_conversation_with_you_sees_your_presence_only_once_you_answer(
+    api: Api,
+) -> None:
+    """Review 2, item 9: startDirectConversation needs no consent either; answering in it is."""
+    alice, eve = await api.people("alice", "eve")
+    direct = await eve.direct_with(alice)
+    assert await alice.direct_with(eve) == direct  # opening it is not answering
+    async with alice.socket():
+        await alice.data("mutation { heartbeat }")
+        assert await presence_of(eve, alice) == (False, False)
+        assert (await presence_of(alice, eve))[1] is True
+        await alice.send(direct, "hello?")
+        assert await presence_of(eve, alice) == (True, True)

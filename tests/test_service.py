@@ -13,16 +13,22 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from infra.push.runtime import build_senders
+from infra.push.senders import Notice, Outcome
+from infra.push.webpush import new_vapid_keys
 from infra.settings import DEFAULT_SECRET_KEY, Settings
 from infra.testing.processes import ProcessServer
 from infra.testing.services import RedisTarget
+from models import PushPlatform, PushRegistration
 from tests.client import HttpClient
-from tests.conftest import TEST_SECRET, embedded_settings, production_settings, suite_process_env
+from tests.conftest import SUITE_LIMITS, TEST_SECRET, embedded_settings, production_settings, suite_process_env
 from tests.faults import FaultyBus, replacing
 from tests.helpers import PASSWORD, Api, unique_name
+from tests.push_fakes import PushEndpoint, Subscription, b64url
 from tests.servers import ThreadServer
 
 INTROSPECTION = "{ __schema { queryType { name } } }"
+REGISTER_PUSH = "mutation P($input: PushRegistrationInput!) { registerPush(input: $input) }"
 
 
 def test_production_refuses_the_default_secret() -> None:
@@ -86,6 +92,88 @@ async def test_production_hides_graphiql_and_introspection(
     body = await HttpClient(production_like_server.url).post(INTROSPECTION)
     assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
     assert "introspection" in body["errors"][0]["message"].lower()
+
+
+def _without_parley_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's environment as a deployment that never set PARLEY_ENV (nor any other PARLEY_*)."""
+    for name in [name for name in os.environ if name.startswith("PARLEY_")]:
+        monkeypatch.delenv(name)
+
+
+@pytest.fixture(params=["embedded", "production"])
+def backing(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict[str, object]]:
+    """A mode and the settings of its database (and Redis), nothing else."""
+    if request.param == "embedded":
+        return request.param, {"database_url": f"sqlite+aiosqlite:///{tmp_path / 'parley.db'}"}
+    redis: RedisTarget = request.getfixturevalue("redis_target")
+    postgres: str = request.getfixturevalue("migrated_postgres")
+    return request.param, {"database_url": postgres, "redis_url": redis.url, "redis_prefix": redis.prefix}
+
+
+async def test_a_server_without_parley_env_hides_graphiql_and_the_web_chat_and_refuses_private_push_endpoints(
+    backing: tuple[str, dict[str, object]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 2, item 6: PARLEY_ENV unset may be production: only an explicit `development` turns these on."""
+    mode, database = backing
+    _without_parley_env(monkeypatch)
+    settings = Settings(secret_key=TEST_SECRET, **{**SUITE_LIMITS, **database})  # type: ignore[arg-type]
+    subscription = Subscription()
+    with ThreadServer(settings) as server:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            page = await http.get("/graphql", headers={"Accept": "text/html"})
+            chat = await http.get("/")
+        introspection = await HttpClient(server.url).post(INTROSPECTION)
+        alice = await Api(server.url, server.ws_url, mode).register("alice")
+        refusals = [
+            await alice.error(
+                REGISTER_PUSH,
+                input={
+                    "platform": "WEBPUSH",
+                    "endpoint": endpoint,
+                    "p256dh": subscription.p256dh,
+                    "auth": b64url(subscription.auth),
+                },
+            )
+            # the cloud metadata address, and a plain-http loopback service
+            for endpoint in ("https://169.254.169.254/push", "http://127.0.0.1:9/push")
+        ]
+    assert "graphiql" not in page.text.lower()
+    assert chat.status_code == 404
+    assert introspection["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert refusals == ["BAD_USER_INPUT", "BAD_USER_INPUT"]
+
+
+async def test_parley_worker_without_parley_env_sends_nothing_to_a_private_push_endpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review 2, item 6: `parley worker` reads the same settings as `parley serve`, with the same safe defaults."""
+    _without_parley_env(monkeypatch)
+    monkeypatch.setenv("PARLEY_SECRET_KEY", TEST_SECRET)
+    monkeypatch.setenv("PARLEY_PUSH_VAPID_PRIVATE_KEY", new_vapid_keys()[0])
+    subscription = Subscription()
+    notice = Notice(conversation_id="7", message_id="m.signed", sender_name="Alice", count=1, body=None)
+    outcomes = []
+    with PushEndpoint() as endpoint:
+        registration = PushRegistration(
+            device_id=1,
+            user_id=1,
+            platform=PushPlatform.WEBPUSH,
+            endpoint=endpoint.url(),
+            p256dh=subscription.p256dh,
+            auth=b64url(subscription.auth),
+        )
+        for env in (None, "development"):
+            if env is not None:
+                monkeypatch.setenv("PARLEY_ENV", env)
+            # What `parley worker` builds from its environment (infra/push/runtime.py run_worker).
+            sender = build_senders(Settings())[PushPlatform.WEBPUSH]
+            try:
+                outcomes.append((await sender.send(registration, notice)).outcome)
+            finally:
+                await sender.close()
+        received = len(endpoint.received)
+    assert outcomes == [Outcome.FAILED, Outcome.SENT], "refused unset; allowed only in development"
+    assert received == 1
 
 
 class _BrokenPresence:

@@ -245,7 +245,7 @@ async def test_item_03_a_device_holding_a_socket_stays_active(quick_expiry: Thre
 
 async def test_item_14_legacy_protocol_refuses_a_second_connection_init(api: Api) -> None:
     person, watcher = await api.people("judy", "watcher")
-    await watcher.direct_with(person)  # online status is shown to people who share a conversation
+    await person.direct_with(watcher)  # online status is shown to whom the person engaged with
     init = json.dumps({"type": "connection_init", "payload": {"authorization": f"Bearer {person.token}"}})
     async with connect(api.ws_url, subprotocols=[Subprotocol("graphql-ws")]) as socket:
         await socket.send(init)
