@@ -67,7 +67,7 @@ class Context:
 
     def __post_init__(self) -> None:
         # DataLoaders per operation (graph/loaders.py): a WebSocket context lives as long as
-        # its connection (PITFALLS.md), so caches must not live on the context itself.
+        # its connection (docs/upstream-notes.md, strawberry), so caches must not live on the context itself.
         self.loader_scopes: LoaderScopes = LoaderScopes(self)
 
     def loaders(self, info: Info) -> Loaders:

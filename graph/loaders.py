@@ -1,6 +1,6 @@
 """DataLoaders of one operation: batched, bounded, and cached for that operation only.
 
-A WebSocket context lives as long as its connection (PITFALLS.md), so loaders cannot
+A WebSocket context lives as long as its connection (docs/upstream-notes.md), so loaders cannot
 hang off the context: their caches would grow, and go stale, for hours. An operation
 is told apart by its executor's root value and variable values: every HTTP request
 and every WebSocket query or mutation coerces variables anew, and every subscription

@@ -1,6 +1,6 @@
 """Fan-out of small notices between server processes, on `broadcaster` with its known traps fixed.
 
-The traps are those of broadcaster 0.3.1 with redis-py 8 in PITFALLS.md: (1) a first subscriber
+The traps are those of broadcaster 0.3.1 with redis-py 8 (docs/upstream-notes.md): (1) a first subscriber
 that never hears a message, (2) two first subscribers of one channel racing, (3) a Redis outage
 that silences every subscription for good, (4) per-subscriber queues without a bound.
 Messages are wake-up notices; a `Resync` tells a subscriber to re-read the database instead.

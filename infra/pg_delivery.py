@@ -1,9 +1,10 @@
 """The hot path on PostgreSQL: send, acknowledge and read back, each one statement on asyncpg.
 
-Measured (PERFORMANCE.md): the ORM spent 5 to 6 ms of Python per send or
-acknowledgement; one prepared statement of data-modifying CTEs costs about
-0.15 ms. The tables and their migrations stay in `models/` and Alembic; only
-these statements bypass SQLAlchemy.
+Profiled, SQLAlchemy's ORM spent milliseconds of Python per send or acknowledgement
+(statement construction, unit-of-work flushes, identity loads), far more than PostgreSQL
+itself; one prepared statement of data-modifying CTEs on asyncpg costs a small fraction
+of that (bench/README.md has the harness's numbers). The tables and their migrations
+stay in `models/` and Alembic; only these statements bypass SQLAlchemy.
 
 Rules the statements keep:
 - Locks are taken in one global order: conversation row, member rows, inbox heads in

@@ -81,7 +81,7 @@ class ParleyServer(uvicorn.Server):
     def capture_signals(self) -> Iterator[None]:
         """uvicorn's signal handlers, without raising the signal again once the shutdown is done.
 
-        uvicorn re-raises it so the process ends "killed by SIGTERM" (PITFALLS.md); a process
+        uvicorn re-raises it so the process ends "killed by SIGTERM" (docs/upstream-notes.md); a process
         that drained and shut down cleanly exits 0 instead, as process managers expect.
         """
         if threading.current_thread() is not threading.main_thread():

@@ -14,141 +14,183 @@ DEFAULT_SECRET_KEY = "parley-development-secret-change-me"  # noqa: S105 - the k
 class Settings(BaseSettings):
     """Configuration of one Parley process; tests build it explicitly instead of touching the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="PARLEY_", frozen=True, extra="forbid")
+    # Each field's docstring (the string literal under it) is its meaning for an operator:
+    # infra/settings_reference.py renders them into docs/settings.md. Comments are for developers.
+    model_config = SettingsConfigDict(env_prefix="PARLEY_", frozen=True, extra="forbid", use_attribute_docstrings=True)
 
-    # `development` turns on what only a developer's machine should have (GraphiQL, introspection,
-    # the web chat, private push endpoints); `production` also refuses the development secret.
-    # Unset, each of those is off as in production: a deployment that forgot the variable gets
-    # the safe value, and only `scripts/serve` (the quick start) sets `development` for you.
+    # Unset means the safe value: a deployment that forgot the variable gets production's
+    # behaviour, and only `scripts/serve` (the quick start) sets `development` for you.
     env: Literal["development", "production"] | None = None
+    """`development` turns on what only a developer's machine should have (GraphiQL, introspection, the web chat,
+    private push endpoints); `production` also refuses the development secret. unset: each of those is off as in
+    production, and `parley serve` refuses a non-loopback `--host` with the development secret."""
     database_url: str = "sqlite+aiosqlite:///./parley.db"
+    """The database: SQLite (the embedded mode), or `postgresql+asyncpg://…` for production."""
     redis_url: str | None = None
-    # Prefixes every Redis key and pub/sub channel, so deployments (and test runs) can share a Redis.
+    """Redis, through which several processes share the bus, presence, rate limits and job queues. unset: all of those
+    in process, for one process only."""
     redis_prefix: str = "parley:"
+    """Prefix of every Redis key and pub/sub channel, so deployments (and test runs) can share a Redis."""
     secret_key: str = DEFAULT_SECRET_KEY
-    # Browser origins allowed to open WebSockets: comma-separated ("https://app.example,https://x.example").
+    """Signs message ids and the built-in storage's upload and download tokens. The default is public: production
+    refuses it and needs a random value of at least 32 characters."""
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    # GraphiQL and introspection: on with PARLEY_ENV=development; otherwise off unless enabled.
+    """Comma-separated browser origins allowed to open WebSockets (`https://app.example,https://x.example`); clients
+    without `Origin`, such as mobile apps, always may."""
     graphiql: bool | None = None
+    """GraphiQL on or off. unset: on with `PARLEY_ENV=development` only."""
     introspection: bool | None = None
-    # The example web chat at `/`: on with PARLEY_ENV=development; otherwise off unless enabled.
+    """Schema introspection on or off. unset: as GraphiQL."""
     web_chat: bool | None = None
-    # Apollo automatic persisted queries: `auto` stores hashes on first use (Redis, or in process);
-    # `allowlist` accepts only the operations of frontend_schema/operations (and their hashes);
-    # `off` ignores the extension.
+    """The example web chat at `/` on or off. unset: on with `PARLEY_ENV=development` only."""
     persisted_queries: Literal["off", "auto", "allowlist"] = "auto"
-    # Persisted query texts kept (Redis, shared; or in process), the least recently used evicted
-    # first: anyone may register texts, so this bounds the store (each text at most 32 KiB).
+    """Apollo automatic persisted queries: `auto` stores hashes on first use (in Redis, or in process); `allowlist`
+    accepts only the operations of `frontend_schema/operations` (and their hashes); `off` ignores the extension."""
+    # Anyone may register texts, so this bounds the store.
     persisted_query_max_entries: int = Field(default=2000, ge=1)
-    # Operations per HTTP batch (a JSON array of requests); each counts against the usual limits.
+    """Persisted query texts kept (in Redis, shared; or in process), each at most 32 KiB, the least recently used
+    evicted first."""
     max_batch_operations: int = Field(default=10, ge=1, le=100)
+    """Operations per HTTP batch (a JSON array of requests); each counts against the usual limits."""
     log_level: str = "INFO"
-    # `json`: one JSON object per line (operation id and name, user and device ids, duration,
-    # outcome; never a token, password or message body). `text`: one readable line.
+    """Log level, as Python's logging names them (`DEBUG`, `INFO`, `WARNING`, `ERROR`, `CRITICAL`)."""
     log_format: Literal["text", "json"] = "text"
+    """`text`: one readable line per event. `json`: one JSON object per line, one line per operation (id, type, name,
+    root field, user, device, duration, outcome); never tokens, passwords, variables or message bodies."""
 
-    # Operations (README "Operations"). On SIGTERM a process first answers /readyz with 503 for
-    # `shutdown_drain_seconds` (load balancers stop sending), then closes its WebSockets with
-    # 1012 and gives operations in flight `shutdown_grace_seconds` to finish.
+    # Operations (docs/operations.md, "Restarts and processes").
     shutdown_drain_seconds: float = Field(default=0, ge=0, le=300)
+    """On SIGTERM, how long `/readyz` first answers 503 so load balancers stop sending, before WebSockets close with
+    1012."""
     shutdown_grace_seconds: float = Field(default=10, ge=0, le=600)
-    # Prometheus metrics on a port of their own (never on the API's): unset, no metrics.
+    """On SIGTERM, after the drain, how long operations in flight get to finish."""
+    # Never on the API's port: the endpoint has no authentication.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    """Port of Prometheus `/metrics`, a port of its own. unset: no metrics."""
     metrics_host: str = "127.0.0.1"
-    # OpenTelemetry: spans are exported over OTLP/HTTP to this endpoint (e.g.
-    # http://collector:4318); unset, tracing costs nothing.
+    """Address the metrics port listens on; `0.0.0.0` only on a network Prometheus alone can reach (no
+    authentication)."""
     otlp_endpoint: str | None = None
+    """OpenTelemetry: spans are exported over OTLP/HTTP to this collector (e.g. `http://collector:4318`). unset: no
+    tracing, at no cost."""
     otel_service_name: str = "parley"
-    # How long an operation waits for a new database connection to open, and for a free one in
-    # a full pool, before answering UNAVAILABLE. A stopped database fails at connect; the pool
-    # wait is for bursts (a 100-member group reconnecting at once queues for a while) and for
-    # a database that hangs.
+    """The `service.name` of the exported spans."""
+    # A stopped database fails at connect; the pool wait is for bursts (a 100-member group
+    # reconnecting at once queues for a while) and for a database that hangs.
     database_pool_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    """How long an operation waits for a free connection in a full pool before answering `UNAVAILABLE`."""
     database_connect_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
-    # Connections per process: SQLAlchemy's pool (and its overflow) for most operations, and the
-    # asyncpg pool of the send/acknowledge path. PostgreSQL's max_connections must cover every
-    # process's sum (see docs/operations.md), or PgBouncer must sit in between.
+    """How long an operation waits for a new database connection to open before answering `UNAVAILABLE`."""
+    # PostgreSQL's max_connections must cover every process's sum of the three pools below
+    # (see docs/operations.md), or PgBouncer must sit in between.
     database_pool_size: int = Field(default=10, ge=1, le=1000)
+    """Database connections per process kept in SQLAlchemy's pool (most operations)."""
     database_max_overflow: int = Field(default=20, ge=0, le=1000)
+    """Further connections SQLAlchemy's pool may open per process under load."""
     delivery_pool_size: int = Field(default=10, ge=1, le=1000)
-    # PARLEY_REDIS_URL names one node of a Redis Cluster (sharded pub/sub, hash-tagged keys).
+    """Database connections per process of the send/acknowledge path (an asyncpg pool of its own)."""
     redis_cluster: bool = False
+    """`PARLEY_REDIS_URL` names one node of a Redis Cluster (sharded pub/sub, hash-tagged keys)."""
 
-    # Limits from the contract (these are its defaults).
+    # Limits on what one request, message or user may do.
     max_group_members: int = Field(default=100, ge=2, le=10_000)
+    """Members per group, owner included."""
     max_body_length: int = Field(default=4000, ge=1, le=1_000_000)
+    """Characters per message."""
     max_attachments: int = Field(default=10, ge=0, le=100)
+    """Attachments per message."""
     max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
+    """Size of one uploaded file, in bytes."""
     max_query_depth: int = Field(default=10, ge=2, le=100)
+    """Query depth (root fields are depth 0)."""
     max_presence_watch: int = Field(default=100, ge=1, le=10_000)
+    """Users one presence subscription may watch."""
     max_aliases: int = Field(default=30, ge=1)
+    """Aliases per document."""
     max_tokens: int = Field(default=2000, ge=100)
+    """Tokens per document."""
     max_subscriptions_per_connection: int = Field(default=20, ge=1)
-    # HTTP request bodies and WebSocket messages, in bytes.
+    """Operations open at once on one WebSocket."""
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
-    # A request body (or an upload to the built-in storage) still arriving after this many
-    # seconds is cut off with 408: a client trickling bytes cannot hold a connection for ever.
+    """Size of an HTTP request body and of a WebSocket message, in bytes."""
+    # A client trickling bytes must not hold a connection for ever.
     request_body_timeout_seconds: float = Field(default=30.0, gt=0)
+    """A request body still arriving after this many seconds is cut off with 408."""
     upload_body_timeout_seconds: float = Field(default=900.0, gt=0)
-    # Messages one user may send per minute (across all devices).
+    """An upload to the built-in storage still arriving after this many seconds is cut off with 408."""
     send_rate_per_minute: int = Field(default=300, ge=1)
-    # Message lifecycle (issue 13): how long a sender may edit, and delete for everyone, a message.
+    """Messages one user may send per minute, all devices together (edits, deletes and reactions count too)."""
     edit_window_seconds: float = Field(default=900, ge=0)
+    """How long after sending its sender may `editMessage`."""
     delete_window_seconds: float = Field(default=86400, ge=0)
-    # Distinct emoji one user may react with to one message.
+    """How long after sending its sender may `deleteMessage` for everyone (group owners and admins: always)."""
     max_reactions_per_user_per_message: int = Field(default=5, ge=1, le=50)
+    """Distinct emoji one user may react with to one message."""
 
-    # Brute-force protection: failed logins per username within the window (the window ends,
-    # so a stranger cannot lock a user out for good).
+    # Brute-force protection. The window ends, so a stranger cannot lock a user out for good.
     login_max_failures: int = Field(default=10, ge=1)
+    """Failed logins (and wrong old passwords) per username within the window before `RATE_LIMITED`."""
     login_failure_window_seconds: int = Field(default=300, ge=1)
-    # login/register attempts per client address within the same window.
+    """The window of the login failure and per-address attempt counts."""
     auth_attempts_per_address: int = Field(default=30, ge=1)
-    # Password hashes (argon2, 64 MiB each) running at once in this process; more get RATE_LIMITED.
+    """`login`/`register` attempts per client address within that window (IPv6 per /64)."""
+    # Each hash takes 64 MiB (argon2).
     max_concurrent_password_hashes: int = Field(default=4, ge=1)
-    # Addresses of reverse proxies whose X-Forwarded-For is believed (comma-separated IPs or
-    # CIDR networks). Empty: the client address is the socket's peer.
+    """Password hashes running at once per process; beyond that, after a short wait, `RATE_LIMITED`."""
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Comma-separated IPs or CIDR networks of reverse proxies whose `X-Forwarded-For`/`-Proto` are believed. Empty: the
+    client address is the socket's peer."""
 
-    # Fan-out abuse: per user and hour, conversations started or created, members added, renames.
+    # Fan-out abuse: per user and hour.
     conversations_per_hour: int = Field(default=60, ge=1)
+    """Conversations one user may start or create per hour (an existing direct conversation does not count)."""
     member_additions_per_hour: int = Field(default=500, ge=1)
+    """Users one user may add to groups per hour."""
     renames_per_hour: int = Field(default=30, ge=1)
-    # A typing indicator is passed on at most once per (user, conversation) per this many seconds.
+    """Group renames one user may make per hour."""
     typing_interval_seconds: float = Field(default=2.0, ge=0)
+    """A repeated `setTyping(true)` is passed on at most once per (user, conversation) per this many seconds."""
 
-    # Query cost per operation: fields weighted by the sizes of the lists they sit in, at the
-    # sizes the request asks for. The client kit's operations at the largest pages the server
-    # allows (a pendingEvents page of 500 events costs about 160,000) pass.
+    # The client kit's operations at the largest pages the server allows (a pendingEvents page
+    # of 500 events costs about 160,000) pass (tests/test_frontend_kit.py checks).
     max_query_cost: int = Field(default=250_000, ge=100)
-    # Sockets that do not send connection_init within this many seconds are closed (4408).
+    """Cost per operation: each field weighted by the sizes of the lists it sits in, at the sizes the request asks
+    for."""
     connection_init_timeout_seconds: float = Field(default=10.0, gt=0)
+    """A WebSocket that does not send `connection_init` within this many seconds is closed (4408)."""
 
-    # Devices unused this long are expired with their pending events (contract point 8).
     device_inactivity_days: float = Field(default=30, gt=0)
+    """Devices unused this long expire with their pending events."""
     sweep_interval_seconds: float = Field(default=3600, gt=0)
+    """How often each process runs that clean-up (and the deletion of expired files)."""
 
-    # Presence registry: each process refreshes its liveness key every third of this TTL; a
-    # process that stops (killed, hung) has its users shown offline within about 4/3 of it.
     presence_node_ttl_seconds: float = Field(default=30, ge=1, le=3600)
+    """Liveness of a process in the presence registry: refreshed every third of it; a process that stops (killed, hung)
+    has its users shown offline within about 4/3 of it."""
 
-    # File sharing (README "File sharing"). With a bucket, files go to S3 (any mode); the
-    # internal endpoint is what the server talks to, the public one what URLs are signed for
-    # (PITFALLS.md: a presigned URL is bound to its host). Keys: the AWS default chain when unset.
+    # File sharing (docs/operations.md, "File sharing"). A presigned URL is bound to the host it
+    # was signed for, hence the separate public endpoint.
     s3_bucket: str | None = None
+    """Set: files go to this S3 bucket (any mode). unset: to `PARLEY_FILES_DIR`, served by the app."""
     s3_endpoint_url: str | None = None
+    """The S3 endpoint the server talks to (path-style addressing when set). unset: AWS."""
     s3_public_endpoint_url: str | None = None
+    """The S3 endpoint download and upload URLs are signed for (the host clients reach). unset: as
+    `PARLEY_S3_ENDPOINT_URL`."""
     s3_region: str = "us-east-1"
+    """The bucket's region."""
     s3_access_key_id: str | None = None
+    """S3 access key id. unset: the AWS default credential chain."""
     s3_secret_access_key: str | None = None
-    # Without a bucket: files under this folder, uploaded to and served by the app itself, at
-    # URLs under `public_url` (default: the scheme and host the request came to).
+    """S3 secret access key. unset: the AWS default credential chain."""
     files_dir: str = "./parley-files"
+    """Without a bucket: the folder of the built-in storage, whose uploads and downloads the app serves itself."""
     public_url: str | None = None
-    # Lifetimes of an upload ticket and of a download URL.
+    """Scheme and host of the built-in storage's URLs. unset: those the request came to."""
     upload_ticket_seconds: int = Field(default=600, ge=1, le=7 * 86400)
+    """Lifetime of an upload ticket."""
     download_url_seconds: int = Field(default=300, ge=1, le=7 * 86400)
-    # Content types an upload may declare (comma-separated).
+    """Lifetime of a download URL."""
     allowed_content_types: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: [
             "image/jpeg", "image/png", "image/gif", "image/webp", "image/heic", "image/heif", "image/avif",
@@ -157,72 +199,90 @@ class Settings(BaseSettings):
             "application/pdf", "text/plain", "application/zip",
         ]
     )  # fmt: skip
-    # Files of a delivered (deleted) message are kept this long, so recipients can still download
-    # them; an upload never attached to a message is deleted after `unattached_upload_hours`.
+    """Comma-separated content types an upload may declare."""
     file_retention_days: float = Field(default=30, ge=0)
+    """Files of a delivered (deleted) message are kept this long, so recipients can still download them."""
     unattached_upload_hours: float = Field(default=24, ge=0)
-    # Thumbnails of image attachments: the longest side, and decompression-bomb limits (a JPEG,
-    # decoded at a reduced scale, may have 4 times the pixels), and how many one worker process
-    # makes at once (each may take hundreds of MiB while decoding).
+    """An upload never attached to a message is deleted after this long."""
+    # A JPEG, decoded at a reduced scale, may have 4 times the pixels; each thumbnail may take
+    # hundreds of MiB while decoding, hence one at a time per worker by default.
     thumbnail_size: int = Field(default=320, ge=16, le=2048)
+    """Longest side of an image attachment's preview, in pixels."""
     thumbnail_max_pixels: int = Field(default=16_000_000, ge=1000)
+    """Images with more pixels get no preview (decompression-bomb limit)."""
     thumbnail_max_source_bytes: int = Field(default=30 * 1024 * 1024, ge=1024)
+    """Images larger than this, in bytes, get no preview."""
     thumbnail_concurrency: int = Field(default=1, ge=1, le=64)
-    # Upload tickets one user may ask for per hour, and the bytes they may declare in all.
+    """Previews one worker process makes at once."""
     uploads_per_hour: int = Field(default=500, ge=1)
+    """Upload tickets one user may ask for per hour."""
     upload_bytes_per_hour: int = Field(default=1024 * 1024 * 1024, ge=1)
-    # JPEG, PNG and WebP attachments lose their EXIF and XMP metadata (GPS position, camera,
-    # times) when attached, all but the orientation, unless this keeps it. They are read whole
-    # for it, so while it is off they are at most `max_image_bytes`.
+    """Bytes one user's upload tickets may declare per hour, in all."""
     keep_image_metadata: bool = False
+    """Keep the EXIF and XMP metadata (GPS position, camera, times) of JPEG, PNG and WebP attachments; off, all but the
+    orientation is removed when they are attached."""
+    # Cleaning reads an image whole, hence the limit.
     max_image_bytes: int = Field(default=30 * 1024 * 1024, ge=1024)
-    # The thumbnail worker looks for work this often when no notice woke it.
+    """Size of a JPEG, PNG or WebP attachment, in bytes, while `PARLEY_KEEP_IMAGE_METADATA` is off."""
     thumbnail_poll_seconds: float = Field(default=10.0, gt=0)
+    """How often a thumbnail worker looks for work when no notice woke it."""
 
-    # Push notifications (README "Push notifications"). WebPush: the VAPID key pair from
-    # `parley vapid-keys` (private key, base64url) and a contact URI the push services may use.
+    # Push notifications (docs/operations.md, "Push notifications").
     push_vapid_private_key: str | None = None
+    """WebPush: the VAPID private key (base64url) from `parley vapid-keys`. unset: no WebPush."""
     push_vapid_subject: str = "mailto:admin@localhost.localdomain"
-    # Plain http and private/loopback WebPush endpoints (SSRF); None: allowed only with
-    # PARLEY_ENV=development.
+    """WebPush: a contact URI (`mailto:` or `https:`) the push services may use."""
+    # Private and loopback endpoints would let clients make the worker reach internal hosts (SSRF).
     push_allow_private_endpoints: bool | None = None
-    # The message body in the payload (push services and OS vendors then see it): off by default.
+    """Allow plain `http` and private/loopback WebPush endpoints. unset: allowed with `PARLEY_ENV=development` only."""
     push_include_body: bool = False
-    # How long a push service keeps an undelivered notification, and its urgency (RFC 8030).
+    """Put the message body in the notification's payload (push services and OS vendors then see it)."""
     push_ttl_seconds: int = Field(default=86400, ge=0)
+    """How long a push service keeps an undelivered notification."""
     push_urgency: Literal["very-low", "low", "normal", "high"] = "high"
-    # Messages to one recipient in one conversation within this window become one notification.
+    """The WebPush urgency of notifications (RFC 8030)."""
     push_coalesce_seconds: float = Field(default=2.0, ge=0)
-    # Attempts per job before it goes to the dead-letter stream; backoff doubles from the base.
+    """Messages to one recipient in one conversation within this window become one notification."""
     push_max_attempts: int = Field(default=5, ge=1)
+    """Attempts (and hand-outs of a job) before it goes to the dead-letter stream."""
     push_retry_base_seconds: float = Field(default=1.0, gt=0)
+    """The first retry's delay; it doubles with each attempt (with jitter)."""
     push_retry_max_seconds: float = Field(default=300.0, gt=0)
-    # The longest Retry-After honoured, and only from the big push services (APNs, FCM, and the
-    # WebPush hosts of Google, Mozilla, Apple and Microsoft): any other endpoint gets the backoff.
+    """The longest delay between retries."""
     push_retry_after_max_seconds: float = Field(default=60.0, gt=0)
-    # A job a worker has held unacknowledged this long (the worker died) is taken over by another.
+    """The longest `Retry-After` honoured, and only from APNs, FCM and the WebPush hosts of Google, Mozilla, Apple and
+    Microsoft; any other endpoint gets the backoff."""
     push_claim_idle_seconds: float = Field(default=60.0, gt=0)
-    # On SIGTERM a worker gives in-flight jobs this long, then leaves them to the other workers.
+    """A job a worker has held unacknowledged this long (the worker died) is taken over by another."""
     push_shutdown_grace_seconds: float = Field(default=20.0, ge=0)
+    """On SIGTERM, how long a worker lets in-flight jobs finish before leaving them to the other workers."""
     push_stream_max_length: int = Field(default=100_000, ge=1000)
-    # Jobs one worker holds at once (most wait out the coalescing window: cheap tasks), and the
-    # timeout of one request to a push service.
+    """Approximate cap of the job stream (`XADD MAXLEN ~`; a few hundred bytes per job)."""
+    # Most jobs wait out the coalescing window: cheap tasks, hence the high default.
     push_worker_concurrency: int = Field(default=500, ge=1)
+    """Jobs one worker holds at once."""
     push_request_timeout_seconds: float = Field(default=10.0, gt=0)
-    # registerPush calls one user may make per hour (each resolves a client-chosen host name).
+    """Timeout of one request to a push service."""
+    # Each registration resolves a client-chosen host name.
     push_registrations_per_hour: int = Field(default=60, ge=1)
-    # APNs: token auth (the .p8 key's PEM text, its key id, the team id), the app's bundle id,
-    # and the endpoint (the sandbox, https://api.sandbox.push.apple.com, for development builds).
+    """`registerPush` calls one user may make per hour."""
     push_apns_key: str | None = None
+    """APNs token auth: the `.p8` key's PEM text. unset: no APNs."""
     push_apns_key_id: str | None = None
+    """APNs: the key's id."""
     push_apns_team_id: str | None = None
+    """APNs: the team id."""
     push_apns_topic: str | None = None
+    """APNs: the app's bundle id."""
     push_apns_endpoint: str = "https://api.push.apple.com"
-    # FCM HTTP v1: the service account's JSON key (its text), and the endpoints (tests point them
-    # at local servers; the project id comes from the key).
+    """APNs endpoint; the sandbox, `https://api.sandbox.push.apple.com`, for development builds."""
     push_fcm_service_account: str | None = None
+    """FCM HTTP v1: the service account's JSON key (its text; the project id is read from it). unset: no FCM."""
+    # Tests point the FCM endpoints at local servers.
     push_fcm_endpoint: str = "https://fcm.googleapis.com"
+    """FCM endpoint."""
     push_fcm_token_url: str = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL, not a password
+    """FCM's OAuth token endpoint."""
 
     @field_validator("allowed_origins", "trusted_proxies", "allowed_content_types", mode="before")
     @classmethod

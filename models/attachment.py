@@ -28,7 +28,7 @@ class ThumbnailState(enum.StrEnum):
 
 
 class Attachment(SQLModel, table=True):
-    """One uploaded file; outlives its message by the retention period (contract point 4).
+    """One uploaded file; outlives its message by the retention period (files stay downloadable a while after delivery).
 
     `message_id` is no foreign key: the message is deleted once delivered, and the file
     must stay downloadable for a while after; `released_at` records when the retention

@@ -1,6 +1,6 @@
 """Retention of uploaded files: objects outlive their message for a while, then go.
 
-A message is deleted once every device has it (contract point 4), but recipients may
+A message is deleted once every device has it (store and forward), but recipients may
 still download its files: the objects stay for the retention period after the message
 is gone, counted from when this job first sees it gone. An upload never attached goes
 after a grace period. Safe on every process at once: marking and deleting are

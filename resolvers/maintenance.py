@@ -32,7 +32,7 @@ class SweepResult:
 
 
 async def sweep(services: Services, *, now: datetime) -> SweepResult:
-    """Expires devices idle past the limit with their pending events (contract point 8).
+    """Expires devices idle past the limit with their pending events (the API promises it).
 
     Entries of a user left with no device at all are dropped once older than the
     same limit, so nothing is kept forever. Expired devices' sockets close on every

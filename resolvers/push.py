@@ -78,9 +78,11 @@ class _Resolver:
 
     The event loop's getaddrinfo runs on the default executor (asyncio), which password
     hashing and thumbnails share, or on libuv's four threads (uvloop), which every other
-    name lookup shares: hanging lookups of names a client chose would hold those. No
-    async resolver library is installed (aiodns would need pycares), and getaddrinfo
-    follows the system's configuration (/etc/hosts, nsswitch) as the connections do.
+    name lookup shares: hanging lookups of names a client chose would hold those. An
+    async resolver library (aiodns on c-ares) would need no threads, but it reads DNS
+    itself, while the push senders connect through getaddrinfo, which follows the
+    system's configuration (/etc/hosts, nsswitch): the check must see the addresses
+    the connection will use, so it uses getaddrinfo too, on threads bounded here.
     Per process, so shared by every event loop in it (thread-safe, bound to none).
     """
 

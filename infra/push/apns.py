@@ -1,7 +1,7 @@
 """APNs over HTTP/2 with token (ES256 JWT) auth.
 
 httpx with h2 rather than aioapns, which hard-codes Apple's hosts and parses every
-DATA frame as JSON (PITFALLS.md): the endpoint is a setting so tests use a local
+DATA frame as JSON (docs/upstream-notes.md): the endpoint is a setting so tests use a local
 HTTP/2 server. One client, so one multiplexed connection is reused; the provider
 token is renewed every 50 minutes (Apple refuses tokens older than an hour and
 throttles renewing more often than every 20).

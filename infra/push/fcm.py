@@ -2,7 +2,7 @@
 
 The token is fetched with the JWT-bearer grant (RFC 7523) and renewed five minutes
 before it expires. Written on httpx rather than firebase-admin, which is synchronous
-and heavy (PITFALLS.md), or google-auth, whose refresh runs a blocking HTTP request.
+and heavy (docs/upstream-notes.md), or google-auth, whose refresh runs a blocking HTTP request.
 """
 
 from __future__ import annotations

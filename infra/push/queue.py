@@ -2,7 +2,7 @@
 
 Written on plain redis-py rather than arq/saq (they cannot be installed beside
 redis-py 8) or taskiq (it reclaims a dead worker's jobs only when new traffic
-arrives): see PITFALLS.md. Delivery is at-least-once: a job is acknowledged
+arrives): see docs/upstream-notes.md. Delivery is at-least-once: a job is acknowledged
 (`XACK`) only after it was handled; a worker that dies leaves its jobs pending,
 and `XAUTOCLAIM` hands those idle longer than `claim_idle` to a live worker. A
 live worker keeps its in-flight jobs from being taken (`keep`, an `XCLAIM … JUSTID`
