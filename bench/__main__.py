@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench.config import SCENARIO_NUMBERS, SCENARIOS, Config, tiny
 from bench.runner import Run
-from infra.testing.services import MissingService
+from tests.support.services import MissingService
 
 _RESULTS = Path(__file__).resolve().parent / "results"
 

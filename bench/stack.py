@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.seed import Account, seed_accounts
-from infra.testing.processes import ProcessServer, production_env
-from infra.testing.services import RedisTarget, fresh_database, fresh_redis, postgres_server, redis_server
+from tests.support.processes import ProcessServer, production_env
+from tests.support.services import RedisTarget, fresh_database, fresh_redis, postgres_server, redis_server
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _REPO_ROOT = str(Path(__file__).resolve().parent.parent)

@@ -7,13 +7,12 @@ API tests take the `api` fixture and run twice: against the embedded mode
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from infra.settings import Settings
-from infra.testing.processes import production_env
-from infra.testing.services import (
+from tests.support.helpers import Api
+from tests.support.servers import ThreadServer
+from tests.support.services import (
     MissingService,
     RedisTarget,
     fresh_database,
@@ -21,28 +20,7 @@ from infra.testing.services import (
     postgres_server,
     redis_server,
 )
-from tests.helpers import Api
-from tests.servers import ThreadServer
-
-TEST_SECRET = "test-secret-key-for-parley-0123456789abcdef"
-# The whole suite registers its users from 127.0.0.1 on shared servers, up to 100 at once:
-# the per-address limit on login/register attempts and the bound on password hashes running
-# at once are tested on servers of their own (tests/test_abuse.py).
-# Small connection pools: parallel workers each run servers against one PostgreSQL, whose
-# max_connections (100 by default) must cover them all.
-SUITE_LIMITS: dict[str, object] = {
-    "auth_attempts_per_address": 1_000_000,
-    "max_concurrent_password_hashes": 1000,
-    "database_pool_size": 3,
-    "database_max_overflow": 5,
-    "delivery_pool_size": 4,
-}
-
-
-def suite_process_env(postgres: str, redis: RedisTarget) -> dict[str, str]:
-    """The environment of a `parley serve` process of this suite: production mode with the suite's limits."""
-    limits = {f"PARLEY_{name.upper()}": str(value) for name, value in SUITE_LIMITS.items()}
-    return {**production_env(postgres, redis, TEST_SECRET), **limits}
+from tests.support.settings import embedded_settings, production_settings
 
 
 @pytest.fixture(scope="session")
@@ -77,31 +55,6 @@ def redis_target() -> Iterator[RedisTarget]:
             yield target
     except MissingService as missing:
         pytest.exit(f"cannot run the Redis tests: {missing}", returncode=3)
-
-
-# The suite's servers run as a developer's do (GraphiQL, introspection, the web chat, local push
-# endpoints); a test of the production defaults passes `env` itself.
-DEVELOPMENT: dict[str, object] = {"env": "development"}
-
-
-def embedded_settings(tmp: Path, **changes: object) -> Settings:
-    """Settings of the embedded mode: a SQLite file, no Redis."""
-    return Settings(
-        database_url=f"sqlite+aiosqlite:///{tmp / 'parley.db'}",
-        secret_key=TEST_SECRET,
-        **{**DEVELOPMENT, **SUITE_LIMITS, **changes},  # type: ignore[arg-type]
-    )
-
-
-def production_settings(postgres: str, redis: RedisTarget, **changes: object) -> Settings:
-    """Settings of the production mode against this run's PostgreSQL database and Redis."""
-    return Settings(
-        database_url=postgres,
-        redis_url=redis.url,
-        redis_prefix=redis.prefix,
-        secret_key=TEST_SECRET,
-        **{**DEVELOPMENT, **SUITE_LIMITS, **changes},  # type: ignore[arg-type]
-    )
 
 
 @pytest.fixture(scope="session")

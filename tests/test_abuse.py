@@ -21,13 +21,13 @@ from sqlalchemy import insert
 from infra.app import Overrides
 from infra.cli import configure_logging
 from infra.settings import Settings
-from infra.testing.services import RedisTarget
 from models import Message
 from resolvers.ports import Services
-from tests.client import GraphQLFailed, HttpClient
-from tests.conftest import embedded_settings, production_settings
-from tests.helpers import AUTH, PASSWORD, Api, unique_name
-from tests.servers import ThreadServer
+from tests.support.client import GraphQLFailed, HttpClient
+from tests.support.helpers import AUTH, PASSWORD, Api, unique_name
+from tests.support.servers import ThreadServer
+from tests.support.services import RedisTarget
+from tests.support.settings import embedded_settings, production_settings
 
 LOGIN = f"mutation L($u: String!, $p: String!) {{ login(username: $u, password: $p) {{ {AUTH} }} }}"
 REGISTER = f"mutation R($u: String!, $p: String!) {{ register(username: $u, password: $p) {{ {AUTH} }} }}"

@@ -9,8 +9,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
-from tests.client import HttpClient, ws_connect
-from tests.helpers import AUTH, PASSWORD, USER_FIELDS, Api, unique_name
+from tests.support.client import HttpClient, ws_connect
+from tests.support.helpers import AUTH, PASSWORD, USER_FIELDS, Api, unique_name
 
 REGISTER = f"mutation R($u: String!, $p: String!, $n: String) {{ register(username: $u, password: $p, displayName: $n) {{ {AUTH} }} }}"
 LOGIN = f"mutation L($u: String!, $p: String!) {{ login(username: $u, password: $p) {{ {AUTH} }} }}"

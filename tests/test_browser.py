@@ -23,8 +23,8 @@ import httpx
 import pytest
 
 from infra.settings import Settings
-from tests.conftest import embedded_settings
-from tests.servers import ThreadServer
+from tests.support.servers import ThreadServer
+from tests.support.settings import embedded_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "tests" / "browser"

@@ -1,4 +1,4 @@
-"""The bus on a real, throwaway Redis and in memory: traps 1-4 of PITFALLS.md, "broadcaster"."""
+"""The bus on a real, throwaway Redis and in memory: the broadcaster traps of docs/upstream-notes.md."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from infra.bus import BroadcastBus, Bus, BusUnavailable, Resync, Subscription
-from infra.testing.redis_process import RedisServer
+from tests.support.redis_process import RedisServer
 
 # Generous for a healthy run, short enough that a missing fix fails instead of hanging.
 STEP = 3.0

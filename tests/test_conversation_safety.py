@@ -16,16 +16,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from infra.db import Database
 from infra.pg_delivery import PgDeliveryStore
-from infra.testing.services import RedisTarget
 from models import Conversation
 from models.columns import utcnow
 from resolvers.ports import SendOutcome
-from tests.client import GraphQLFailed, Json
-from tests.conftest import embedded_settings, production_settings
-from tests.faults import replacing
-from tests.helpers import CONVERSATION_FIELDS, Api, Person
-from tests.servers import ThreadServer
-from tests.test_delivery import next_of
+from tests.support.client import GraphQLFailed, Json
+from tests.support.faults import replacing
+from tests.support.helpers import CONVERSATION_FIELDS, Api, Person
+from tests.support.servers import ThreadServer
+from tests.support.services import RedisTarget
+from tests.support.settings import embedded_settings, production_settings
+from tests.support.streams import next_of
 
 BLOCK = "mutation B($u: ID!) { blockUser(userId: $u) }"
 UNBLOCK = "mutation U($u: ID!) { unblockUser(userId: $u) }"

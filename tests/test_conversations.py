@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.helpers import CONVERSATION_FIELDS, Api
+from tests.support.helpers import CONVERSATION_FIELDS, Api
 
 CONVERSATION = f"query C($id: ID!) {{ conversation(id: $id) {{ {CONVERSATION_FIELDS} }} }}"
 ADD = "mutation A($c: ID!, $u: [ID!]!) { addMembers(conversationId: $c, userIds: $u) { members { user { id } } } }"

@@ -9,24 +9,10 @@ from typing import Any
 
 import pytest
 
-from tests.client import GraphQLFailed, Json, Subscription, ws_connect
-from tests.database_dump import dump_all_tables
-from tests.helpers import EVENTS, Api, Person
-
-
-def bodies(events: list[Json]) -> list[str | None]:
-    """The bodies of the message events among `events`, in order."""
-    return [e["message"]["body"] for e in events if e["__typename"] == "MessageEvent"]
-
-
-async def next_of(sub: Subscription, typename: str, timeout: float = 10) -> Json:
-    """The next event of one kind, skipping others (e.g. conversation events)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            data = await sub.next()
-            if data["events"]["__typename"] == typename:
-                event: Json = data["events"]
-                return event
+from tests.support.client import GraphQLFailed, Json, ws_connect
+from tests.support.database_dump import dump_all_tables
+from tests.support.helpers import EVENTS, Api, Person
+from tests.support.streams import bodies, next_of
 
 
 async def test_live_message_then_delivered_then_read(api: Api) -> None:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from infra.testing.services import RedisTarget
 from resolvers.ports import (
     AckOutcome,
     AttachmentClaim,
@@ -26,13 +25,14 @@ from resolvers.ports import (
     Services,
     StoredEntry,
 )
-from tests.client import Subscription
-from tests.conftest import production_settings
-from tests.database_dump import dump_settings_tables
-from tests.faults import replacing
-from tests.helpers import Api, Person
-from tests.servers import ThreadServer
-from tests.test_delivery import bodies, next_of
+from tests.support.client import Subscription
+from tests.support.database_dump import dump_settings_tables
+from tests.support.faults import replacing
+from tests.support.helpers import Api, Person
+from tests.support.servers import ThreadServer
+from tests.support.services import RedisTarget
+from tests.support.settings import production_settings
+from tests.support.streams import bodies, next_of
 
 
 class CountingStore:

@@ -22,12 +22,12 @@ import httpx
 import pytest
 from PIL import Image
 
-from infra.testing.s3_server import S3Server
-from infra.testing.services import RedisTarget
-from tests.client import Json
-from tests.conftest import embedded_settings, production_settings, suite_process_env
-from tests.helpers import ATTACHMENT_FIELDS, MESSAGE_FIELDS, Api, Person, post_form
-from tests.servers import ThreadServer
+from tests.support.client import Json
+from tests.support.helpers import ATTACHMENT_FIELDS, MESSAGE_FIELDS, Api, Person, post_form
+from tests.support.s3_server import S3Server
+from tests.support.servers import ThreadServer
+from tests.support.services import RedisTarget
+from tests.support.settings import embedded_settings, production_settings, suite_process_env
 
 ELF = b"\x7fELF\x02\x01\x01\x00" + bytes(8) + b"\x02\x00\x3e\x00" + bytes(200)
 FILE_EVENTS = f"""
@@ -346,7 +346,7 @@ async def file_server(
         }
         import sys  # noqa: PLC0415
 
-        from infra.testing.processes import ProcessServer  # noqa: PLC0415
+        from tests.support.processes import ProcessServer  # noqa: PLC0415
 
         async with ProcessServer(
             env, log_path=tmp / "worker.log", command=[str(Path(sys.executable).parent / "parley"), "worker"]

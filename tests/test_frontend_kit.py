@@ -47,8 +47,8 @@ from infra.settings import Settings
 from resolvers.accounts import MAX_SEARCH_PAGE
 from resolvers.conversations import MAX_CONVERSATIONS_PAGE, MAX_MEMBERS_PAGE
 from resolvers.events import MAX_PENDING_PAGE
-from tests.client import HttpClient, Json, ws_connect
-from tests.servers import ThreadServer
+from tests.support.client import HttpClient, Json, ws_connect
+from tests.support.servers import ThreadServer
 
 ROOT = Path(__file__).resolve().parent.parent
 KIT = ROOT / "frontend_schema"

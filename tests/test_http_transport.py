@@ -17,11 +17,11 @@ from redis.asyncio import Redis
 
 from graph.persisted_queries import Allowlist, sha256_hex
 from infra.app import OPERATIONS_DIR
-from infra.testing.services import RedisTarget
-from tests.client import ws_connect
-from tests.conftest import embedded_settings
-from tests.helpers import EVENTS, PASSWORD, Api, Person, unique_name
-from tests.servers import ThreadServer
+from tests.support.client import ws_connect
+from tests.support.helpers import EVENTS, PASSWORD, Api, Person, unique_name
+from tests.support.servers import ThreadServer
+from tests.support.services import RedisTarget
+from tests.support.settings import embedded_settings
 
 Json = dict[str, Any]
 GRAPHQL_RESPONSE = "application/graphql-response+json"

@@ -12,8 +12,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
-from tests.client import HttpClient
-from tests.helpers import AUTH, PASSWORD, Api, unique_name
+from tests.support.client import HttpClient
+from tests.support.helpers import AUTH, PASSWORD, Api, unique_name
 
 REGISTER = (
     f"mutation R($u: String!, $p: String!, $n: String, $d: String) "

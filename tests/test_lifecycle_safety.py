@@ -7,10 +7,10 @@ import uuid
 
 import pytest
 
-from tests.client import GraphQLFailed, HttpClient, Json
-from tests.database_dump import dump_all_tables
-from tests.helpers import Api, Person
-from tests.test_message_lifecycle import DELETE, EDIT, REACT, UNREACT, about, pending, send
+from tests.support.client import GraphQLFailed, HttpClient, Json
+from tests.support.database_dump import dump_all_tables
+from tests.support.helpers import Api, Person
+from tests.support.lifecycle import DELETE, EDIT, REACT, UNREACT, about, pending, send
 
 BLOCK = "mutation B($u: ID!) { blockUser(userId: $u) }"
 LIFECYCLE = {"MessageEditedEvent", "MessageDeletedEvent", "ReactionEvent"}

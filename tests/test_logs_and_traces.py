@@ -26,12 +26,12 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from infra.app import create_app
 from infra.log_format import RedactPaths
-from infra.testing.processes import ProcessServer
-from infra.testing.services import RedisTarget
 from infra.tracing import TracingMiddleware, start_tracing
-from tests.conftest import embedded_settings, suite_process_env
-from tests.helpers import PASSWORD, Api, Person
-from tests.test_delivery import next_of
+from tests.support.helpers import PASSWORD, Api, Person
+from tests.support.processes import ProcessServer
+from tests.support.services import RedisTarget
+from tests.support.settings import embedded_settings, suite_process_env
+from tests.support.streams import next_of
 
 SECRET_BODY = "the launch code is 0000"
 

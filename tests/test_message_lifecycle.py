@@ -9,67 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from infra.testing.services import RedisTarget
-from tests.client import Json
-from tests.conftest import embedded_settings, production_settings
-from tests.database_dump import dump_all_tables
-from tests.helpers import Api, Person, unique_name
-from tests.servers import ThreadServer
+from tests.support.database_dump import dump_all_tables
+from tests.support.helpers import Api, unique_name
+from tests.support.lifecycle import DELETE, EDIT, REACT, SEND, STREAM, UNREACT, about, pending, send
+from tests.support.servers import ThreadServer
+from tests.support.services import RedisTarget
+from tests.support.settings import embedded_settings, production_settings
 
-MESSAGE = "id clientId conversationId body replyToId sender { id }"
-LIFECYCLE_EVENTS = f"""
-  __typename
-  ... on MessageEvent {{ cursor message {{ {MESSAGE} }} }}
-  ... on ReceiptEvent {{ cursor }}
-  ... on ConversationEvent {{ cursor change }}
-  ... on MessageEditedEvent {{ cursor messageId conversationId body editedAt editor {{ id }} }}
-  ... on MessageDeletedEvent {{ cursor messageId conversationId deletedAt deletedBy {{ id }} }}
-  ... on ReactionEvent {{ cursor messageId conversationId emoji added at user {{ id }} }}
-"""
-PENDING = f"query P($after: String) {{ pendingEvents(after: $after, first: 500) {{ {LIFECYCLE_EVENTS} }} }}"
-STREAM = f"subscription E($after: String) {{ events(after: $after) {{ {LIFECYCLE_EVENTS} }} }}"
-SEND = f"mutation S($input: SendMessageInput!) {{ sendMessage(input: $input) {{ {MESSAGE} }} }}"
-EDIT = "mutation E($m: ID!, $b: String!) { editMessage(messageId: $m, body: $b) }"
-DELETE = "mutation D($m: ID!) { deleteMessage(messageId: $m) }"
-REACT = "mutation R($m: ID!, $e: String!) { react(messageId: $m, emoji: $e) }"
-UNREACT = "mutation U($m: ID!, $e: String!) { unreact(messageId: $m, emoji: $e) }"
 REMOVE = "mutation R($c: ID!, $u: ID!) { removeMember(conversationId: $c, userId: $u) { id } }"
 ROLE = (
     "mutation P($c: ID!, $u: ID!, $r: MemberRole!) { setMemberRole(conversationId: $c, userId: $u, role: $r) { id } }"
 )
-
-
-async def send(
-    person: Person, conversation_id: str, body: str, *, reply_to: str | None = None, client_id: str | None = None
-) -> Json:
-    """Sends a message (optionally a reply) and returns it."""
-    data = await person.data(
-        SEND,
-        input={
-            "conversationId": conversation_id,
-            "clientId": client_id or uuid.uuid4().hex,
-            "body": body,
-            "replyToId": reply_to,
-        },
-    )
-    message: Json = data["sendMessage"]
-    return message
-
-
-async def pending(person: Person, after: str | None = None) -> list[Json]:
-    """This device's pending events with the lifecycle fields."""
-    events: list[Json] = (await person.data(PENDING, after=after))["pendingEvents"]
-    return events
-
-
-def about(events: list[Json], message_id: str) -> list[str]:
-    """What happened to one message, in order: the kinds of the events naming it."""
-    kinds = []
-    for event in events:
-        named = event.get("messageId") or (event.get("message") or {}).get("id")
-        if named == message_id:
-            kinds.append(event["__typename"])
-    return kinds
 
 
 async def test_reply_edit_reaction_delete_reach_an_offline_member_in_order_once(api: Api) -> None:

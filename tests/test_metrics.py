@@ -21,12 +21,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from graph.schema import build_schema
 from infra.bus import BroadcastBus, Resync
 from infra.metrics import multiprocess_registry, serve_metrics
-from infra.testing.processes import ProcessServer, free_port
-from infra.testing.services import RedisTarget
-from tests.conftest import embedded_settings, production_settings, suite_process_env
-from tests.helpers import Api, Person
-from tests.push_fakes import PushEndpoint, Subscription, b64url
-from tests.servers import ThreadServer
+from tests.support.helpers import Api, Person
+from tests.support.processes import ProcessServer, free_port
+from tests.support.push_fakes import PUSH_SETTINGS, REGISTER_PUSH, PushEndpoint, Subscription, b64url
+from tests.support.servers import ThreadServer
+from tests.support.services import RedisTarget
+from tests.support.settings import embedded_settings, production_settings, suite_process_env
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -256,15 +256,13 @@ def _push_registration(person: Person, endpoint: PushEndpoint) -> dict[str, str]
 
 
 async def test_push_failures_are_counted_by_platform_and_reason(tmp_path: Path) -> None:
-    from tests.test_push import PUSH_SETTINGS, REGISTER  # noqa: PLC0415 - the push suite's settings
-
     metrics_port = free_port()
     url = f"http://127.0.0.1:{metrics_port}/metrics"
     settings = embedded_settings(tmp_path, metrics_port=metrics_port, **PUSH_SETTINGS)
     with PushEndpoint() as endpoint, ThreadServer(settings) as server:
         alice, bob = await Api(server.url, server.ws_url, "embedded").people("alice", "bob")
         conversation = await alice.direct_with(bob)
-        await bob.data(REGISTER, input=_push_registration(bob, endpoint))
+        await bob.data(REGISTER_PUSH, input=_push_registration(bob, endpoint))
         before = await scrape(url)
         endpoint.statuses.extend([503, 410])  # unavailable (retried), then gone (forgotten)
         await alice.send(conversation, "are you there?")

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Api
+from tests.support.helpers import Api
 
 CLIENTS = Path(__file__).resolve().parent.parent / "clients" / "node"
 

@@ -14,11 +14,11 @@ from redis.asyncio import Redis
 from graph.persisted_queries import sha256_hex
 from infra.persisted_queries import TOUCH_INTERVAL_MS, RedisPersistedQueries
 from infra.redis_cluster import cluster_client, hash_tagged
-from infra.testing.redis_cluster import ThrowawayCluster
-from infra.testing.services import RedisTarget
-from tests.conftest import production_settings
-from tests.helpers import Api, unique_name
-from tests.servers import ThreadServer
+from tests.support.helpers import Api, unique_name
+from tests.support.redis_cluster import ThrowawayCluster
+from tests.support.servers import ThreadServer
+from tests.support.services import RedisTarget
+from tests.support.settings import production_settings
 
 Json = dict[str, Any]
 

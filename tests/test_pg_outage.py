@@ -22,12 +22,12 @@ from websockets.typing import Subprotocol
 from graph.errors import error_code
 from infra.db import create_engine
 from infra.migrate import migrate
-from infra.testing.services import PostgresServer, RedisTarget, fresh_database
-from tests.client import GraphQLFailed
-from tests.conftest import production_settings
-from tests.helpers import Api, Person
-from tests.servers import ThreadServer
-from tests.test_delivery import bodies, next_of
+from tests.support.client import GraphQLFailed
+from tests.support.helpers import Api, Person
+from tests.support.servers import ThreadServer
+from tests.support.services import PostgresServer, RedisTarget, fresh_database
+from tests.support.settings import production_settings
+from tests.support.streams import bodies, next_of
 
 # Generous: the settings below allow 1 s for a connection; the defaults this replaced were 30 and 60 s.
 QUICK = 5.0

@@ -7,8 +7,7 @@ import json
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -20,28 +19,16 @@ from websockets.typing import Subprotocol
 
 from infra.bus import BroadcastBus, Resync
 from infra.presence import PresenceHub, RedisPresence
-from infra.testing.processes import ProcessServer
-from infra.testing.services import RedisTarget
 from resolvers.ports import PresenceChange
-from tests.client import Json, Subscription
-from tests.conftest import suite_process_env
-from tests.database_dump import dump_all_tables
-from tests.helpers import Api, Person
+from tests.support.client import Json, Subscription
+from tests.support.database_dump import dump_all_tables
+from tests.support.helpers import Api, Person
+from tests.support.processes import ProcessServer
+from tests.support.services import RedisTarget
+from tests.support.settings import suite_process_env
+from tests.support.streams import PRESENCE, next_state, watching
 
-PRESENCE = "subscription P($ids: [ID!]!) { presence(userIds: $ids) { online lastSeen user { id } } }"
 SEEN = "query U($id: ID!) { user(id: $id) { online lastSeen } }"
-
-
-@asynccontextmanager
-async def watching(viewer: Person, *users: Person) -> AsyncIterator[Subscription]:
-    """`viewer`'s presence subscription to `users`, on a socket of its own."""
-    async with viewer.socket() as socket:
-        yield await socket.subscribe(PRESENCE, ids=[u.user_id for u in users])
-
-
-async def next_state(sub: Subscription, timeout: float = 10) -> Json:
-    state: Json = (await sub.next(timeout))["presence"]
-    return state
 
 
 async def online_seen(sub: Subscription) -> Json:

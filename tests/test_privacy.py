@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.helpers import Api, Person
+from tests.support.helpers import Api, Person
 
 PRESENCE = "query U($id: ID!) { user(id: $id) { id online lastSeen } }"
 

@@ -24,27 +24,26 @@ from redis.asyncio import Redis
 
 from infra.passwords import Argon2Hasher
 from infra.push.queue import GROUP, RedisPushQueue
-from infra.push.webpush import new_vapid_keys
-from infra.testing.processes import ProcessServer
-from infra.testing.services import RedisTarget
 from resolvers.errors import BadUserInput, Unavailable
 from resolvers.ports import PushJob
 from resolvers.push import RESOLVER_THREADS, check_endpoint
-from tests.conftest import embedded_settings, production_settings, suite_process_env
-from tests.helpers import Api, Person
-from tests.push_fakes import HANG, PushEndpoint, Reply, Subscription, b64url, verify_vapid
-from tests.servers import ThreadServer
+from tests.support.helpers import Api, Person
+from tests.support.processes import ProcessServer
+from tests.support.push_fakes import (
+    HANG,
+    PUSH_SETTINGS,
+    REGISTER_PUSH,
+    VAPID_PUBLIC,
+    PushEndpoint,
+    Reply,
+    Subscription,
+    b64url,
+    verify_vapid,
+)
+from tests.support.servers import ThreadServer
+from tests.support.services import RedisTarget
+from tests.support.settings import embedded_settings, production_settings, suite_process_env
 
-VAPID_PRIVATE, VAPID_PUBLIC = new_vapid_keys()
-# Short windows and backoffs, so the tests wait little.
-PUSH_SETTINGS: dict[str, object] = {
-    "push_vapid_private_key": VAPID_PRIVATE,
-    "push_coalesce_seconds": 0.3,
-    "push_retry_base_seconds": 0.05,
-    "push_max_attempts": 3,
-    "push_claim_idle_seconds": 1.0,
-}
-REGISTER = "mutation P($input: PushRegistrationInput!) { registerPush(input: $input) }"
 # Long enough for a job to pass the coalescing window and the worker: what "no push" waits for.
 QUIET_SECONDS = 2.0
 
@@ -141,7 +140,7 @@ async def subscribe(person: Person, endpoint: PushEndpoint) -> Subscription:
     """Registers a WebPush subscription on the person's device, at the local endpoint."""
     subscription = Subscription()
     data = await person.data(
-        REGISTER,
+        REGISTER_PUSH,
         input={
             "platform": "WEBPUSH",
             "endpoint": endpoint.url(person.username),
@@ -365,7 +364,7 @@ async def test_private_endpoints_are_refused_in_production_at_registration_and_a
             "ftp://example.com/x",
         ):
             error = await bob.error(
-                REGISTER,
+                REGISTER_PUSH,
                 input={
                     "platform": "WEBPUSH",
                     "endpoint": url,
@@ -411,9 +410,9 @@ async def test_registrations_are_validated_replaced_and_removed(tmp_path: Path, 
             {**good, "endpoint": "http://no-such-host.invalid/push"},
         ]
         for bad in bad_inputs:
-            assert await bob.error(REGISTER, input=bad) == "BAD_USER_INPUT", bad
-        assert (await bob.data(REGISTER, input={"platform": "APNS", "token": "ab" * 32}))["registerPush"]
-        assert (await bob.data(REGISTER, input={"platform": "FCM", "token": "fcm-token:APA91b_x"}))["registerPush"]
+            assert await bob.error(REGISTER_PUSH, input=bad) == "BAD_USER_INPUT", bad
+        assert (await bob.data(REGISTER_PUSH, input={"platform": "APNS", "token": "ab" * 32}))["registerPush"]
+        assert (await bob.data(REGISTER_PUSH, input={"platform": "FCM", "token": "fcm-token:APA91b_x"}))["registerPush"]
         # The WebPush subscription replaces the FCM token: one registration per device.
         await subscribe(bob, endpoint)
         await alice.send(conversation, "one")
@@ -492,9 +491,9 @@ async def test_register_push_is_rate_limited_per_user(
         alice, bob = await setup.api.people("alice", "bob")
         token = {"platform": "APNS", "token": "ab" * 32}
         for _ in range(3):
-            assert (await bob.data(REGISTER, input=token))["registerPush"] is True
-        assert await bob.error(REGISTER, input=token) == "RATE_LIMITED"
-        assert (await alice.data(REGISTER, input=token))["registerPush"] is True
+            assert (await bob.data(REGISTER_PUSH, input=token))["registerPush"] is True
+        assert await bob.error(REGISTER_PUSH, input=token) == "RATE_LIMITED"
+        assert (await alice.data(REGISTER_PUSH, input=token))["registerPush"] is True
 
 
 async def test_hanging_endpoint_lookups_do_not_hold_up_password_checks(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -553,10 +552,10 @@ async def test_nat64_and_6to4_endpoints_reaching_private_addresses_are_refused(
             "https://[::a00:1]/push",  # IPv4-compatible 10.0.0.1
             "https://[::ffff:a00:1]/push",  # IPv4-mapped 10.0.0.1
         ):
-            assert await bob.error(REGISTER, input={**keys, "endpoint": url}) == "BAD_USER_INPUT", url
+            assert await bob.error(REGISTER_PUSH, input={**keys, "endpoint": url}) == "BAD_USER_INPUT", url
         # A DNS64 network reaches public hosts through NAT64: those stay allowed.
         public = {**keys, "endpoint": "https://[64:ff9b::808:808]/push"}
-        assert (await bob.data(REGISTER, input=public))["registerPush"] is True
+        assert (await bob.data(REGISTER_PUSH, input=public))["registerPush"] is True
 
 
 async def entries(redis: Redis, stream: str) -> list[dict[bytes, bytes]]:

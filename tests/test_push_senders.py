@@ -29,7 +29,7 @@ from infra.push.senders import Notice, Outcome, known_push_host
 from infra.push.webpush import WebPushSender, new_vapid_keys
 from infra.push.worker import WorkerConfig, retry_delay
 from models import PushPlatform, PushRegistration
-from tests.push_fakes import CHUNK, PushEndpoint, Reply, Subscription, b64url
+from tests.support.push_fakes import CHUNK, PushEndpoint, Reply, Subscription, b64url
 
 NOTICE = Notice(conversation_id="7", message_id="m.signed", sender_name="Alice", count=2, body=None)
 APNS_TOKEN = "ab" * 32

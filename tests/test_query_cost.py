@@ -28,9 +28,9 @@ from infra.app import Overrides
 from infra.db import Database, create_engine
 from resolvers import accounts, conversations
 from resolvers.ports import Services
-from tests.conftest import embedded_settings
-from tests.helpers import CONVERSATION_FIELDS, EVENT_FIELDS, Api, Person
-from tests.servers import ThreadServer
+from tests.support.helpers import CONVERSATION_FIELDS, EVENT_FIELDS, Api, Person
+from tests.support.servers import ThreadServer
+from tests.support.settings import embedded_settings
 
 USER = "user { id username displayName online lastSeen }"
 SCHEMA = build_schema()._schema

@@ -18,12 +18,12 @@ import redis
 from infra.bus import BusUnavailable, Resync
 from infra.presence import RedisPresence
 from infra.redis_cluster import ClusterBus, cluster_client, hash_tagged
-from infra.testing.processes import ProcessServer
-from infra.testing.redis_cluster import ThrowawayCluster
-from infra.testing.services import RedisTarget
-from tests.client import Json, Subscription
-from tests.conftest import suite_process_env
-from tests.helpers import PASSWORD, Api, Person, unique_name
+from tests.support.client import Json, Subscription
+from tests.support.helpers import PASSWORD, Api, Person, unique_name
+from tests.support.processes import ProcessServer
+from tests.support.redis_cluster import ThrowawayCluster
+from tests.support.services import RedisTarget
+from tests.support.settings import suite_process_env
 
 PREFIX = "parley-cluster-test:"
 LOGIN = "mutation L($u: String!, $p: String!) { login(username: $u, password: $p) { token } }"

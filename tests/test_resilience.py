@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from infra.testing.processes import ProcessServer
-from infra.testing.redis_process import RedisServer
-from infra.testing.services import RedisTarget
-from tests.conftest import embedded_settings, production_settings, suite_process_env
-from tests.faults import FaultyBus, replacing
-from tests.helpers import Api
-from tests.servers import ThreadServer
-from tests.test_delivery import bodies, next_of
+from tests.support.faults import FaultyBus, replacing
+from tests.support.helpers import Api
+from tests.support.processes import ProcessServer
+from tests.support.redis_process import RedisServer
+from tests.support.servers import ThreadServer
+from tests.support.services import RedisTarget
+from tests.support.settings import embedded_settings, production_settings, suite_process_env
+from tests.support.streams import bodies, next_of
 
 
 async def test_two_server_processes_deliver_and_route_receipts(
@@ -87,7 +87,7 @@ async def test_failed_publish_after_commit_loses_nothing(tmp_path: Path) -> None
 
 
 async def test_inactive_devices_expire_with_their_pending_events(tmp_path: Path) -> None:
-    from tests.database_dump import dump_settings_tables  # noqa: PLC0415
+    from tests.support.database_dump import dump_settings_tables  # noqa: PLC0415
 
     # Devices idle for more than three seconds expire; the sweep runs every 0.2 s.
     settings = embedded_settings(tmp_path, device_inactivity_days=3 / 86400, sweep_interval_seconds=0.2)

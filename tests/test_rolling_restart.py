@@ -22,11 +22,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.typing import Subprotocol
 
-from infra.testing.processes import ProcessServer
-from infra.testing.services import RedisTarget
-from tests.client import Json
-from tests.conftest import suite_process_env
-from tests.helpers import EVENTS, MESSAGE_FIELDS, Api, Person
+from tests.support.client import Json
+from tests.support.helpers import EVENTS, MESSAGE_FIELDS, Api, Person
+from tests.support.processes import ProcessServer
+from tests.support.services import RedisTarget
+from tests.support.settings import suite_process_env
 
 SEND = f"mutation S($input: SendMessageInput!) {{ sendMessage(input: $input) {{ {MESSAGE_FIELDS} }} }}"
 ACKNOWLEDGE = "mutation A($c: String!) { acknowledge(cursor: $c) }"

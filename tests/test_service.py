@@ -17,15 +17,15 @@ from infra.push.runtime import build_senders
 from infra.push.senders import Notice, Outcome
 from infra.push.webpush import new_vapid_keys
 from infra.settings import DEFAULT_SECRET_KEY, Settings
-from infra.testing.processes import ProcessServer
-from infra.testing.services import RedisTarget
 from models import PushPlatform, PushRegistration
-from tests.client import HttpClient
-from tests.conftest import SUITE_LIMITS, TEST_SECRET, embedded_settings, production_settings, suite_process_env
-from tests.faults import FaultyBus, replacing
-from tests.helpers import PASSWORD, Api, unique_name
-from tests.push_fakes import PushEndpoint, Subscription, b64url
-from tests.servers import ThreadServer
+from tests.support.client import HttpClient
+from tests.support.faults import FaultyBus, replacing
+from tests.support.helpers import PASSWORD, Api, unique_name
+from tests.support.processes import ProcessServer
+from tests.support.push_fakes import PushEndpoint, Subscription, b64url
+from tests.support.servers import ThreadServer
+from tests.support.services import RedisTarget
+from tests.support.settings import SUITE_LIMITS, TEST_SECRET, embedded_settings, production_settings, suite_process_env
 
 INTROSPECTION = "{ __schema { queryType { name } } }"
 REGISTER_PUSH = "mutation P($input: PushRegistrationInput!) { registerPush(input: $input) }"
@@ -301,7 +301,7 @@ async def _three_sends_a_minute(settings: Settings, mode: str) -> None:
 
 
 async def test_subscription_errors_are_masked_too(tmp_path: Path) -> None:
-    from tests.client import GraphQLFailed  # noqa: PLC0415
+    from tests.support.client import GraphQLFailed  # noqa: PLC0415
 
     overrides = replacing(bus=lambda s: FaultyBus(s.bus, subscribe=RuntimeError("secret internal detail of the bus")))
     with ThreadServer(embedded_settings(tmp_path), overrides) as server:

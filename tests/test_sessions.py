@@ -16,12 +16,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from infra.migrate import migrate
-from infra.testing.services import RedisTarget
-from tests.client import Subscription, WsClient, ws_connect
-from tests.conftest import embedded_settings, production_settings
-from tests.database_dump import dump_all_tables, dump_settings_tables
-from tests.helpers import EVENTS, PASSWORD, USER_FIELDS, Api, Person
-from tests.servers import ThreadServer
+from tests.support.client import Subscription, WsClient, ws_connect
+from tests.support.database_dump import dump_all_tables, dump_settings_tables
+from tests.support.helpers import EVENTS, PASSWORD, USER_FIELDS, Api, Person
+from tests.support.servers import ThreadServer
+from tests.support.services import RedisTarget
+from tests.support.settings import embedded_settings, production_settings
 
 ME = "query { me { id } }"
 DEVICES = "query { devices { id name createdAt lastActiveAt current } }"

@@ -16,13 +16,13 @@ from pathlib import Path
 import httpx
 from redis.asyncio import Redis
 
-from infra.testing.processes import ProcessServer
-from infra.testing.services import RedisTarget
-from tests.client import WsClient, ws_connect
-from tests.conftest import suite_process_env
-from tests.helpers import EVENTS, MESSAGE_FIELDS, Api, Person
-from tests.servers import ThreadServer
-from tests.test_presence import next_state, watching
+from tests.support.client import WsClient, ws_connect
+from tests.support.helpers import EVENTS, MESSAGE_FIELDS, Api, Person
+from tests.support.processes import ProcessServer
+from tests.support.servers import ThreadServer
+from tests.support.services import RedisTarget
+from tests.support.settings import suite_process_env
+from tests.support.streams import next_state, watching
 
 PARLEY = str(Path(sys.executable).parent / "parley")
 SEND = f"mutation S($input: SendMessageInput!) {{ sendMessage(input: $input) {{ {MESSAGE_FIELDS} }} }}"

@@ -19,8 +19,8 @@ from starlette.routing import Route
 
 from infra.body_limit import BodyLimit
 from infra.storage.local import LocalStorage
-from infra.testing.processes import free_port, wait_healthy
 from resolvers.ports import UploadForm
+from tests.support.processes import free_port, wait_healthy
 
 SECRET = "test-secret-key-for-local-storage-0123456789"
 ONE_MIB = 1024 * 1024

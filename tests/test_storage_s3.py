@@ -14,9 +14,9 @@ import pytest
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.storage.s3 import S3Storage
-from infra.testing.processes import free_port
-from infra.testing.s3_server import S3Server
 from resolvers.ports import UploadForm
+from tests.support.processes import free_port
+from tests.support.s3_server import S3Server
 
 MAX_SIZE = 1024
 PDF = b"%PDF-1.7\n" + b"x" * 100

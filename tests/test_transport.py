@@ -23,7 +23,7 @@ from graph.view import ParleyGraphQL
 from infra import cli
 from infra.server import ParleyServer
 from resolvers.ids import MessageIds
-from tests.helpers import EVENTS, Api
+from tests.support.helpers import EVENTS, Api
 
 NOT_ASCII = 'Zoë said "hi" \\ 🎉 ✓ \u2028 \t\x01 ß'
 

@@ -23,7 +23,7 @@ from typing import Any
 import redis
 from redis.crc import key_slot
 
-from infra.testing.processes import free_port, terminate
+from tests.support.processes import free_port, terminate
 
 _SLOTS = 16384
 _READY_TIMEOUT = 15.0

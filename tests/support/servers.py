@@ -1,6 +1,6 @@
 """Real servers for tests: uvicorn in a thread (in-process, injectable).
 
-`parley serve` as a separate process is `infra.testing.processes.ProcessServer`.
+`parley serve` as a separate process is `tests.support.processes.ProcessServer`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import uvicorn
 
 from infra.app import Overrides, create_app
 from infra.settings import Settings
-from infra.testing.processes import free_port, wait_healthy
+from tests.support.processes import free_port, wait_healthy
 
 
 class ThreadServer:

@@ -1,7 +1,7 @@
 """A throwaway S3 server (moto's, as a child process on a free 127.0.0.1 port) with one empty bucket.
 
 moto accepts any credentials and does not check signatures or POST policy conditions
-(PITFALLS.md): it proves the plumbing, not S3's enforcement.
+(docs/upstream-notes.md): it proves the plumbing, not S3's enforcement.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from infra.testing.processes import free_port, terminate
+from tests.support.processes import free_port, terminate
 
 _START_TIMEOUT = 30.0
 _STOP_TIMEOUT = 5.0
@@ -32,7 +32,7 @@ class S3Server:
 
     region = "us-east-1"
     access_key_id = "parley-test-access-key"
-    secret_access_key = "parley-test-secret-key"  # noqa: S105  # moto accepts any key
+    secret_access_key = "parley-test-secret-key"  # moto accepts any key
 
     def __init__(self, *, bucket: str = "parley-test") -> None:
         self.bucket = bucket

@@ -7,7 +7,7 @@ from sqlalchemy import MetaData, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from infra.settings import Settings
-from tests.helpers import Api
+from tests.support.helpers import Api
 
 
 async def dump_all_tables(api: Api, request: pytest.FixtureRequest) -> str:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from infra.testing.processes import free_port, terminate
+from tests.support.processes import free_port, terminate
 
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 5.0

@@ -24,8 +24,8 @@ from pathlib import Path
 import asyncpg
 import redis
 
-from infra.testing.processes import free_port
-from infra.testing.redis_process import RedisServer
+from tests.support.processes import free_port
+from tests.support.redis_process import RedisServer
 
 
 class MissingService(RuntimeError):

@@ -1,4 +1,4 @@
-"""Fake push services for tests: a WebPush endpoint that decrypts what it gets, and subscription keys."""
+"""Fake push services for tests: a WebPush endpoint that decrypts what it gets, subscription keys, the push settings."""
 
 from __future__ import annotations
 
@@ -20,9 +20,22 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from infra.push.webpush import new_vapid_keys
+
 HANG = -1
 # Bodies of scripted answers go out in chunks of this size.
 CHUNK = 64 * 1024
+# The servers' VAPID key pair, for the whole run.
+VAPID_PRIVATE, VAPID_PUBLIC = new_vapid_keys()
+# Short windows and backoffs, so the tests wait little.
+PUSH_SETTINGS: dict[str, object] = {
+    "push_vapid_private_key": VAPID_PRIVATE,
+    "push_coalesce_seconds": 0.3,
+    "push_retry_base_seconds": 0.05,
+    "push_max_attempts": 3,
+    "push_claim_idle_seconds": 1.0,
+}
+REGISTER_PUSH = "mutation P($input: PushRegistrationInput!) { registerPush(input: $input) }"
 
 
 def b64url(data: bytes) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from tests.client import HttpClient, Json, Subscription, WsClient, ws_connect
+from tests.support.client import HttpClient, Json, Subscription, WsClient, ws_connect
 
 PASSWORD = "correct horse battery"
 
