@@ -88,18 +88,23 @@ def api(request: pytest.FixtureRequest) -> Api:
 
 
 # The tiers (`pytest -m "not servers and not clients"` is the fast loop; CI runs all): a test
-# is marked by what it reaches, so nobody has to remember to mark it.
-_SERVICE_FIXTURES = frozenset({"postgres_server_url", "redis_target"})
+# is marked by what it reaches, so nobody has to remember to mark it. A server is any real one:
+# Parley in process or as a process, PostgreSQL, Redis, S3.
+_SERVER_FIXTURES = frozenset({"api", "embedded_server", "production_server", "postgres_server_url", "redis_target"})
+_SERVER_CLASSES = ("ThreadServer", "ProcessServer", "RedisServer", "S3Server", "PostgresServer", "RedisCluster")
 _CLIENT_MODULES = frozenset({"test_browser", "test_node_clients", "test_frontend_kit"})
+# Runs the benchmark harness, which starts every server itself.
+_SERVER_MODULES = frozenset({"test_bench"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1] if isinstance(item, pytest.Function) else ""
-        if module in _CLIENT_MODULES:
+        if not isinstance(item, pytest.Function):
+            continue
+        module = item.module
+        name = module.__name__.rsplit(".", 1)[-1]
+        if name in _CLIENT_MODULES:
             item.add_marker(pytest.mark.clients)
-        fixtures = set(getattr(item, "fixturenames", ()))
-        callspec = getattr(item, "callspec", None)
-        production = callspec is not None and callspec.params.get("api") == "production"
-        if production or fixtures & _SERVICE_FIXTURES:
+        starts_servers = name in _SERVER_MODULES or any(cls in vars(module) for cls in _SERVER_CLASSES)
+        if starts_servers or set(item.fixturenames) & _SERVER_FIXTURES:
             item.add_marker(pytest.mark.servers)
