@@ -18,7 +18,7 @@ from resolvers import accounts
 from resolvers.accounts import Viewer
 from resolvers.errors import Unauthenticated
 from resolvers.ids import MessageIds
-from resolvers.ports import Services
+from resolvers.services import Services
 
 if TYPE_CHECKING:
     from graph.sockets import SocketRegistry

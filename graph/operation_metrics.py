@@ -16,7 +16,8 @@ from strawberry.types import ExecutionContext
 
 from graph.context import Context
 from graph.errors import error_code, exception_code
-from resolvers.ports import NullTelemetry, Telemetry
+from resolvers.ports import Telemetry
+from resolvers.services import NullTelemetry
 
 log = logging.getLogger("parley.graphql")
 

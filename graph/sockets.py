@@ -21,7 +21,7 @@ from starlette.websockets import WebSocket, WebSocketState
 
 from models.columns import utcnow
 from resolvers.accounts import REVOKED_CHANNEL, activity_interval, existing_devices, revoked_devices, touch_devices
-from resolvers.ports import Services
+from resolvers.services import Services
 
 if TYPE_CHECKING:
     from graph.context import Context

@@ -35,6 +35,7 @@ from resolvers.files import AttachmentView
 from resolvers.ids import MessageIds, parse_row_id
 from resolvers.messages import MessageView
 from resolvers.privacy import SELF, PresenceVisibility
+from resolvers.records import DELETED_DISPLAY_NAME, DELETED_USERNAME
 
 ConversationKind = strawberry.enum(ConversationKindModel, name="ConversationKind")
 MemberRole = strawberry.enum(MemberRoleModel, name="MemberRole")
@@ -119,7 +120,7 @@ async def load_user(info: Info, user_id: int) -> User:
     """A user by id for nested fields; a deleted account shows as a placeholder, not an error."""
     row = await info.context.loaders(info).users.load(user_id)
     if row is None:
-        return User(id=strawberry.ID(str(user_id)), username="deleted", display_name="Deleted user")
+        return User(id=strawberry.ID(str(user_id)), username=DELETED_USERNAME, display_name=DELETED_DISPLAY_NAME)
     return User.from_row(row)
 
 
@@ -496,8 +497,8 @@ def event_from_view(
             message_id=strawberry.ID(message_id),
             user=User(
                 id=strawberry.ID(str(r.reader_id)),
-                username=r.reader_username or "deleted",
-                display_name=r.reader_display_name or "Deleted user",
+                username=r.reader_username or DELETED_USERNAME,
+                display_name=r.reader_display_name or DELETED_DISPLAY_NAME,
             ),
             status=ReceiptStatus(r.status),
             at=r.at,

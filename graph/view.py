@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -20,7 +19,7 @@ from starlette.websockets import WebSocket, WebSocketState
 from strawberry.asgi import ASGIWebSocketAdapter, GraphQL
 from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData, GraphQLRequestProtocol
-from strawberry.http.streaming import HTTPStreamTransport, MultipartSubscriptionTransport, SSETransport
+from strawberry.http.streaming import HTTPStreamTransport, SSETransport
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.subscriptions import (
     GRAPHQL_SSE_PROTOCOL,
@@ -28,20 +27,27 @@ from strawberry.subscriptions import (
     GRAPHQL_WS_PROTOCOL,
     MULTIPART_SUBSCRIPTION_PROTOCOL,
 )
-from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
-from strawberry.subscriptions.protocols.graphql_ws.types import ConnectionInitMessage
 from strawberry.types import ExecutionResult, SubscriptionExecutionResult
 from strawberry.types.graphql import OperationType
 from strawberry.types.unset import UnsetType
 
 from graph.context import ActivityThrottle, Context
 from graph.errors import is_unavailable
-from graph.persisted_queries import NOT_FOUND_CODE
+from graph.graphiql_page import GRAPHIQL_HTML
+from graph.http_status import (
+    GRAPHQL_RESPONSE_JSON,
+    NOT_FOUND_HEADERS,
+    accepts_graphql_response,
+    only_not_found,
+    status_of,
+)
+from graph.http_streams import MultipartSubscriptions, client_left, iterate_closing
+from graph.legacy_ws import LegacyGraphQLWSHandler
 from graph.sockets import SocketRegistry
 from resolvers import accounts
 from resolvers.errors import BadUserInput, ParleyError, RateLimited, Unauthenticated
 from resolvers.ids import MessageIds
-from resolvers.ports import Services
+from resolvers.services import Services
 
 log = logging.getLogger("parley.graphql")
 
@@ -64,81 +70,11 @@ class _Socket(ASGIWebSocketAdapter):
         await super().close(code, reason)
 
 
-class _LegacyHandler(BaseGraphQLWSHandler[Context, None]):
-    """The legacy graphql-ws protocol held to graphql-transport-ws's rules.
-
-    strawberry's handler accepts any number of `connection_init` messages (each one
-    authenticating and counting the connection again) and waits forever for the first.
-    Here a second one closes the socket with 4429, and a socket with none within the
-    init timeout is closed with 4408, as the newer protocol does.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_received = False
-
-    async def handle(self) -> None:
-        deadline = asyncio.create_task(self._close_unless_initialised())
-        try:
-            await super().handle()
-        finally:
-            deadline.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await deadline
-
-    async def _close_unless_initialised(self) -> None:
-        await asyncio.sleep(self.view.connection_init_wait_timeout.total_seconds())
-        if not self._init_received:
-            await self.websocket.close(code=4408, reason="Connection initialisation timeout")
-
-    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
-        if self._init_received:
-            await self.websocket.close(code=4429, reason="Too many initialisation requests")
-            return
-        self._init_received = True
-        await super().handle_connection_init(message)
-
-
-# GraphiQL's page: its script and stylesheet are built from npm (web/graphiql) and served by
-# this app under /static/graphiql, so it works offline; nothing inline, for a strict CSP.
-GRAPHIQL_HTML = """<!doctype html>
-<html lang="en">
-  <head>
-    <meta charset="utf-8">
-    <meta name="viewport" content="width=device-width, initial-scale=1">
-    <title>Parley GraphiQL</title>
-    <link rel="stylesheet" href="/static/graphiql/graphiql.css">
-  </head>
-  <body>
-    <div id="graphiql">Loading...</div>
-    <script src="/static/graphiql/graphiql.js"></script>
-  </body>
-</html>
-"""
-
-
-GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
-# What Apollo Router sends, and what each Apollo client parses: iOS splits on ";" and
-# matches the spec parameter literally ("subscriptionSpec=1.0": quoted, or followed by
-# strawberry's ",application/json", it fails with cannotParseResponse); Apollo Client and
-# Kotlin strip the boundary's quotes.
-MULTIPART_SUBSCRIPTION_CONTENT_TYPE = 'multipart/mixed;boundary="graphql";subscriptionSpec=1.0'
-# Apollo Server's answer to an unknown persisted query: 200, never cached (GET requests may carry hashes).
-_NOT_FOUND_HEADERS = {"Cache-Control": "private, no-cache, must-revalidate"}
-_SERVER_FAILURES = frozenset({"INTERNAL_SERVER_ERROR", "UNAVAILABLE"})
 _END = object()
 NEEDS_A_STREAM = (
     "A subscription needs a stream: a WebSocket (graphql-transport-ws or graphql-ws), or HTTP accepting "
     "multipart/mixed;subscriptionSpec=1.0 or text/event-stream."
 )
-
-
-class _MultipartSubscriptions(MultipartSubscriptionTransport):
-    """strawberry's Apollo multipart subscription transport, with the Content-Type Apollo's clients all parse."""
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return {"Content-Type": MULTIPART_SUBSCRIPTION_CONTENT_TYPE}
 
 
 class _Refused(Exception):
@@ -182,52 +118,13 @@ def _bearer(params: Mapping[str, object]) -> str | None:
     return None
 
 
-def _accepts_graphql_response(accept: str) -> bool:
-    """True when the client prefers application/graphql-response+json (at least as much as application/json)."""
-    weights: dict[str, float] = {}
-    for part in accept.split(","):
-        media, *params = (piece.strip() for piece in part.split(";"))
-        weight = 1.0
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
-                with contextlib.suppress(ValueError):
-                    weight = float(value)
-        media = media.lower()
-        weights[media] = max(weight, weights.get(media, 0.0))
-    wanted = weights.get(GRAPHQL_RESPONSE_JSON, 0.0)
-    return wanted > 0 and wanted >= weights.get("application/json", 0.0)
-
-
-def _status_of(response: Mapping[str, Any]) -> int:
-    """The GraphQL-over-HTTP status of a single response sent as application/graphql-response+json.
-
-    A request error (parse, validation, variable coercion, a refused persisted query) has no
-    data and no error with a path: 400. A request that executed: 200, whatever its field errors.
-    """
-    errors = response.get("errors") or []
-    if response.get("data") is not None or not errors:
-        return 200
-    if any(isinstance(error, Mapping) and error.get("path") for error in errors):
-        return 200
-    codes = {(error.get("extensions") or {}).get("code") for error in errors if isinstance(error, Mapping)}
-    return 500 if codes & _SERVER_FAILURES else 400
-
-
-def _only_not_found(response: Mapping[str, Any]) -> bool:
-    errors = response.get("errors") or []
-    return bool(errors) and all(
-        isinstance(error, Mapping) and (error.get("extensions") or {}).get("code") == NOT_FOUND_CODE for error in errors
-    )
-
-
 class ParleyGraphQL(GraphQL[Context, None]):
     """strawberry's ASGI app with Parley's context, WebSocket auth and connection registry."""
 
     websocket_adapter_class = _Socket
-    graphql_ws_handler_class = _LegacyHandler
+    graphql_ws_handler_class = LegacyGraphQLWSHandler
     stream_transport_classes_by_protocol: Mapping[str, type[HTTPStreamTransport]] = {
-        MULTIPART_SUBSCRIPTION_PROTOCOL: _MultipartSubscriptions,
+        MULTIPART_SUBSCRIPTION_PROTOCOL: MultipartSubscriptions,
         GRAPHQL_SSE_PROTOCOL: SSETransport,  # graphql-sse's "distinct connections" mode
     }
     # Both WebSocket protocols, Apollo's multipart HTTP subscriptions and graphql-sse.
@@ -314,7 +211,7 @@ class ParleyGraphQL(GraphQL[Context, None]):
         sub_response = _SubResponse()
         sub_response.status_code = None  # type: ignore[assignment] # strawberry's "not set"
         del sub_response.headers["content-length"]
-        sub_response.graphql_response = _accepts_graphql_response(request.headers.get("accept", ""))
+        sub_response.graphql_response = accepts_graphql_response(request.headers.get("accept", ""))
         return sub_response
 
     def create_response(
@@ -324,10 +221,10 @@ class ParleyGraphQL(GraphQL[Context, None]):
         graphql_response = isinstance(sub_response, _SubResponse) and sub_response.graphql_response
         status: int | None = None
         if isinstance(response_data, Mapping):
-            if _only_not_found(response_data):
-                sub_response.headers.update(_NOT_FOUND_HEADERS)
+            if only_not_found(response_data):
+                sub_response.headers.update(NOT_FOUND_HEADERS)
             elif graphql_response:
-                status = _status_of(response_data)
+                status = status_of(response_data)
                 if status != 200:  # a request error has no `data` entry in this media type
                     response_data = {k: v for k, v in response_data.items() if k != "data"}  # type: ignore[assignment]
         response = super().create_response(response_data, sub_response)
@@ -472,7 +369,7 @@ class ParleyGraphQL(GraphQL[Context, None]):
 
         async def pump() -> None:
             try:
-                async for item in _iterate(source):
+                async for item in iterate_closing(source):
                     await queue.put((item, None))
             except Exception as error:
                 await queue.put((_END, error))
@@ -484,7 +381,7 @@ class ParleyGraphQL(GraphQL[Context, None]):
         # Under ASGI 2.4 Starlette learns of a client gone only when a write fails (the next
         # heartbeat, up to 15 s later); the disconnect message ends the stream, and its
         # presence, at once, as a WebSocket's close does.
-        left = asyncio.create_task(_client_left(context.request))
+        left = asyncio.create_task(client_left(context.request))
         getting: asyncio.Future[tuple[object, BaseException | None]] | None = None
         try:
             while True:
@@ -541,20 +438,3 @@ class ParleyGraphQL(GraphQL[Context, None]):
                 user_id, context.presence_user = context.presence_user, None
                 if user_id is not None:
                     await context.services.presence.disconnected(user_id)
-
-
-async def _iterate(source: SubscriptionExecutionResult) -> AsyncIterator[object]:
-    """The source's results, closing it however the iteration ends."""
-    try:
-        async for item in source:
-            yield item
-    finally:
-        close = getattr(source, "aclose", None)
-        if close is not None:
-            await close()
-
-
-async def _client_left(request: Request | WebSocket) -> None:
-    """Returns once the HTTP client has disconnected (its body was read already)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass

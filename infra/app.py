@@ -8,7 +8,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -28,18 +28,22 @@ from infra.bus import BroadcastBus
 from infra.db import Database, create_engine
 from infra.fanout import Fanout
 from infra.forwarded import TrustedProxies
-from infra.metrics import metrics_exposed, telemetry_for
+from infra.metrics_server import metrics_exposed
+from infra.metrics_telemetry import telemetry_for
 from infra.migrate import migrate
 from infra.passwords import Argon2Hasher
 from infra.persisted_queries import persisted_query_store
-from infra.pg_delivery import PgDeliveryStore
-from infra.presence import MemoryPresence, PresenceHub, RedisPresence
+from infra.pg_inbox_store import PgInboxStore
+from infra.presence_hub import PresenceHub
+from infra.presence_memory import MemoryPresence
+from infra.presence_redis import RedisPresence
 from infra.push.runtime import embedded_worker, push_config, push_queue
 from infra.rate_limit import MemoryRateLimiter, RedisRateLimiter
 from infra.redis_batch import RedisBatch
 from infra.redis_cluster import ClusterBus, cluster_client, hash_tagged
 from infra.security_headers import SecurityHeaders
-from infra.settings import Settings
+from infra.settings import Settings, settings_record
+from infra.sql_inbox_store import SqlInboxStore
 from infra.storage.local import LocalStorage
 from infra.storage.s3 import S3Storage
 from infra.thumbnails import PillowThumbnailer
@@ -48,8 +52,8 @@ from models.columns import utcnow
 from resolvers.file_retention import sweep_files
 from resolvers.ids import MessageIds
 from resolvers.maintenance import sweep
-from resolvers.ports import DeliveryStore, FileConfig, FileStorage, Limits, Services
-from resolvers.sql_delivery import SqlDeliveryStore
+from resolvers.ports import FileStorage, InboxStore
+from resolvers.services import FileConfig, Limits, Services
 from resolvers.thumbnails import run_thumbnail_worker
 
 log = logging.getLogger("parley.app")
@@ -61,6 +65,9 @@ class Overrides:
 
     wrap: Callable[[Services], Services] | None = None
     fast_password_hashing: bool = False
+    # The clock of the periodic sweeps and of the built-in storage's tokens: tests move it
+    # forward instead of waiting for something to expire.
+    now: Callable[[], datetime] = utcnow
 
 
 @dataclass
@@ -80,50 +87,18 @@ class _Runtime:
         return self.services
 
 
-def _limits(settings: Settings) -> Limits:
-    return Limits(
-        max_group_members=settings.max_group_members,
-        max_body_length=settings.max_body_length,
-        max_attachments=settings.max_attachments,
-        max_presence_watch=settings.max_presence_watch,
-        login_max_failures=settings.login_max_failures,
-        login_failure_window_seconds=settings.login_failure_window_seconds,
-        device_inactivity_days=settings.device_inactivity_days,
-        send_rate_per_minute=settings.send_rate_per_minute,
-        auth_attempts_per_address=settings.auth_attempts_per_address,
-        conversations_per_hour=settings.conversations_per_hour,
-        member_additions_per_hour=settings.member_additions_per_hour,
-        renames_per_hour=settings.renames_per_hour,
-        typing_interval_seconds=settings.typing_interval_seconds,
-        edit_window_seconds=settings.edit_window_seconds,
-        delete_window_seconds=settings.delete_window_seconds,
-        max_reactions_per_user_per_message=settings.max_reactions_per_user_per_message,
-        push_registrations_per_hour=settings.push_registrations_per_hour,
-    )
-
-
 def _file_config(settings: Settings) -> FileConfig:
-    return FileConfig(
-        max_upload_bytes=settings.max_upload_bytes,
+    return settings_record(
+        FileConfig,
+        settings,
         allowed_content_types=frozenset(settings.allowed_content_types),
-        upload_ticket_seconds=settings.upload_ticket_seconds,
-        download_url_seconds=settings.download_url_seconds,
         retention_seconds=settings.file_retention_days * 86400,
         unattached_seconds=settings.unattached_upload_hours * 3600,
-        thumbnail_size=settings.thumbnail_size,
-        thumbnail_max_pixels=settings.thumbnail_max_pixels,
-        thumbnail_max_source_bytes=settings.thumbnail_max_source_bytes,
-        public_url=settings.public_url,
-        uploads_per_hour=settings.uploads_per_hour,
-        thumbnail_concurrency=settings.thumbnail_concurrency,
-        upload_bytes_per_hour=settings.upload_bytes_per_hour,
-        keep_image_metadata=settings.keep_image_metadata,
-        max_image_bytes=settings.max_image_bytes,
     )
 
 
 @contextlib.asynccontextmanager
-async def _file_storage(settings: Settings) -> AsyncIterator[FileStorage]:
+async def _file_storage(settings: Settings, now: Callable[[], datetime]) -> AsyncIterator[FileStorage]:
     """S3 when a bucket is configured (any mode), else the folder the app serves itself."""
     if settings.s3_bucket:
         async with S3Storage.open(
@@ -136,23 +111,23 @@ async def _file_storage(settings: Settings) -> AsyncIterator[FileStorage]:
         ) as s3:
             yield s3
     else:
-        yield local_storage(settings)
+        yield local_storage(settings, now)
 
 
-def local_storage(settings: Settings) -> LocalStorage:
+def local_storage(settings: Settings, now: Callable[[], datetime] = utcnow) -> LocalStorage:
     """The built-in storage under `files_dir` (its routes are mounted whether or not S3 is used)."""
-    return LocalStorage(Path(settings.files_dir), secret_key=settings.secret_key)
+    return LocalStorage(Path(settings.files_dir), secret_key=settings.secret_key, clock=lambda: now().timestamp())
 
 
-async def _sweep_forever(services: Services, interval: float) -> None:
+async def _sweep_forever(services: Services, interval: float, now: Callable[[], datetime]) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
-            await sweep(services, now=utcnow())
+            await sweep(services, now=now())
         except Exception:
             log.exception("sweep failed; trying again in %.0f s", interval)
         try:
-            await sweep_files(services, now=utcnow())
+            await sweep_files(services, now=now())
         except Exception:
             log.exception("file retention failed; trying again in %.0f s", interval)
 
@@ -189,17 +164,17 @@ async def _connected_services(settings: Settings, overrides: Overrides) -> Async
         settings.redis_url or "memory://", channel_prefix=settings.redis_prefix if redis else ""
     )
     await bus.connect()
-    # The hot path runs on asyncpg directly on PostgreSQL (infra/pg_delivery.py says why).
-    pg_store: PgDeliveryStore | None = None
-    delivery: DeliveryStore = SqlDeliveryStore(db)
+    # The hot path runs on asyncpg directly on PostgreSQL (infra/pg_inbox_store.py says why).
+    pg_store: PgInboxStore | None = None
+    inbox_store: InboxStore = SqlInboxStore(db)
     if settings.database_url.startswith("postgresql"):
-        delivery = pg_store = await PgDeliveryStore.connect(
+        inbox_store = pg_store = await PgInboxStore.connect(
             settings.database_url,
             max_size=settings.delivery_pool_size,
             pool_timeout=settings.database_pool_timeout_seconds,
             connect_timeout=settings.database_connect_timeout_seconds,
         )
-    files = await stack.enter_async_context(_file_storage(settings))
+    files = await stack.enter_async_context(_file_storage(settings, overrides.now))
     hub = PresenceHub(bus)
     presence = (
         RedisPresence(
@@ -220,7 +195,7 @@ async def _connected_services(settings: Settings, overrides: Overrides) -> Async
         db=db,
         bus=bus,
         fanout=Fanout(bus),
-        delivery=delivery,
+        inbox_store=inbox_store,
         presence=presence,
         rate_limiter=RedisRateLimiter(redis, prefix=settings.redis_prefix, batch=batch)
         if redis
@@ -228,7 +203,7 @@ async def _connected_services(settings: Settings, overrides: Overrides) -> Async
         passwords=Argon2Hasher(
             fast=overrides.fast_password_hashing, max_concurrent=settings.max_concurrent_password_hashes
         ),
-        limits=_limits(settings),
+        limits=settings_record(Limits, settings),
         push_queue=push_queue(settings, redis, batch),
         push=push_config(settings),
         files=files,
@@ -336,7 +311,7 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> Starle
             persisted_query_store(settings) as persisted.store,
         ):
             runtime.services = services
-            sweeper = asyncio.create_task(_sweep_forever(services, settings.sweep_interval_seconds))
+            sweeper = asyncio.create_task(_sweep_forever(services, settings.sweep_interval_seconds, overrides.now))
             # Closes sockets of revoked devices, keeps connected devices active (graph/sockets.py).
             sockets = asyncio.create_task(graphql.sockets.run(services))
             tasks = [sweeper, sockets]
@@ -386,13 +361,13 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> Starle
             Route("/readyz", readyz),
             # The built-in storage's upload and download endpoints (they refuse every token when
             # S3 holds the files: its tokens are never minted then).
-            *local_storage(settings).routes(),
+            *local_storage(settings, overrides.now).routes(),
             *_web_pages(settings),
         ],
         lifespan=lifespan,
     )
     app.state.draining = draining  # the server sets it on SIGTERM (infra/server.py)
-    # Uploads are bounded by their own ticket's size (infra/storage/local.py), streamed to disk,
+    # Uploads are bounded by their own ticket's size (infra/storage/local_upload.py), streamed to disk,
     # and by a deadline of their own.
     app.add_middleware(
         BodyLimit,

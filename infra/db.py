@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from resolvers.after_commit import AFTER_COMMIT
 from resolvers.errors import ParleyError
-from resolvers.ports import AFTER_COMMIT
 
 log = logging.getLogger("parley.db")
 

@@ -1,4 +1,4 @@
-"""Live notices to users' streams: one publish per event and channel shard, dispatched locally by user.
+"""Entry notices and signals to users' streams: one publish per event and shard, dispatched locally by user.
 
 A process subscribes to a shard channel (`inbox:<n>`) once, while it holds any
 stream of a user in that shard, and hands each notice to the local streams of the
@@ -7,9 +7,11 @@ member, and one JSON decode per process, not one per stream (the design of
 Centrifugo's and Phoenix's fan-out). Notices are hints: the database stays the
 truth, and a stream that misses one replays from it.
 
-Wire format (JSON): `{"d": [[user, seq, i], ...], "e": [event, ...]}` for inbox
-entries, where `i` indexes `e` (-1: the notice does not carry the entry), and
-`{"n": {...}, "u": [user, ...]}` for best-effort notices.
+Envelope on the bus (JSON, short keys because every process decodes every publish of
+its shards): `{"d": [[user, seq, i], ...], "e": [event, ...]}` for entry notices,
+where `i` indexes `e` (-1: the notice does not carry the entry's event; the events
+are encoded by `resolvers/notice_codec.py`), and `{"n": {...}, "u": [user, ...]}`
+for signals.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -25,7 +27,8 @@ import orjson
 
 from infra.bus import Subscription
 from infra.shared_subscription import SharedSubscription
-from resolvers.ports import Bus, Delivered, Inbound, Notice, SharedEvent
+from resolvers.ports import Bus, Inbound
+from resolvers.records import EntryNotice, SharedEvent, Signal
 
 log = logging.getLogger("parley.fanout")
 
@@ -47,8 +50,10 @@ class Fanout:
     def _channel(self, shard: int) -> str:
         return f"inbox:{shard}"
 
-    async def deliver(self, entries: Sequence[tuple[int, int, int]], events: Sequence[dict[str, Any] | None]) -> None:
-        """Publishes inbox entries `(user, seq, event index)`, one message per shard touched."""
+    async def publish_entries(
+        self, entries: Sequence[tuple[int, int, int]], events: Sequence[Mapping[str, Any] | None]
+    ) -> None:
+        """Publishes entry notices `(user, seq, event index)`, one message per shard touched."""
         by_shard: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
         for user_id, seq, index in entries:
             by_shard[user_id % self._shards].append((user_id, seq, index if events[index] is not None else -1))
@@ -59,8 +64,8 @@ class Fanout:
         ]
         await self._bus.publish_many(items)
 
-    async def notify(self, user_ids: Sequence[int], data: dict[str, Any]) -> None:
-        """Publishes a best-effort notice to these users' streams."""
+    async def publish_signal(self, user_ids: Sequence[int], data: dict[str, Any]) -> None:
+        """Publishes a best-effort signal to these users' streams."""
         by_shard: dict[int, list[int]] = defaultdict(list)
         for user_id in user_ids:
             by_shard[user_id % self._shards].append(user_id)
@@ -120,14 +125,14 @@ class Fanout:
             for user_id, seq, index in data["d"]:
                 listeners = local.get(user_id)
                 if listeners:
-                    delivered = Delivered(seq, shared[index] if index >= 0 else None)
+                    notice = EntryNotice(seq, shared[index] if index >= 0 else None)
                     for feed in listeners:
-                        self._offer(feed, delivered)
+                        self._offer(feed, notice)
         else:
-            notice = Notice(data["n"])
+            signal = Signal(data["n"])
             for user_id in data["u"]:
                 for feed in local.get(user_id, ()):
-                    self._offer(feed, notice)
+                    self._offer(feed, signal)
 
     def _offer(self, feed: Subscription[Inbound], item: Inbound) -> None:
         if feed._offer(item):

@@ -16,7 +16,7 @@ import uvicorn.config
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
-from infra.storage.local import DOWNLOAD_PATH
+from infra.storage.local_http import DOWNLOAD_PATH
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

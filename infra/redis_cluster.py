@@ -9,7 +9,7 @@ With `settings.redis_cluster`, `PARLEY_REDIS_URL` names one node of a Redis Clus
   (`inbox:0` … `inbox:15`, infra/fanout.py) hash to different slots, so their
   traffic spreads over the masters; `presence` is one channel, so one shard.
 - **Multi-key scripts** need all their keys in one slot: the presence registry
-  (infra/presence.py) and the push queue's streams (infra/push/queue.py) get a
+  (infra/presence_redis.py) and the push queue's streams (infra/push/queue.py) get a
   prefix with a hash tag (`{parley:presence}:conn:42`), keeping their scripts and
   transactions as they are. Rate-limit counters, last-sent markers and every other
   single-key command keep the plain prefix and spread over the slots.

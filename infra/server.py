@@ -28,7 +28,7 @@ from uvicorn.supervisors import multiprocess
 
 from infra.app import Draining, create_app
 from infra.log_format import uvicorn_log_config
-from infra.metrics import prepare_multiprocess
+from infra.metrics_server import prepare_multiprocess
 from infra.settings import Settings
 
 log = logging.getLogger("parley.server")
@@ -193,7 +193,7 @@ def run_workers(settings: Settings, *, host: str, port: int, workers: int) -> No
     check_workers(settings, workers)
     config = _config(_app_built_in_each_worker, settings, host=host, port=port, workers=workers)
     sock = config.bind_socket()
-    # Before any worker starts: they inherit its multiprocess directory (infra/metrics.py).
+    # Before any worker starts: they inherit its multiprocess directory (infra/metrics_server.py).
     metrics = prepare_multiprocess(settings, workers)
     supervisor = multiprocess.Multiprocess(config, sockets=[sock])
     try:

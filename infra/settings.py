@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+R = TypeVar("R", bound="DataclassInstance")
 
 DEFAULT_SECRET_KEY = "parley-development-secret-change-me"  # noqa: S105 - the known default we refuse in production
 
@@ -356,3 +362,18 @@ class Settings(BaseSettings):
     def is_sqlite(self) -> bool:
         """The embedded mode's database."""
         return self.database_url.startswith("sqlite")
+
+
+def settings_record(record: type[R], settings: Settings, **derived: Any) -> R:
+    """A config record (a dataclass) whose fields are the settings of the same names, so defaults live here only.
+
+    `derived` gives the fields computed from settings (another unit or type); a field that is
+    neither a setting nor derived keeps the record's own default.
+    """
+    names = type(settings).model_fields
+    values = {
+        field.name: derived[field.name] if field.name in derived else getattr(settings, field.name)
+        for field in dataclasses.fields(record)
+        if field.name in derived or field.name in names
+    }
+    return record(**values)

@@ -1,7 +1,7 @@
 """One bus channel subscribed once per process, shared by all its local listeners.
 
 The inbox fan-out (`infra/fanout.py`, one per shard) and the presence hub
-(`infra/presence.py`) both subscribe to a channel when their first local listener
+(`infra/presence_hub.py`) both subscribe to a channel when their first local listener
 arrives, hand every notice to a pump that dispatches it locally, and unsubscribe
 when the last listener leaves.
 """

@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from infra.log_format import redact_path
 from infra.settings import Settings
-from infra.storage.local import DOWNLOAD_PATH, UPLOAD_PATH
+from infra.storage.local_http import DOWNLOAD_PATH, UPLOAD_PATH
 
 log = logging.getLogger("parley.tracing")
 

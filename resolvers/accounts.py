@@ -22,8 +22,9 @@ from resolvers import auth_limits
 from resolvers.batches import chunks
 from resolvers.errors import BadUserInput, Conflict, NotFound, Unauthenticated
 from resolvers.inbox import prune_inbox
-from resolvers.notify import notify_best_effort
-from resolvers.ports import Limits, Services
+from resolvers.notice_codec import revocation_signal
+from resolvers.publish import publish_signal_best_effort
+from resolvers.services import Limits, Services
 from resolvers.text import check_visible_text
 
 log = logging.getLogger("parley.accounts")
@@ -172,7 +173,7 @@ async def authenticate(services: Services, authorization: str | None) -> Viewer:
     if scheme.lower() != "bearer" or not token.strip() or len(token) > 200:
         raise Unauthenticated("The Authorization value must be 'Bearer <token>'.")
     now = utcnow()
-    found = await services.delivery.device_for_token(
+    found = await services.inbox_store.device_for_token(
         hash_token(token.strip()), now=now, touch_before=now - activity_interval(services.limits)
     )
     if found is None:
@@ -276,7 +277,7 @@ async def announce_revoked(services: Services, revoked: Sequence[tuple[int, int]
         except Exception:
             log.warning("publish of the revocation of %d devices failed", len(device_ids), exc_info=True)
         # Its event streams end with UNAUTHENTICATED on this per-user notice, if it beats the close.
-        await notify_best_effort(services, {user_id for _, user_id in chunk}, {"revoked": device_ids})
+        await publish_signal_best_effort(services, {user_id for _, user_id in chunk}, revocation_signal(device_ids))
 
 
 async def _require_device(session: AsyncSession, viewer: Viewer) -> None:

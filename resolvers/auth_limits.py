@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 
 from resolvers.errors import RateLimited
-from resolvers.ports import Services
+from resolvers.services import Services
 
 # One IPv6 subscriber usually holds a whole /64: count the network, not each address.
 IPV6_PREFIX = 64

@@ -24,7 +24,7 @@ from models import Block, User
 from models.columns import utcnow
 from resolvers.accounts import Viewer
 from resolvers.errors import BadUserInput, Forbidden, NotFound
-from resolvers.ports import Services
+from resolvers.services import Services
 
 log = logging.getLogger("parley.blocks")
 

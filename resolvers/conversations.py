@@ -4,7 +4,7 @@ Every change is announced as a durable `ConversationEvent` in the inboxes of the
 users concerned (the members after the change, plus anyone removed or leaving),
 written in the same transaction as the change and published after commit.
 
-Lock order, the same as `sendMessage`'s (infra/pg_delivery.py): the conversation row
+Lock order, the same as `sendMessage`'s (infra/pg_inbox_store.py): the conversation row
 (FOR NO KEY UPDATE), then member rows, then inbox heads in user id order. A change
 to a group therefore waits for sends in flight there and the other way round, and
 neither can deadlock the other.
@@ -34,9 +34,9 @@ from resolvers.batches import chunks
 from resolvers.blocks import refuse_if_blocked
 from resolvers.errors import BadUserInput, Forbidden, NotFound
 from resolvers.inbox import Appended, append_events
-from resolvers.notify import commit_then_publish
-from resolvers.ports import Services
+from resolvers.publish import commit_then_publish
 from resolvers.rate_limits import spend
+from resolvers.services import Services
 from resolvers.text import check_visible_text
 
 log = logging.getLogger("parley.conversations")

@@ -1,9 +1,9 @@
 """A device's durable events: pending ones for pull sync, and the live stream.
 
-The stream starts listening for the user's notices first, then replays the inbox
-after the cursor, then follows notices. A notice for exactly the next position
-that carries its entry is yielded as it is; anything else (a gap, a notice
-without the entry, a `Resync` after a broker outage) makes the stream read the
+The stream starts listening for the user's entry notices first, then replays the
+inbox after the cursor, then follows notices. A notice for exactly the next position
+that carries its entry's event is yielded as it is; anything else (a gap, a notice
+without the event, a `Resync` after a broker outage) makes the stream read the
 database from its last position. So a lost, late or duplicated notice can delay
 an event but never skip or repeat it.
 """
@@ -24,8 +24,9 @@ from resolvers.errors import BadUserInput, Unauthenticated
 from resolvers.ids import MessageRef, format_cursor, parse_cursor
 from resolvers.lifecycle import LIFECYCLE_KINDS, LifecycleChange, change_of
 from resolvers.messages import MessageView
-from resolvers.notify import MESSAGE_KIND, RECEIPT_KIND
-from resolvers.ports import Delivered, Notice, Services, SharedEvent, StoredEntry, StoredMessage
+from resolvers.notice_codec import MESSAGE_KIND, RECEIPT_KIND, decode_message, decode_receipt, decode_typing, revokes
+from resolvers.records import DELETED_DISPLAY_NAME, DELETED_USERNAME, EntryNotice, SharedEvent, Signal, StoredEntry
+from resolvers.services import Services
 
 log = logging.getLogger("parley.events")
 
@@ -128,35 +129,21 @@ def _render_entry(entry: StoredEntry) -> DurableEvent | None:
     )
 
 
-def _render_wire(wire: dict[str, Any]) -> MessageView | ReceiptView | None:
-    """What a notice carries, rendered; None for anything this version does not know."""
-    kind = wire.get("k")
+def _render_carried(encoded: dict[str, Any]) -> MessageView | ReceiptView | None:
+    """The event a notice carries, rendered; None for anything this version does not know."""
+    kind = encoded.get("k")
     if kind == MESSAGE_KIND:
-        return MessageView.from_stored(
-            StoredMessage(
-                id=wire["id"],
-                conversation_id=wire["c"],
-                sender_id=wire["s"],
-                sender_username=wire["su"],
-                sender_display_name=wire["sd"],
-                client_id=wire["ci"],
-                body=wire["b"],
-                sent_at=datetime.fromisoformat(wire["t"]),
-                attachments=wire.get("a"),
-                reply_to_id=wire.get("r"),
-                reply_to_sender_id=wire.get("rs"),
-            )
-        )
+        return MessageView.from_stored(decode_message(encoded))
     if kind == RECEIPT_KIND:
-        return _receipt(wire["p"])
+        return _receipt(decode_receipt(encoded))
     return None
 
 
 def _shared_body(event: SharedEvent) -> MessageView | ReceiptView | None:
-    """The rendered entry of a notice, rendered once per process however many streams it reaches."""
+    """The event a notice carries, rendered once per process however many streams it reaches."""
     if event.rendered is None:
         try:
-            event.rendered = _render_wire(event.wire) or False
+            event.rendered = _render_carried(event.encoded) or False
         except (KeyError, TypeError, ValueError):
             log.warning("could not render a notice's event; reading it from the database", exc_info=True)
             event.rendered = False
@@ -184,8 +171,8 @@ async def _with_reader_names(services: Services, events: list[DurableEvent]) -> 
                         receipt.conversation_id,
                         receipt.message,
                         receipt.reader_id,
-                        user.username if user else "deleted",
-                        user.display_name if user else "Deleted user",
+                        user.username if user else DELETED_USERNAME,
+                        user.display_name if user else DELETED_DISPLAY_NAME,
                         receipt.status,
                         receipt.at,
                     ),
@@ -200,7 +187,7 @@ async def _read_after(
     services: Services, viewer: Viewer, after: int, limit: int
 ) -> tuple[list[DurableEvent], int, int]:
     """Events after `after`, the last position read and the rows read; `Unauthenticated` once the device is gone."""
-    entries = await services.delivery.read_after(
+    entries = await services.inbox_store.read_after(
         user_id=viewer.user_id, device_id=viewer.device_id, after=after, limit=limit
     )
     if entries is None:
@@ -234,7 +221,7 @@ async def _without_foreign_files(services: Services, viewer: Viewer, events: lis
 
 
 async def _start_position(services: Services, viewer: Viewer, after: str | None) -> int:
-    positions = await services.delivery.positions(viewer.device_id)
+    positions = await services.inbox_store.positions(viewer.device_id)
     if positions is None:
         raise Unauthenticated("This device has logged out.")
     acked, head = positions
@@ -258,11 +245,11 @@ async def pending_events(services: Services, viewer: Viewer, *, after: str | Non
 async def stream_events(services: Services, viewer: Viewer, *, after: str | None) -> AsyncIterator[Event]:
     """Replays pending events, then follows live ones: no gap, no duplicate, in order."""
     position = _Position(await _start_position(services, viewer, after))
-    async with services.fanout.listen(viewer.user_id) as inbox:
+    async with services.fanout.listen(viewer.user_id) as notices:
         # Listening before reading: whatever commits from here on also sends a notice.
         async for event in _replay(services, viewer, position):
             yield event
-        feed = aiter(inbox)
+        feed = aiter(notices)
         while True:
             try:
                 item = await (asyncio.wait_for(anext(feed), GAP_WAIT_SECONDS) if position.early else anext(feed))
@@ -270,18 +257,18 @@ async def stream_events(services: Services, viewer: Viewer, *, after: str | None
                 return
             except TimeoutError:
                 item = None  # the missing notice is lost, or slow: read the database
-            if isinstance(item, Delivered):
+            if isinstance(item, EntryNotice):
                 ready = position.accept(item)
                 if ready is not None:
                     services.telemetry.events_delivered(len(ready))
                     for event in ready:
                         yield event
                     continue
-            elif isinstance(item, Notice):
-                if _revokes(item.data, viewer.device_id):
+            elif isinstance(item, Signal):
+                if revokes(item.data, viewer.device_id):
                     raise Unauthenticated("This device has logged out.")
-                if (typing := _typing(item.data.get("typing"))) is not None:
-                    yield typing
+                if (typing := decode_typing(item.data)) is not None:
+                    yield TypingEventView(*typing)
                 continue
             elif item is not None:
                 log.info("user %s stream resyncing (%s)", viewer.user_id, item.reason)
@@ -308,7 +295,7 @@ class _Position:
     value: int
     early: dict[int, MessageView | ReceiptView] = field(default_factory=dict)
 
-    def accept(self, item: Delivered) -> list[DurableEvent] | None:
+    def accept(self, item: EntryNotice) -> list[DurableEvent] | None:
         """The events now in order (maybe none); None when the database must be read instead."""
         if item.seq <= self.value:
             return []  # already read with an earlier batch
@@ -338,23 +325,3 @@ async def _replay(services: Services, viewer: Viewer, position: _Position) -> As
             yield event
         if rows < REPLAY_BATCH:
             return
-
-
-def _revokes(data: dict[str, Any], device_id: int) -> bool:
-    """Whether a notice revokes this device (`logout` is what processes before `revoked` sent)."""
-    revoked = data.get("revoked")
-    return data.get("logout") == device_id or (isinstance(revoked, list) and device_id in revoked)
-
-
-def _typing(data: Any) -> TypingEventView | None:
-    if not isinstance(data, dict):
-        return None
-    try:
-        return TypingEventView(
-            int(data["conversation_id"]),
-            int(data["user_id"]),
-            bool(data["typing"]),
-            datetime.fromisoformat(data["at"]),
-        )
-    except (KeyError, TypeError, ValueError):
-        return None

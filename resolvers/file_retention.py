@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers import file_store
-from resolvers.ports import Services
+from resolvers.services import Services
 
 log = logging.getLogger("parley.files")
 

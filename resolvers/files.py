@@ -28,8 +28,10 @@ from resolvers import file_checks, file_store, image_metadata
 from resolvers.accounts import Viewer
 from resolvers.errors import BadUserInput, NotFound, ParleyError, RateLimited, Unavailable
 from resolvers.ids import parse_row_id
-from resolvers.ports import AttachmentClaim, FileStorage, Services
+from resolvers.ports import FileStorage
 from resolvers.rate_limits import spend
+from resolvers.records import AttachmentClaim
+from resolvers.services import Services
 
 log = logging.getLogger("parley.files")
 

@@ -20,7 +20,7 @@ from sqlmodel import col
 
 from models import Device, EventKind, InboxEntry, InboxHead, Message, User
 from models.columns import utcnow
-from resolvers.ports import after_commit
+from resolvers.after_commit import after_commit
 
 
 @dataclass(frozen=True)

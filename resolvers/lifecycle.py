@@ -56,8 +56,9 @@ from resolvers.errors import BadUserInput, Forbidden, NotFound
 from resolvers.ids import MessageRef
 from resolvers.inbox import Appended, append_events
 from resolvers.messages import check_body, check_send_rate
-from resolvers.notify import commit_then_publish
-from resolvers.ports import Services
+from resolvers.publish import commit_then_publish
+from resolvers.records import DELETED_DISPLAY_NAME, DELETED_USERNAME
+from resolvers.services import Services
 
 log = logging.getLogger("parley.lifecycle")
 
@@ -105,8 +106,8 @@ def change_of(payload: str) -> LifecycleChange:
     return LifecycleChange(
         message=MessageRef(int(data["m"]), int(data["c"]), int(data["s"])),
         actor_id=int(data["u"]),
-        actor_username=data.get("un") or "deleted",
-        actor_display_name=data.get("ud") or "Deleted user",
+        actor_username=data.get("un") or DELETED_USERNAME,
+        actor_display_name=data.get("ud") or DELETED_DISPLAY_NAME,
         at=datetime.fromisoformat(data["at"]),
         body=data.get("b"),
         emoji=data.get("e"),
@@ -171,7 +172,7 @@ async def _recipients(session: AsyncSession, ref: MessageRef, actor_id: int) -> 
     """Who gets the actor's change, and whether a blocker was left out.
 
     Every member, less (in a direct conversation) those who blocked the actor: the rule
-    of a send (infra/pg_delivery.py `recipients`, resolvers/sql_delivery.py).
+    of a send (infra/pg_inbox_store.py `recipients`, infra/sql_inbox_store.py).
     """
     members = await member_ids(session, ref.conversation_id)
     kind = await session.scalar(select(col(Conversation.kind)).where(col(Conversation.id) == ref.conversation_id))

@@ -13,7 +13,7 @@ from sqlmodel import col
 from models import Device, InboxEntry, Message, Reaction, SentKey
 from resolvers.accounts import announce_revoked
 from resolvers.inbox import delete_orphans_after_commit, prune_inbox
-from resolvers.ports import Services
+from resolvers.services import Services
 
 log = logging.getLogger("parley.maintenance")
 

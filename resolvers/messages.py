@@ -13,9 +13,11 @@ from resolvers.accounts import Viewer, get_users
 from resolvers.errors import BadUserInput, Conflict, NotFound, Unauthenticated
 from resolvers.files import AttachmentView, announce_thumbnail_work, attachments_of, prepare_attachments
 from resolvers.ids import MessageRef
-from resolvers.notify import deliver_best_effort, message_wire
-from resolvers.ports import PushJob, Services, StoredMessage
+from resolvers.notice_codec import encode_message
+from resolvers.publish import publish_entries_best_effort
 from resolvers.rate_limits import spend
+from resolvers.records import DELETED_DISPLAY_NAME, DELETED_USERNAME, PushJob, StoredMessage
+from resolvers.services import Services
 
 log = logging.getLogger("parley.messages")
 
@@ -105,11 +107,11 @@ async def send_message(
     claim = None
     if attachment_ids:
         # A retry must find its first send before the uploads (attached by then) are checked.
-        if await services.delivery.earlier_send(viewer.user_id, client_id) is not None:
+        if await services.inbox_store.earlier_send(viewer.user_id, client_id) is not None:
             return await _earlier_send(services, viewer, conversation_id, client_id, text)
         claim = await prepare_attachments(services, viewer, attachment_ids)
     await check_send_rate(services, viewer)
-    outcome = await services.delivery.send(
+    outcome = await services.inbox_store.send(
         sender_id=viewer.user_id,
         device_id=viewer.device_id,
         conversation_id=conversation_id,
@@ -124,7 +126,7 @@ async def send_message(
     if not outcome.is_member:
         raise NotFound("No such conversation.")
     if outcome.message is None:
-        if not outcome.attachments_ok and await services.delivery.earlier_send(viewer.user_id, client_id) is None:
+        if not outcome.attachments_ok and await services.inbox_store.earlier_send(viewer.user_id, client_id) is None:
             raise BadUserInput("An attachment is not yours, not uploaded and checked, or already in a message.")
         return await _earlier_send(services, viewer, conversation_id, client_id, text)
     committed = time.perf_counter()
@@ -132,11 +134,11 @@ async def send_message(
 
     # The notice carries the message itself: streams expecting it yield it without a read.
     # The push job is queued at the same time: its round trip overlaps the publish's.
-    announce = _announce(services, outcome.deliveries, outcome.message, committed)
-    if outcome.may_push and any(uid != viewer.user_id for uid, _seq in outcome.deliveries):
-        await asyncio.gather(announce, _queue_push(services, outcome.message))
+    publishing = _publish_notices(services, outcome.appended, outcome.message, committed)
+    if outcome.may_push and any(uid != viewer.user_id for uid, _seq in outcome.appended):
+        await asyncio.gather(publishing, _queue_push(services, outcome.message))
     else:
-        await announce
+        await publishing
     if outcome.newly_engaged:
         # Watchers who could not see the sender until this first message read again.
         await services.presence.reveal([viewer.user_id])
@@ -147,11 +149,11 @@ async def send_message(
     return view
 
 
-async def _announce(
-    services: Services, deliveries: list[tuple[int, int]], message: StoredMessage, committed: float
+async def _publish_notices(
+    services: Services, appended: list[tuple[int, int]], message: StoredMessage, committed: float
 ) -> None:
-    """Publishes a committed message's notices (best effort), timing commit → publish."""
-    await deliver_best_effort(services, [(uid, seq, 0) for uid, seq in deliveries], [message_wire(message)])
+    """Publishes a committed message's entry notices (best effort), timing commit → publish."""
+    await publish_entries_best_effort(services, [(uid, seq, 0) for uid, seq in appended], [encode_message(message)])
     services.telemetry.notices_published(time.perf_counter() - committed)
 
 
@@ -196,15 +198,15 @@ async def check_send_rate(services: Services, viewer: Viewer) -> None:
 async def _earlier_send(
     services: Services, viewer: Viewer, conversation_id: int, client_id: str, body: str | None
 ) -> MessageView:
-    earlier = await services.delivery.earlier_send(viewer.user_id, client_id)
+    earlier = await services.inbox_store.earlier_send(viewer.user_id, client_id)
     if earlier is None:  # cannot happen: the store found the key a moment ago, and keys outlive retries
         raise RuntimeError(f"idempotency key of user {viewer.user_id} vanished")
     if earlier.conversation_id != conversation_id:
         raise Conflict("This clientId was already used for a message in another conversation.")
     if earlier.message is not None:
         # Announce again what is still pending: streams skip positions they have seen.
-        await deliver_best_effort(
-            services, [(uid, seq, 0) for uid, seq in earlier.deliveries], [message_wire(earlier.message)]
+        await publish_entries_best_effort(
+            services, [(uid, seq, 0) for uid, seq in earlier.appended], [encode_message(earlier.message)]
         )
         return MessageView.from_stored(earlier.message)
     # Delivered and deleted since: answer from the idempotency record and the retry's body.
@@ -215,6 +217,6 @@ async def _earlier_send(
         client_id=client_id,
         body=body,
         sent_at=earlier.sent_at,
-        sender_username=user.username if user else "deleted",
-        sender_display_name=user.display_name if user else "Deleted user",
+        sender_username=user.username if user else DELETED_USERNAME,
+        sender_display_name=user.display_name if user else DELETED_DISPLAY_NAME,
     )

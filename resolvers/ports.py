@@ -1,14 +1,33 @@
-"""The small interfaces use cases need from infrastructure (implemented in `infra/`)."""
+"""The small interfaces use cases need from infrastructure (implemented in `infra/`).
+
+The records they exchange are in `resolvers/records.py`; the container that carries
+them to the use cases is `resolvers/services.py`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from resolvers.records import (
+    AckOutcome,
+    AttachmentClaim,
+    EarlierSend,
+    EntryNotice,
+    PresenceChange,
+    PresenceState,
+    PushJob,
+    QueuedPushJob,
+    SendOutcome,
+    Signal,
+    StoredEntry,
+    StoredObject,
+    UploadForm,
+)
 
 T = TypeVar("T")
 
@@ -30,45 +49,20 @@ class Bus(Protocol):
     async def ping(self) -> None: ...
 
 
-@dataclass(slots=True)
-class SharedEvent:
-    """A durable event as carried by a live notice, shared by every local stream it reaches.
-
-    `wire` is the event as published; `rendered` caches what the first stream made of it,
-    so a group message is decoded and rendered once per process, not once per member.
-    """
-
-    wire: dict[str, Any]
-    rendered: object = None
-
-
-@dataclass(frozen=True, slots=True)
-class Delivered:
-    """A user's inbox grew to position `seq`; `event` is that entry when the notice carried it."""
-
-    seq: int
-    event: SharedEvent | None
-
-
-@dataclass(frozen=True, slots=True)
-class Notice:
-    """A best-effort notice for a user's streams (typing, logout): never stored."""
-
-    data: dict[str, Any]
-
-
-Inbound = Delivered | Notice | Resync
+Inbound = EntryNotice | Signal | Resync
 
 
 class Fanout(Protocol):
     """Live notices to users' streams on whichever process holds them."""
 
-    async def deliver(self, entries: Sequence[tuple[int, int, int]], events: Sequence[dict[str, Any] | None]) -> None:
-        """Publishes `(user_id, seq, index into events)` triples; raises when the broker fails."""
+    async def publish_entries(
+        self, entries: Sequence[tuple[int, int, int]], events: Sequence[Mapping[str, Any] | None]
+    ) -> None:
+        """Publishes entry notices `(user_id, seq, index into events)`; raises when the broker fails."""
         ...
 
-    async def notify(self, user_ids: Sequence[int], data: dict[str, Any]) -> None:
-        """Publishes a best-effort notice to these users' streams."""
+    async def publish_signal(self, user_ids: Sequence[int], data: dict[str, Any]) -> None:
+        """Publishes a best-effort signal to these users' streams."""
         ...
 
     def listen(self, user_id: int) -> AbstractAsyncContextManager[AsyncIterator[Inbound]]:
@@ -76,91 +70,12 @@ class Fanout(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    """A pending message with what its events show of the sender."""
+class InboxStore(Protocol):
+    """The hot path's storage: append, acknowledge, prune and read back inbox entries; look up tokens.
 
-    id: int
-    conversation_id: int
-    sender_id: int
-    sender_username: str
-    sender_display_name: str
-    client_id: str
-    body: str | None
-    sent_at: datetime
-    # The attachments' metadata as stored with the message (JSON, see resolvers/files.py), or None.
-    attachments: str | None = None
-    # The message this one replies to (same conversation): its row id and sender, for its signed id.
-    reply_to_id: int | None = None
-    reply_to_sender_id: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class AttachmentClaim:
-    """Uploads a send attaches: their ids, and the metadata the message stores (JSON)."""
-
-    ids: list[int]
-    metadata: str
-
-
-@dataclass(frozen=True, slots=True)
-class StoredEntry:
-    """One inbox entry read back: a message (`message` set, or None once deleted) or a JSON payload."""
-
-    seq: int
-    kind: str
-    message: StoredMessage | None
-    payload: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class SendOutcome:
-    """What storing a message did: `message` is None when the clientId was used before."""
-
-    is_member: bool
-    message: StoredMessage | None
-    deliveries: list[tuple[int, int]] = field(default_factory=list)
-    # False when the sending device no longer exists (logged out between authentication and send).
-    device_known: bool = True
-    # False when no recipient but the sender has a push registration and the conversation unmuted:
-    # then no push job is queued (True when the store cannot tell: the worker decides).
-    may_push: bool = True
-    # False when an attachment was not the sender's, not checked, or already in a message:
-    # then nothing was stored.
-    attachments_ok: bool = True
-    # The sender's first message in this conversation: their presence now shows to its members.
-    newly_engaged: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class EarlierSend:
-    """The idempotency record of a send; `message` is None once it was delivered and deleted."""
-
-    message_id: int
-    conversation_id: int
-    sent_at: datetime
-    message: StoredMessage | None
-    # (user, seq) of the message's entries still pending: a retry announces them again.
-    deliveries: list[tuple[int, int]] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class AckOutcome:
-    """What an acknowledgement did.
-
-    `acked_before` is None when the device is gone; `receipts` are the DELIVERED entries
-    appended to senders' inboxes as (sender, seq, payload JSON); `pruned_messages` are
-    messages whose entries were deleted and that may now be unreferenced.
+    One round trip each where it can. Token lookups live here too because every request
+    makes one and they share the hot path's connection pool.
     """
-
-    acked_before: int | None
-    head: int
-    receipts: list[tuple[int, int, str]]
-    pruned_messages: list[int]
-
-
-class DeliveryStore(Protocol):
-    """The hot path's storage: authenticate, send, acknowledge, read back. One round trip each where it can."""
 
     async def device_for_token(
         self, token_hash: str, *, now: datetime, touch_before: datetime
@@ -206,25 +121,6 @@ class DeliveryStore(Protocol):
     async def read_after(self, *, user_id: int, device_id: int, after: int, limit: int) -> list[StoredEntry] | None:
         """Entries after `after`, oldest first; None when the device is gone."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class PresenceState:
-    """A user's presence as the registry holds it; `seq` counts their online/offline transitions."""
-
-    online: bool
-    last_seen: datetime | None
-    seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class PresenceChange:
-    """A user went online or offline cluster-wide (`seq` orders one user's changes)."""
-
-    user_id: int
-    online: bool
-    last_seen: datetime | None
-    seq: int
 
 
 class Presence(Protocol):
@@ -284,18 +180,6 @@ class PasswordHasher(Protocol):
     async def verify(self, password_hash: str | None, password: str) -> bool: ...
 
 
-AFTER_COMMIT = "parley_after_commit"
-
-
-def after_commit(session: AsyncSession, work: Callable[[AsyncSession], Awaitable[object]]) -> None:
-    """Has `Database.transaction` run `work` in a transaction of its own once this one has committed.
-
-    For checks that must see every concurrent commit, such as "is this message still referenced":
-    inside the transaction, two of them would each still see the other's uncommitted deletions.
-    """
-    session.info.setdefault(AFTER_COMMIT, []).append(work)
-
-
 class Database(Protocol):
     """Sessions on the relational database; `transaction` also runs the `after_commit` work."""
 
@@ -304,27 +188,6 @@ class Database(Protocol):
     async def transaction(self, work: Callable[[AsyncSession], Awaitable[T]], *, attempts: int = 5) -> T: ...
 
     async def ping(self) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class PushJob:
-    """One message that may need push notifications; the worker decides for whom (infra/push/worker.py)."""
-
-    message_id: int
-    conversation_id: int
-    sender_id: int
-    sender_display_name: str
-    # Epoch seconds: the worker waits out the coalescing window from here.
-    sent_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class QueuedPushJob:
-    """A job as a worker received it: `deliveries` counts how often it was handed out (1 the first time)."""
-
-    id: str
-    job: PushJob
-    deliveries: int = 1
 
 
 class PushQueue(Protocol):
@@ -357,23 +220,6 @@ class PushQueue(Protocol):
     async def mark_sent(self, keys: Sequence[str]) -> None:
         """Remembers (for a day or more) that these (message, device) notifications went out."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class UploadForm:
-    """Where and how a client uploads one file: a multipart POST of `fields`, then the file as `file`."""
-
-    url: str
-    fields: list[tuple[str, str]]
-    expires_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class StoredObject:
-    """What storage holds at a key: its size in bytes and the content type it was stored with."""
-
-    size: int
-    content_type: str | None
 
 
 class FileStorage(Protocol):
@@ -428,41 +274,8 @@ class Thumbnailer(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class FileConfig:
-    """What file sharing allows (from settings)."""
-
-    max_upload_bytes: int = 100 * 1024 * 1024
-    allowed_content_types: frozenset[str] = frozenset({"image/jpeg", "image/png", "application/pdf", "text/plain"})
-    upload_ticket_seconds: int = 600
-    download_url_seconds: int = 300
-    retention_seconds: float = 30 * 86400
-    unattached_seconds: float = 86400
-    thumbnail_size: int = 320
-    thumbnail_max_pixels: int = 16_000_000
-    thumbnail_max_source_bytes: int = 30 * 1024 * 1024
-    # The scheme and host of download and upload URLs, when not the request's own.
-    public_url: str | None = None
-    uploads_per_hour: int = 500
-    thumbnail_max_attempts: int = 3
-    thumbnail_concurrency: int = 1
-    upload_bytes_per_hour: int = 1024 * 1024 * 1024
-    # JPEG, PNG and WebP originals lose their EXIF/XMP (GPS positions) but their orientation,
-    # unless kept; they are read whole for it, so they are at most `max_image_bytes`.
-    keep_image_metadata: bool = False
-    max_image_bytes: int = 30 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class PushConfig:
-    """What the API says and checks about push channels (from settings)."""
-
-    web_push_public_key: str | None = None
-    allow_private_endpoints: bool = True
-
-
 class Telemetry(Protocol):
-    """Counts and timings for operators (infra/metrics.py). Labels are bounded: no user ids."""
+    """Counts and timings for operators (infra/metrics_telemetry.py). Labels are bounded: no user ids."""
 
     def operation(self, *, kind: str, field: str, outcome: str, seconds: float) -> None:
         """One GraphQL operation ended: `field` is its root field, `outcome` "ok" or an error code."""
@@ -487,79 +300,6 @@ class Telemetry(Protocol):
     def events_delivered(self, count: int) -> None:
         """Durable events handed to subscribers (live or replayed)."""
         ...
-
-
-class NullTelemetry:
-    """Telemetry that records nothing (metrics off, and tools that wire services by hand)."""
-
-    def operation(self, *, kind: str, field: str, outcome: str, seconds: float) -> None:
-        """Records nothing."""
-
-    def socket_opened(self) -> None:
-        """Records nothing."""
-
-    def socket_closed(self) -> None:
-        """Records nothing."""
-
-    def subscription_started(self, field: str) -> None:
-        """Records nothing."""
-
-    def subscription_ended(self, field: str) -> None:
-        """Records nothing."""
-
-    def send_committed(self, seconds: float) -> None:
-        """Records nothing."""
-
-    def notices_published(self, seconds: float) -> None:
-        """Records nothing."""
-
-    def events_delivered(self, count: int) -> None:
-        """Records nothing."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Input limits the use cases enforce (from settings)."""
-
-    max_group_members: int = 100
-    max_body_length: int = 4000
-    max_attachments: int = 10
-    max_presence_watch: int = 100
-    login_max_failures: int = 10
-    login_failure_window_seconds: int = 300
-    device_inactivity_days: float = 30
-    send_rate_per_minute: int = 300
-    auth_attempts_per_address: int = 30
-    conversations_per_hour: int = 60
-    member_additions_per_hour: int = 500
-    renames_per_hour: int = 30
-    typing_interval_seconds: float = 2.0
-    edit_window_seconds: float = 900
-    delete_window_seconds: float = 86400
-    max_reactions_per_user_per_message: int = 5
-    push_registrations_per_hour: int = 60
-
-
-@dataclass(frozen=True)
-class Services:
-    """Everything a use case may touch, wired once in `infra/app.py`."""
-
-    db: Database
-    bus: Bus
-    fanout: Fanout
-    delivery: DeliveryStore
-    presence: Presence
-    rate_limiter: RateLimiter
-    passwords: PasswordHasher
-    limits: Limits
-    # None: push notifications are not queued (tests and tools that wire services by hand).
-    push_queue: PushQueue | None = None
-    push: PushConfig = field(default_factory=PushConfig)
-    # None: file sharing is off (tools that wire services by hand); createUpload answers UNAVAILABLE.
-    files: FileStorage | None = None
-    file_config: FileConfig = field(default_factory=FileConfig)
-    thumbnailer: Thumbnailer | None = None
-    telemetry: Telemetry = field(default_factory=NullTelemetry)
 
 
 class PersistedQueryStore(Protocol):

@@ -26,7 +26,8 @@ from datetime import datetime
 from resolvers import privacy
 from resolvers.accounts import Viewer
 from resolvers.errors import BadUserInput, Forbidden
-from resolvers.ports import PresenceChange, Services
+from resolvers.records import PresenceChange
+from resolvers.services import Services
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from models import Block, Member, User
 from resolvers.accounts import Viewer
 from resolvers.batches import chunks
 from resolvers.errors import NotFound
-from resolvers.ports import Services
+from resolvers.services import Services
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,8 +31,9 @@ from models import InboxEntry, Member, Message, PushPlatform, PushRegistration, 
 from resolvers.accounts import Viewer
 from resolvers.batches import chunks
 from resolvers.errors import BadUserInput, Unauthenticated, Unavailable
-from resolvers.ports import PushJob, Services
 from resolvers.rate_limits import spend
+from resolvers.records import PushJob
+from resolvers.services import Services
 
 MAX_ENDPOINT = 2048
 MAX_TOKEN = 4096

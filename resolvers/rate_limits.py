@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from resolvers.errors import RateLimited
-from resolvers.ports import Services
+from resolvers.services import Services
 
 log = logging.getLogger("parley.rate_limits")
 

@@ -17,8 +17,9 @@ from resolvers.conversations import membership
 from resolvers.errors import BadUserInput, Unauthenticated
 from resolvers.ids import MessageIds, MessageRef, parse_cursor
 from resolvers.inbox import Appended
-from resolvers.notify import deliver_best_effort, receipt_wire
-from resolvers.ports import Services
+from resolvers.notice_codec import encode_receipt
+from resolvers.publish import publish_entries_best_effort
+from resolvers.services import Services
 from resolvers.watermarks import advance_watermarks
 
 MAX_MARK_READ = 100
@@ -32,15 +33,15 @@ async def acknowledge(services: Services, viewer: Viewer, cursor: str) -> None:
     messages every device now has are deleted before this returns.
     """
     seq = parse_cursor(cursor)
-    outcome = await services.delivery.acknowledge(
+    outcome = await services.inbox_store.acknowledge(
         user_id=viewer.user_id, device_id=viewer.device_id, seq=seq, at=utcnow()
     )
     if outcome.acked_before is None:
         raise Unauthenticated("This device has logged out.")
     if seq > outcome.acked_before and seq > outcome.head:
         raise BadUserInput("That cursor is ahead of every event of this device.")
-    await _announce(services, outcome.receipts)
-    await services.delivery.delete_orphans(outcome.pruned_messages)
+    await _publish_receipts(services, outcome.receipts)
+    await services.inbox_store.delete_orphans(outcome.pruned_messages)
 
 
 async def mark_read(
@@ -68,13 +69,13 @@ async def mark_read(
         return await advance_watermarks(session, viewer.user_id, list(newest.values()), "READ", at=utcnow())
 
     appended = await services.db.transaction(work)
-    await _announce(services, [(entry.user_id, entry.seq, payload) for entry, payload in appended])
+    await _publish_receipts(services, [(entry.user_id, entry.seq, payload) for entry, payload in appended])
 
 
-async def _announce(services: Services, receipts: Sequence[tuple[int, int, str]]) -> None:
+async def _publish_receipts(services: Services, receipts: Sequence[tuple[int, int, str]]) -> None:
     """Publishes committed receipts, each carrying its payload."""
-    await deliver_best_effort(
+    await publish_entries_best_effort(
         services,
         [(user_id, seq, index) for index, (user_id, seq, _) in enumerate(receipts)],
-        [receipt_wire(payload) for _, _, payload in receipts],
+        [encode_receipt(payload) for _, _, payload in receipts],
     )

@@ -20,7 +20,8 @@ from models import Attachment, ThumbnailState
 from models.columns import utcnow
 from resolvers import file_store
 from resolvers.files import THUMBNAIL_CHANNEL
-from resolvers.ports import ImageError, Services
+from resolvers.ports import ImageError
+from resolvers.services import Services
 
 log = logging.getLogger("parley.thumbnails")
 

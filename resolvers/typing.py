@@ -19,8 +19,9 @@ from models import Block, Conversation, ConversationKind, Member
 from models.columns import utcnow
 from resolvers.accounts import Viewer
 from resolvers.errors import NotFound
-from resolvers.notify import notify_best_effort
-from resolvers.ports import Services
+from resolvers.notice_codec import typing_signal
+from resolvers.publish import publish_signal_best_effort
+from resolvers.services import Services
 
 log = logging.getLogger("parley.typing")
 
@@ -49,13 +50,8 @@ async def set_typing(services: Services, viewer: Viewer, *, conversation_id: int
     if not await _first_in_interval(services, viewer, conversation_id, typing):
         return
     others = [user_id for user_id, blocked in rows if user_id != viewer.user_id and not blocked]
-    event = {
-        "conversation_id": conversation_id,
-        "user_id": viewer.user_id,
-        "typing": typing,
-        "at": utcnow().isoformat(),
-    }
-    await notify_best_effort(services, others, {"typing": event})
+    signal = typing_signal(conversation_id=conversation_id, user_id=viewer.user_id, typing=typing, at=utcnow())
+    await publish_signal_best_effort(services, others, signal)
 
 
 async def _first_in_interval(services: Services, viewer: Viewer, conversation_id: int, typing: bool) -> bool:

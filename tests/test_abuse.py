@@ -22,7 +22,7 @@ from infra.app import Overrides
 from infra.cli import configure_logging
 from infra.settings import Settings
 from models import Message
-from resolvers.ports import Services
+from resolvers.services import Services
 from tests.support.client import GraphQLFailed, HttpClient
 from tests.support.helpers import AUTH, PASSWORD, Api, unique_name
 from tests.support.servers import ThreadServer
@@ -199,7 +199,7 @@ class FailingSends:
     """The real delivery store, but `send` runs an INSERT that fails with the body among its parameters."""
 
     def __init__(self, services: Services) -> None:
-        self._inner = services.delivery
+        self._inner = services.inbox_store
         self._db = services.db
 
     def __getattr__(self, name: str) -> Any:
@@ -219,7 +219,7 @@ async def test_item_13_database_errors_and_logins_keep_secrets_out_of_the_log(
 ) -> None:
     configure_logging("DEBUG")  # as `parley serve` with PARLEY_LOG_LEVEL=DEBUG
     caplog.set_level(logging.DEBUG)
-    overrides = Overrides(wrap=lambda s: replace(s, delivery=FailingSends(s)), fast_password_hashing=True)
+    overrides = Overrides(wrap=lambda s: replace(s, inbox_store=FailingSends(s)), fast_password_hashing=True)
     with server_with(overrides) as server:
         api = Api(server.url, server.ws_url, "test")
         alice, bob = await api.register("alice"), await api.register("bob")

@@ -15,10 +15,10 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from infra.db import Database
-from infra.pg_delivery import PgDeliveryStore
+from infra.pg_inbox_store import PgInboxStore
 from models import Conversation
 from models.columns import utcnow
-from resolvers.ports import SendOutcome
+from resolvers.records import SendOutcome
 from tests.support.client import GraphQLFailed, Json
 from tests.support.faults import replacing
 from tests.support.helpers import CONVERSATION_FIELDS, Api, Person
@@ -260,7 +260,7 @@ async def test_item_09_a_retried_send_still_announces_the_message(
     migrated_postgres: str, redis_target: RedisTarget
 ) -> None:
     settings = production_settings(migrated_postgres, redis_target)
-    with ThreadServer(settings, replacing(delivery=lambda s: _SendTwice(s.delivery))) as server:
+    with ThreadServer(settings, replacing(inbox_store=lambda s: _SendTwice(s.inbox_store))) as server:
         api = Api(url=server.url, ws_url=server.ws_url, mode="production")
         alice, bob = await api.people("alice", "bob")
         direct = await alice.direct_with(bob)
@@ -369,7 +369,7 @@ async def test_a_send_from_a_revoked_device_stores_nothing(
     direct = await alice.direct_with(bob)
     phone = await alice.other_device("phone")
     await phone.data("mutation { logout }")
-    store = await PgDeliveryStore.connect(migrated_postgres, max_size=1)
+    store = await PgInboxStore.connect(migrated_postgres, max_size=1)
     try:
         sent: dict[str, Any] = {
             "sender_id": int(alice.user_id),

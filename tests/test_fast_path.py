@@ -14,17 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from resolvers.ports import (
-    AckOutcome,
-    AttachmentClaim,
-    Bus,
-    DeliveryStore,
-    EarlierSend,
-    Resync,
-    SendOutcome,
-    Services,
-    StoredEntry,
-)
+from resolvers.ports import Bus, InboxStore, Resync
+from resolvers.records import AckOutcome, AttachmentClaim, EarlierSend, SendOutcome, StoredEntry
+from resolvers.services import Services
 from tests.support.client import Subscription
 from tests.support.database_dump import dump_settings_tables
 from tests.support.faults import replacing
@@ -32,13 +24,15 @@ from tests.support.helpers import Api, Person
 from tests.support.servers import ThreadServer
 from tests.support.services import RedisTarget
 from tests.support.settings import production_settings
-from tests.support.streams import bodies, next_of
+from tests.support.streams import before_marker, bodies, next_of
+
+TYPING = "mutation T($c: ID!) { setTyping(conversationId: $c, typing: true) }"
 
 
 class CountingStore:
     """The real store, counting reads of the inbox."""
 
-    def __init__(self, inner: DeliveryStore) -> None:
+    def __init__(self, inner: InboxStore) -> None:
         self._inner = inner
         self.reads = 0
 
@@ -138,9 +132,9 @@ def observed_server(postgres: str, redis: RedisTarget) -> Iterator[Observed]:
 
         return factory
 
-    overrides = replacing(bus=wrap("bus", RecordingBus), delivery=wrap("delivery", CountingStore))
+    overrides = replacing(bus=wrap("bus", RecordingBus), inbox_store=wrap("inbox_store", CountingStore))
     with ThreadServer(production_settings(postgres, redis), overrides) as server:
-        yield Observed(Api(server.url, server.ws_url, "production"), wrapped["bus"], wrapped["delivery"])
+        yield Observed(Api(server.url, server.ws_url, "production"), wrapped["bus"], wrapped["inbox_store"])
 
 
 @asynccontextmanager
@@ -150,7 +144,8 @@ async def bob_listening(api: Api) -> AsyncIterator[tuple[Person, str, Subscripti
     direct = await alice.direct_with(bob)
     await bob.drain()
     async with bob.events() as bob_events:
-        await asyncio.sleep(0.2)
+        # Past its replay and following notices once a message sent now has arrived.
+        assert await before_marker(bob_events, alice, direct) == []
         yield alice, direct, bob_events
 
 
@@ -163,7 +158,9 @@ async def test_live_events_are_delivered_from_notices_without_reading_the_databa
         direct = await alice.direct_with(bob)
         await bob.drain()
         async with alice.events() as alice_events, bob.events() as bob_events:
-            await asyncio.sleep(0.2)  # both streams past their initial replay
+            # Both streams past their initial replay: a message sent now arrives on each.
+            await before_marker(alice_events, bob, direct)  # after the conversation's creation, replayed
+            assert await before_marker(bob_events, alice, direct) == []
             store = observed.store
             reads_before = store.reads
             for n in range(20):
@@ -185,7 +182,9 @@ async def test_a_lost_notice_is_recovered_by_the_next_one_in_order(
         async with bob_listening(observed.api) as (alice, direct, bob_events):
             observed.bus.drop_next = 1
             await alice.send(direct, "its notice is lost")
-            await bob_events.expect_silence(0.3)
+            # Nothing reads it before a notice shows the gap: a typing signal (no entry) comes first.
+            await alice.data(TYPING, c=direct)
+            assert (await bob_events.next())["events"]["__typename"] == "TypingEvent"
             await alice.send(direct, "this one's notice reveals the gap")
             first = await next_of(bob_events, "MessageEvent")
             second = await next_of(bob_events, "MessageEvent")
@@ -193,7 +192,7 @@ async def test_a_lost_notice_is_recovered_by_the_next_one_in_order(
                 "its notice is lost",
                 "this one's notice reveals the gap",
             ]
-            await bob_events.expect_silence(0.3)
+            assert await before_marker(bob_events, alice, direct) == []
 
 
 async def test_notices_that_overtake_each_other_are_put_back_in_order_without_a_read(
@@ -222,7 +221,7 @@ async def test_a_group_message_is_one_publish_per_shard_not_per_member(
         listener = members[-1]
         await listener.drain()
         async with listener.events() as events:
-            await asyncio.sleep(0.2)
+            assert await before_marker(events, owner, group) == []  # past its replay
             observed.bus.published.clear()
             await owner.send(group, "to all forty")
             assert (await next_of(events, "MessageEvent"))["message"]["body"] == "to all forty"

@@ -22,7 +22,9 @@ import httpx
 import pytest
 from PIL import Image
 
+from infra.app import Overrides
 from tests.support.client import Json
+from tests.support.clock import MovableClock
 from tests.support.helpers import ATTACHMENT_FIELDS, MESSAGE_FIELDS, Api, Person, post_form
 from tests.support.s3_server import S3Server
 from tests.support.servers import ThreadServer
@@ -256,14 +258,16 @@ async def test_the_local_backend_refuses_bad_uploads_and_stores_nothing(embedded
 
 
 async def test_an_expired_ticket_uploads_nothing(tmp_path: Path) -> None:
+    clock = MovableClock()
     with ThreadServer(
-        embedded_settings(tmp_path, files_dir=str(tmp_path / "files"), upload_ticket_seconds=1)
+        embedded_settings(tmp_path, files_dir=str(tmp_path / "files"), upload_ticket_seconds=1),
+        Overrides(fast_password_hashing=True, now=clock.now),
     ) as server:
         api = Api(url=server.url, ws_url=server.ws_url, mode="embedded")
         alice, bob = await api.people("alice", "bob")
         direct = await alice.direct_with(bob)
         ticket = await alice.ticket("a.png", "image/png", 10_000)
-        await asyncio.sleep(2.1)
+        clock.advance(2)
         assert (await post_form(ticket, "a.png", "image/png", png())).status_code == 403
         assert await send_refusal(alice, direct, [ticket["attachmentId"]]) == "BAD_USER_INPUT"
 

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from graph.schema import build_schema
 from infra.bus import BroadcastBus, Resync
-from infra.metrics import multiprocess_registry, serve_metrics
+from infra.metrics_server import multiprocess_registry, serve_metrics
 from tests.support.helpers import Api, Person
 from tests.support.processes import ProcessServer, free_port
 from tests.support.push_fakes import PUSH_SETTINGS, REGISTER_PUSH, PushEndpoint, Subscription, b64url

@@ -185,7 +185,7 @@ def test_connection_class_database_errors_are_unavailable() -> None:
     """Shutdown, crash, too many connections and pool timeouts, raw or raised from, are outages."""
     from sqlalchemy.exc import TimeoutError as PoolTimeout  # noqa: PLC0415
 
-    from infra.pg_delivery import StoreUnavailable  # noqa: PLC0415
+    from infra.pg_inbox_store import StoreUnavailable  # noqa: PLC0415
 
     errors: list[Exception] = [
         asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),

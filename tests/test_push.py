@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +25,8 @@ from redis.asyncio import Redis
 from infra.passwords import Argon2Hasher
 from infra.push.queue import GROUP, RedisPushQueue
 from resolvers.errors import BadUserInput, Unavailable
-from resolvers.ports import PushJob
 from resolvers.push import RESOLVER_THREADS, check_endpoint
+from resolvers.records import PushJob
 from tests.support.helpers import Api, Person
 from tests.support.processes import ProcessServer
 from tests.support.push_fakes import (
@@ -35,6 +35,7 @@ from tests.support.push_fakes import (
     REGISTER_PUSH,
     VAPID_PUBLIC,
     PushEndpoint,
+    Received,
     Reply,
     Subscription,
     b64url,
@@ -43,9 +44,10 @@ from tests.support.push_fakes import (
 from tests.support.servers import ThreadServer
 from tests.support.services import RedisTarget
 from tests.support.settings import embedded_settings, production_settings, suite_process_env
+from tests.support.waiting import until
 
-# Long enough for a job to pass the coalescing window and the worker: what "no push" waits for.
-QUIET_SECONDS = 2.0
+# A marker's pushes go to users named so, whose pushes the tests set aside.
+MARKER_PATH = "/push/marker_"
 
 
 @dataclass
@@ -68,6 +70,15 @@ class PushRig:
             log_path=self.tmp / f"worker-{uuid.uuid4().hex[:6]}.log",
             command=[str(Path(sys.executable).parent / "parley"), "worker"],
         )
+
+    async def all_acknowledged(self) -> bool:
+        """Whether no job is held by a worker unacknowledged (production mode)."""
+        assert self.redis is not None
+        pending = await self.redis.xpending(f"{self.prefix}push:jobs", GROUP)
+        return int(pending["pending"]) == 0
+
+    async def dead_lettered(self) -> bool:
+        return bool(await self.dead_letters())
 
     async def dead_letters(self) -> list[dict[bytes, bytes]]:
         assert self.redis is not None
@@ -152,6 +163,44 @@ async def subscribe(person: Person, endpoint: PushEndpoint) -> Subscription:
     return subscription
 
 
+@dataclass
+class Marker:
+    """A newcomer's push asked for after the jobs a test watches: it is handled after them.
+
+    The positive form of "no (more) pushes": jobs wait out the same coalescing window oldest
+    first, so once the marker's push is in, every job queued before its message was handled,
+    and no fixed quiet time is needed.
+    """
+
+    endpoint: PushEndpoint
+    sender: Person
+    conversation: str
+    path: str
+
+    @classmethod
+    async def ready(cls, setup: PushRig, endpoint: PushEndpoint, sender: Person) -> Marker:
+        """A newcomer subscribed to `endpoint`, in a direct conversation with `sender`."""
+        newcomer = await setup.api.register("marker")
+        await subscribe(newcomer, endpoint)
+        conversation = await sender.direct_with(newcomer)
+        return cls(endpoint, sender, conversation, f"/push/{newcomer.username}")
+
+    async def send(self) -> None:
+        await self.sender.send(self.conversation, "marker")
+
+    async def pushes_before(self) -> list[Received]:
+        """Waits for the marker's push (`send` first); every push so far but markers', in order."""
+        await until(lambda: any(r.path == self.path for r in self.endpoint.received), "the marker's push")
+        return [r for r in self.endpoint.received if not r.path.startswith(MARKER_PATH)]
+
+
+async def pushes_before_marker(setup: PushRig, endpoint: PushEndpoint, sender: Person) -> list[Received]:
+    """The pushes (but markers') handled before a message `sender` sends now: see `Marker`."""
+    marker = await Marker.ready(setup, endpoint, sender)
+    await marker.send()
+    return await marker.pushes_before()
+
+
 async def pair(api: Api) -> tuple[Person, Person, str]:
     alice, bob = await api.people("alice", "bob")
     return alice, bob, await alice.direct_with(bob)
@@ -181,8 +230,7 @@ async def test_offline_recipient_gets_one_encrypted_push(
             "sender": alice.username,  # the display name defaults to the username
             "count": 1,
         }
-        await asyncio.sleep(QUIET_SECONDS / 2)
-        assert len(endpoint.received) == 1
+        assert len(await pushes_before_marker(setup, endpoint, alice)) == 1
 
 
 @pytest.mark.parametrize("mode", ["embedded", "production"])
@@ -207,20 +255,20 @@ async def test_online_or_muted_recipient_gets_no_push(
         async with bob.events() as events:
             await alice.send(conversation, "you are online")
             await events.next()
-            await asyncio.sleep(QUIET_SECONDS)
+            # Online until the job was handled (the marker's push comes after it).
+            assert await pushes_before_marker(setup, endpoint, alice) == []
         await bob.drain()
         await bob.data(
             "mutation M($c: ID!) { muteConversation(conversationId: $c, muted: true) { muted } }", c=conversation
         )
         await alice.send(conversation, "you muted me")
-        await asyncio.sleep(QUIET_SECONDS)
-        assert endpoint.received == []
+        assert await pushes_before_marker(setup, endpoint, alice) == []
         # Unmuted and offline again: pushed.
         await bob.data(
             "mutation M($c: ID!) { muteConversation(conversationId: $c, muted: false) { muted } }", c=conversation
         )
         await alice.send(conversation, "now you hear me")
-        await endpoint.wait_for(1)
+        await until(lambda: any(r.path == f"/push/{bob.username}" for r in endpoint.received), "bob's push")
 
 
 @pytest.mark.parametrize("mode", ["embedded", "production"])
@@ -230,12 +278,12 @@ async def test_a_burst_becomes_one_notification_with_a_count(
     async with rig(tmp_path, backends, settings={"push_coalesce_seconds": 2.0}) as setup:
         alice, bob, conversation = await pair(setup.api)
         subscription = await subscribe(bob, endpoint)
+        marker = await Marker.ready(setup, endpoint, alice)
         sent = [await alice.send(conversation, f"line {n}") for n in range(4)]
-        [push] = await endpoint.wait_for(1)
+        await marker.send()  # right after the burst: its window ends right after the burst's
+        [push] = await marker.pushes_before()
         note = subscription.decrypt(push.body)
         assert (note["count"], note["messageId"]) == (4, sent[-1]["id"])
-        await asyncio.sleep(QUIET_SECONDS / 2)
-        assert len(endpoint.received) == 1
 
 
 @pytest.mark.parametrize("mode", ["embedded", "production"])
@@ -260,10 +308,8 @@ async def test_gone_is_forgotten_and_unavailable_is_retried(
         await bob.drain()
         await alice.send(conversation, "third")
         await alice.send(await alice.direct_with(carol), "to carol")
-        received = await endpoint.wait_for(4)
-        await asyncio.sleep(QUIET_SECONDS / 2)
-        assert [r.path for r in endpoint.received[3:]] == [f"/push/{carol.username}"]
-        assert len(received) == len(endpoint.received)
+        pushed = await pushes_before_marker(setup, endpoint, alice)
+        assert [r.path for r in pushed[3:]] == [f"/push/{carol.username}"]
 
 
 async def carol_subscribed(carol: Person, endpoint: PushEndpoint) -> None:
@@ -279,14 +325,11 @@ async def test_a_job_failing_every_attempt_lands_in_the_dead_letter_stream(
         endpoint.default_status = 503
         await alice.send(conversation, "nobody home")
         await endpoint.wait_for(3)
-        for _ in range(100):
-            if await setup.dead_letters():
-                break
-            await asyncio.sleep(0.05)
+        await until(setup.dead_lettered, "a dead letter")
         [dead] = await setup.dead_letters()
         assert b"HTTP 503" in dead[b"reason"]
-        await asyncio.sleep(QUIET_SECONDS / 2)
-        assert len(endpoint.received) == 3  # max attempts, then no more
+        # Max attempts, then no more: a dead-lettered job is acknowledged, never handed out again.
+        assert len(endpoint.received) == 3
         # The worker's failures are on its own port, for Prometheus.
         assert setup.worker_url is not None
         async with httpx.AsyncClient() as http:
@@ -316,7 +359,8 @@ async def test_a_killed_worker_leaves_its_job_to_another_that_delivers_it_once(
         endpoint.release()
         async with setup.worker():
             received = await endpoint.wait_for(2)
-            await asyncio.sleep(QUIET_SECONDS)
+            # Acknowledged: no worker can be handed the job again.
+            await until(setup.all_acknowledged, "the job's acknowledgement")
         delivered = [r for r in endpoint.received if r.status == 201]
         assert len(received) == len(endpoint.received) == 2
         assert len(delivered) == 1
@@ -378,10 +422,7 @@ async def test_private_endpoints_are_refused_in_production_at_registration_and_a
         alice, bob, conversation = await pair(setup.api)
         await subscribe(bob, endpoint)  # the API server here is in development mode
         await alice.send(conversation, "not for your intranet")
-        for _ in range(100):
-            if await setup.dead_letters():
-                break
-            await asyncio.sleep(0.05)
+        await until(setup.dead_lettered, "a dead letter")
         [dead] = await setup.dead_letters()
         assert b"endpoint refused" in dead[b"reason"]
         assert endpoint.received == []
@@ -426,17 +467,7 @@ async def test_registrations_are_validated_replaced_and_removed(tmp_path: Path, 
         await subscribe(other, endpoint)
         await other.data("mutation { logout }")
         await alice.send(conversation, "three")
-        await asyncio.sleep(QUIET_SECONDS)
-        assert len(endpoint.received) == 1
-
-
-async def until(condition: Callable[[], bool], what: str, *, timeout: float = 15) -> None:
-    """Waits until `condition()` holds (`timeout` only guards against a hang)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still waiting for {what}")
-        await asyncio.sleep(0.02)
+        assert len(await pushes_before_marker(setup, endpoint, alice)) == 1
 
 
 @pytest.mark.parametrize("mode", ["embedded", "production"])
@@ -598,7 +629,7 @@ async def test_a_malformed_push_job_is_dead_lettered_and_the_rest_of_its_batch_i
         await redis.xclaim(first.stream, GROUP, "ghost", 0, [*(job.id for job in jobs), bad], idle=60_000)
         reclaimed = await queue(1).receive("worker-b", count=10, wait_seconds=0.1)
         assert sorted(job.job.message_id for job in reclaimed) == [1, 2]
-        assert all(job.deliveries >= 2 for job in reclaimed)
+        assert all(job.handed_out >= 2 for job in reclaimed)
         assert len(await entries(redis, first.dead_stream)) == 4
         assert (await redis.xpending(first.stream, GROUP))["pending"] == 2
     finally:
@@ -621,6 +652,6 @@ async def test_a_message_deleted_within_the_coalescing_window_is_not_notified(
         # Queued after the deleted message's job: by its push, that job has run.
         await alice.send(await alice.direct_with(carol), "for carol")
         [push] = await endpoint.wait_for(1)
+        # Carol's push is the marker (see `Marker`): the deleted message's job was handled before it.
         assert push.path == f"/push/{carol.username}"
-        await asyncio.sleep(QUIET_SECONDS / 2)
         assert [r.path for r in endpoint.received] == [f"/push/{carol.username}"]

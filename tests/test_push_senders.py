@@ -25,13 +25,13 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from infra.push.apns import ApnsSender
 from infra.push.fcm import FcmSender
-from infra.push.senders import Notice, Outcome, known_push_host
+from infra.push.senders import Outcome, PushContent, known_push_host
 from infra.push.webpush import WebPushSender, new_vapid_keys
 from infra.push.worker import WorkerConfig, retry_delay
 from models import PushPlatform, PushRegistration
 from tests.support.push_fakes import CHUNK, PushEndpoint, Reply, Subscription, b64url
 
-NOTICE = Notice(conversation_id="7", message_id="m.signed", sender_name="Alice", count=2, body=None)
+CONTENT = PushContent(conversation_id="7", message_id="m.signed", sender_name="Alice", count=2, body=None)
 APNS_TOKEN = "ab" * 32
 
 
@@ -136,7 +136,7 @@ async def test_apns_requests_are_well_formed_and_share_one_http2_connection(apns
     )
     try:
         for _ in range(2):
-            assert (await sender.send(_registration(PushPlatform.APNS, APNS_TOKEN), NOTICE)).outcome is Outcome.SENT
+            assert (await sender.send(_registration(PushPlatform.APNS, APNS_TOKEN), CONTENT)).outcome is Outcome.SENT
     finally:
         await sender.close()
     first, second = apns_server.requests
@@ -181,7 +181,7 @@ async def test_apns_errors_map_to_outcomes(
     )
     apns_server.answers.append((status, answer))
     try:
-        assert (await sender.send(_registration(PushPlatform.APNS, APNS_TOKEN), NOTICE)).outcome is outcome
+        assert (await sender.send(_registration(PushPlatform.APNS, APNS_TOKEN), CONTENT)).outcome is outcome
     finally:
         await sender.close()
 
@@ -193,7 +193,7 @@ async def test_apns_renews_an_expired_provider_token(apns_server: H2Server) -> N
     )
     apns_server.answers.append((403, {"reason": "ExpiredProviderToken"}))
     try:
-        assert (await sender.send(_registration(PushPlatform.APNS, APNS_TOKEN), NOTICE)).outcome is Outcome.SENT
+        assert (await sender.send(_registration(PushPlatform.APNS, APNS_TOKEN), CONTENT)).outcome is Outcome.SENT
     finally:
         await sender.close()
     assert len(apns_server.requests) == 2
@@ -297,7 +297,7 @@ async def test_fcm_requests_are_well_formed_and_reuse_the_access_token(fcm: tupl
     fake, sender = fcm
     try:
         for _ in range(2):
-            assert (await sender.send(_registration(PushPlatform.FCM, "fcm-token-1"), NOTICE)).outcome is Outcome.SENT
+            assert (await sender.send(_registration(PushPlatform.FCM, "fcm-token-1"), CONTENT)).outcome is Outcome.SENT
     finally:
         await sender.close()
     [grant] = fake.grants
@@ -325,8 +325,8 @@ async def test_fcm_renews_the_token_before_it_expires_and_when_refused(fcm: tupl
     fake.expires_in = 200  # inside the renewal margin: every send fetches a fresh one
     fake.answers.append((401, {"error": {"status": "UNAUTHENTICATED"}}, {}))
     try:
-        assert (await sender.send(_registration(PushPlatform.FCM, "t"), NOTICE)).outcome is Outcome.SENT
-        assert (await sender.send(_registration(PushPlatform.FCM, "t"), NOTICE)).outcome is Outcome.SENT
+        assert (await sender.send(_registration(PushPlatform.FCM, "t"), CONTENT)).outcome is Outcome.SENT
+        assert (await sender.send(_registration(PushPlatform.FCM, "t"), CONTENT)).outcome is Outcome.SENT
     finally:
         await sender.close()
     assert len(fake.grants) == 3
@@ -373,7 +373,7 @@ async def test_fcm_errors_map_to_outcomes(
     fake, sender = fcm
     fake.answers.append((status, answer, headers))
     try:
-        result = await sender.send(_registration(PushPlatform.FCM, "t"), NOTICE)
+        result = await sender.send(_registration(PushPlatform.FCM, "t"), CONTENT)
     finally:
         await sender.close()
     assert (result.outcome, result.retry_after) == (outcome, retry_after)
@@ -384,7 +384,7 @@ async def test_fcm_reads_only_the_start_of_a_huge_answer(fcm: tuple[FakeFcm, Fcm
     fake, sender = fcm
     fake.huge_body = 64 * 1024 * 1024
     try:
-        result = await sender.send(_registration(PushPlatform.FCM, "t"), NOTICE)
+        result = await sender.send(_registration(PushPlatform.FCM, "t"), CONTENT)
     finally:
         await sender.close()
     assert result.outcome is Outcome.RETRY
@@ -414,7 +414,7 @@ async def test_retry_after_is_honoured_only_from_known_push_services_and_capped(
             auth=b64url(subscription.auth),
         )
         try:
-            result = await sender.send(registration, NOTICE)
+            result = await sender.send(registration, CONTENT)
         finally:
             await sender.close()
     assert (result.outcome, result.retry_after) == (Outcome.RETRY, None)

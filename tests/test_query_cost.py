@@ -27,7 +27,7 @@ from graph.schema import build_schema
 from infra.app import Overrides
 from infra.db import Database, create_engine
 from resolvers import accounts, conversations
-from resolvers.ports import Services
+from resolvers.services import Services
 from tests.support.helpers import CONVERSATION_FIELDS, EVENT_FIELDS, Api, Person
 from tests.support.servers import ThreadServer
 from tests.support.settings import embedded_settings

@@ -16,14 +16,17 @@ import pytest
 import redis
 
 from infra.bus import BusUnavailable, Resync
-from infra.presence import RedisPresence
+from infra.fanout import DEFAULT_SHARDS
+from infra.presence_redis import RedisPresence
 from infra.redis_cluster import ClusterBus, cluster_client, hash_tagged
-from tests.support.client import Json, Subscription
+from tests.support.client import Subscription
 from tests.support.helpers import PASSWORD, Api, Person, unique_name
 from tests.support.processes import ProcessServer
 from tests.support.redis_cluster import ThrowawayCluster
 from tests.support.services import RedisTarget
 from tests.support.settings import suite_process_env
+from tests.support.streams import before_marker, next_of
+from tests.support.waiting import until
 
 PREFIX = "parley-cluster-test:"
 LOGIN = "mutation L($u: String!, $p: String!) { login(username: $u, password: $p) { token } }"
@@ -51,15 +54,6 @@ def apis(
     logs = tmp_path_factory.mktemp("cluster")
     with ProcessServer(env, log_path=logs / "one.log") as one, ProcessServer(env, log_path=logs / "two.log") as two:
         yield Api(one.url, one.ws_url, "production"), Api(two.url, two.ws_url, "production")
-
-
-async def next_of(sub: Subscription, typename: str, timeout: float = 10) -> Json:
-    """The next event of one kind, skipping others (e.g. conversation events)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            event: Json = (await sub.next())["events"]
-            if event["__typename"] == typename:
-                return event
 
 
 @asynccontextmanager
@@ -113,7 +107,7 @@ async def test_an_offline_recipient_replays_in_order_from_the_other_process(apis
         await alice.send(direct, f"message {n}")
     async with on(two, bob).events() as replay:
         bodies = [(await next_of(replay, "MessageEvent"))["message"]["body"] for _ in range(10)]
-        await replay.expect_silence(0.3)
+        assert await before_marker(replay, alice, direct) == []
     assert bodies == [f"message {n}" for n in range(10)]
 
 
@@ -122,7 +116,8 @@ async def test_typing_crosses_processes(apis: tuple[Api, Api]) -> None:
     alice, bob = await one.register("alice"), await two.register("bob")
     direct = await alice.direct_with(bob)
     async with bob.events() as bob_events:
-        await asyncio.sleep(0.2)  # typing is not stored: the stream must be listening first
+        # Typing is not stored: the stream must be listening first, as a message sent now shows.
+        await before_marker(bob_events, alice, direct)
         await alice.data(TYPING, c=direct)
         typing = await next_of(bob_events, "TypingEvent")
         assert (typing["user"]["id"], typing["typing"]) == (alice.user_id, True)
@@ -158,9 +153,13 @@ async def test_live_notices_use_sharded_channels_spread_over_the_masters(
 ) -> None:
     one, two = apis
     people = [await (one, two)[n % 2].register(f"listener{n}") for n in range(8)]
-    async with all_events(people) as streams:
-        # The streams are subscribed once their replay has run: wait for the first (empty) answer.
-        await asyncio.gather(*(stream.expect_silence(0.3) for stream in streams))
+    async with all_events(people):
+        # Each stream subscribes its shard's channel (on its process) before its replay runs.
+        wanted = {f"{PREFIX}inbox:{int(person.user_id) % DEFAULT_SHARDS}" for person in people}
+        await until(
+            lambda: wanted <= set().union(*(shard_channels(port, PREFIX) for port in cluster.ports)),
+            "every stream's shard channel",
+        )
         inbox = {port: {c for c in shard_channels(port, PREFIX) if ":inbox:" in c} for port in cluster.ports}
         classic = set().union(*(classic_channels(port, PREFIX) for port in cluster.ports))
     assert sum(1 for channels in inbox.values() if channels) >= 2, f"inbox channels on one master only: {inbox}"
@@ -266,7 +265,12 @@ async def test_a_dead_nodes_users_are_swept_offline_on_the_cluster(cluster: Thro
         await dead.connected(2)
         await alive.connected(2)
         assert await alive.online([1, 2, 3]) == {1, 2}
-        await asyncio.sleep(0.5)  # the dead node stops refreshing: its liveness key expires
+
+        # The dead node stops refreshing: its liveness key expires (Redis's clock: polled, not injected).
+        async def expired() -> bool:
+            return not await client.exists(f"{prefix}node:dead")
+
+        await until(expired, "the dead node's liveness key to expire")
         await alive.refresh()
         assert [(c.user_id, c.online) for c in await alive.sweep()] == [(1, False)]
         assert await alive.online([1, 2]) == {2}, "still connected through the live node"

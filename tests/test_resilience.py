@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from infra.app import Overrides
+from tests.support.clock import MovableClock
 from tests.support.faults import FaultyBus, replacing
 from tests.support.helpers import Api
 from tests.support.processes import ProcessServer
@@ -17,6 +19,7 @@ from tests.support.servers import ThreadServer
 from tests.support.services import RedisTarget
 from tests.support.settings import embedded_settings, production_settings, suite_process_env
 from tests.support.streams import bodies, next_of
+from tests.support.waiting import until
 
 
 async def test_two_server_processes_deliver_and_route_receipts(
@@ -89,15 +92,20 @@ async def test_failed_publish_after_commit_loses_nothing(tmp_path: Path) -> None
 async def test_inactive_devices_expire_with_their_pending_events(tmp_path: Path) -> None:
     from tests.support.database_dump import dump_settings_tables  # noqa: PLC0415
 
-    # Devices idle for more than three seconds expire; the sweep runs every 0.2 s.
-    settings = embedded_settings(tmp_path, device_inactivity_days=3 / 86400, sweep_interval_seconds=0.2)
-    with ThreadServer(settings) as server:
+    # Devices idle for more than a day expire; the sweep runs every 0.2 s, on a clock the test moves.
+    clock = MovableClock()
+    settings = embedded_settings(tmp_path, device_inactivity_days=1, sweep_interval_seconds=0.2)
+    with ThreadServer(settings, Overrides(fast_password_hashing=True, now=clock.now)) as server:
         api = Api(server.url, server.ws_url, "embedded")
         alice, bob = await api.people("alice", "bob")
         direct = await alice.direct_with(bob)
         secret = f"never-read-{uuid.uuid4().hex}"
         await alice.send(direct, secret)
         assert secret in await dump_settings_tables(settings)
-        await asyncio.sleep(4.5)
-        assert secret not in await dump_settings_tables(settings)
+        clock.advance(2 * 86400)
+
+        async def swept() -> bool:
+            return secret not in await dump_settings_tables(settings)
+
+        await until(swept, "the sweep to remove the idle devices and their pending message")
         assert await bob.error("{ me { id } }") == "UNAUTHENTICATED"

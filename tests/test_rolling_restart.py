@@ -27,6 +27,7 @@ from tests.support.helpers import EVENTS, MESSAGE_FIELDS, Api, Person
 from tests.support.processes import ProcessServer
 from tests.support.services import RedisTarget
 from tests.support.settings import suite_process_env
+from tests.support.waiting import until
 
 SEND = f"mutation S($input: SendMessageInput!) {{ sendMessage(input: $input) {{ {MESSAGE_FIELDS} }} }}"
 ACKNOWLEDGE = "mutation A($c: String!) { acknowledge(cursor: $c) }"
@@ -175,6 +176,19 @@ class Sender:
             return
 
 
+async def flowing(messenger: Sender, recipients: list[Recipient], *, more: int = 20) -> None:
+    """Waits until `more` further messages were sent and every recipient received another: traffic goes on."""
+    sent = len(messenger.sent)
+    received = [len(r.received) for r in recipients]
+
+    def moved_on() -> bool:
+        return len(messenger.sent) >= sent + more and all(
+            len(r.received) > before for r, before in zip(recipients, received, strict=True)
+        )
+
+    await until(moved_on, f"{more} more messages sent and one more received by each", timeout=30)
+
+
 async def restart(server: ProcessServer) -> int:
     """SIGTERM, the exit status, and the same server started again on its port."""
     server.send_signal(signal.SIGTERM)
@@ -212,11 +226,13 @@ async def test_a_rolling_restart_under_steady_sending_loses_and_reorders_nothing
         messenger = Sender(sender, [group, direct], servers)
         sending = asyncio.create_task(messenger.run(stop_sending))
         try:
-            await asyncio.sleep(0.5)
+            # Steady traffic to every listener before each restart and after the last.
+            await flowing(messenger, recipients)
             assert await restart(one) == 0
-            await asyncio.sleep(0.5)
+            await flowing(messenger, recipients)
             assert await restart(two) == 0
-            await asyncio.sleep(0.5)
+            await flowing(messenger, recipients)
+            await until(lambda: len(messenger.sent) > 100, "over 100 messages sent", timeout=30)
         finally:
             stop_sending.set()
             await sending

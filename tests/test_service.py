@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from infra.push.runtime import build_senders
-from infra.push.senders import Notice, Outcome
+from infra.push.senders import Outcome, PushContent
 from infra.push.webpush import new_vapid_keys
 from infra.settings import DEFAULT_SECRET_KEY, Settings
 from models import PushPlatform, PushRegistration
@@ -151,7 +151,7 @@ async def test_parley_worker_without_parley_env_sends_nothing_to_a_private_push_
     monkeypatch.setenv("PARLEY_SECRET_KEY", TEST_SECRET)
     monkeypatch.setenv("PARLEY_PUSH_VAPID_PRIVATE_KEY", new_vapid_keys()[0])
     subscription = Subscription()
-    notice = Notice(conversation_id="7", message_id="m.signed", sender_name="Alice", count=1, body=None)
+    content = PushContent(conversation_id="7", message_id="m.signed", sender_name="Alice", count=1, body=None)
     outcomes = []
     with PushEndpoint() as endpoint:
         registration = PushRegistration(
@@ -168,7 +168,7 @@ async def test_parley_worker_without_parley_env_sends_nothing_to_a_private_push_
             # What `parley worker` builds from its environment (infra/push/runtime.py run_worker).
             sender = build_senders(Settings())[PushPlatform.WEBPUSH]
             try:
-                outcomes.append((await sender.send(registration, notice)).outcome)
+                outcomes.append((await sender.send(registration, content)).outcome)
             finally:
                 await sender.close()
         received = len(endpoint.received)

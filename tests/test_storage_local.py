@@ -19,7 +19,8 @@ from starlette.routing import Route
 
 from infra.body_limit import BodyLimit
 from infra.storage.local import LocalStorage
-from resolvers.ports import UploadForm
+from resolvers.records import UploadForm
+from tests.support.clock import MovableClock
 from tests.support.processes import free_port, wait_healthy
 
 SECRET = "test-secret-key-for-local-storage-0123456789"
@@ -33,13 +34,15 @@ class Served:
     storage: LocalStorage
     url: str
     root: Path
+    clock: MovableClock
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
     """LocalStorage's routes behind the app's body limit, served by uvicorn in a thread."""
     root = tmp_path / "files"
-    storage = LocalStorage(root, secret_key=SECRET)
+    clock = MovableClock()
+    storage = LocalStorage(root, secret_key=SECRET, clock=clock)
 
     async def healthz(_request: Request) -> PlainTextResponse:
         return PlainTextResponse("ok")
@@ -53,7 +56,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
     thread.start()
     try:
         wait_healthy(port)
-        yield Served(storage, f"http://127.0.0.1:{port}", root)
+        yield Served(storage, f"http://127.0.0.1:{port}", root, clock)
     finally:
         server.should_exit = True
         thread.join(timeout=15)
@@ -262,7 +265,7 @@ async def test_empty_upload_is_refused(served: Served) -> None:
 
 async def test_expired_upload_ticket_is_refused(served: Served) -> None:
     form = await form_for(served, "17/late", expires_in=1)
-    await asyncio.sleep(2.1)
+    served.clock.advance(2)
     response = await post_form(form, b"too late")
     assert response.status_code == 403
     assert "expired" in response.text
@@ -331,7 +334,7 @@ async def test_download_url_after_expiry_is_refused(served: Served) -> None:
     url = await served.storage.download_url(
         key="17/doc", filename="doc.txt", content_type="text/plain", expires_in=1, base_url=served.url
     )
-    await asyncio.sleep(2.1)
+    served.clock.advance(2)
     response = await get(url)
     assert response.status_code == 403
     assert error_code(response) == "AccessDenied"

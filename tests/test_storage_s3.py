@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.storage.s3 import S3Storage
-from resolvers.ports import UploadForm
+from resolvers.records import UploadForm
 from tests.support.processes import free_port
 from tests.support.s3_server import S3Server
 

@@ -15,7 +15,7 @@ import time
 import httpx
 
 from infra.push.jwt import es256
-from infra.push.senders import SENT, Answer, Notice, Outcome, Result, failure, post, transient
+from infra.push.senders import SENT, Answer, Outcome, PushContent, Result, failure, post, transient
 from models import PushRegistration
 
 TOKEN_LIFETIME_SECONDS = 50 * 60
@@ -48,17 +48,17 @@ class ApnsSender:
             self._token_at = now
         return self._token
 
-    def _payload(self, notice: Notice) -> bytes:
-        title = notice.sender_name
+    def _payload(self, content: PushContent) -> bytes:
+        title = content.sender_name
         body = (
-            notice.body
-            if notice.body is not None
-            else ("New message" if notice.count == 1 else f"{notice.count} new messages")
+            content.body
+            if content.body is not None
+            else ("New message" if content.count == 1 else f"{content.count} new messages")
         )
-        aps = {"alert": {"title": title, "body": body[:1000]}, "thread-id": notice.conversation_id, "sound": "default"}
-        return json.dumps({"aps": aps, **notice.data()}, separators=(",", ":")).encode()
+        aps = {"alert": {"title": title, "body": body[:1000]}, "thread-id": content.conversation_id, "sound": "default"}
+        return json.dumps({"aps": aps, **content.data()}, separators=(",", ":")).encode()
 
-    async def send(self, registration: PushRegistration, notice: Notice) -> Result:
+    async def send(self, registration: PushRegistration, content: PushContent) -> Result:
         """One request on the shared HTTP/2 connection; an expired provider token is renewed once."""
         if not registration.token:
             return Result(Outcome.FAILED, "APNs registration without a token")
@@ -69,7 +69,7 @@ class ApnsSender:
                 "apns-push-type": "alert",
                 "apns-priority": "10",
                 "apns-expiration": str(int(time.time()) + self._ttl),
-                "apns-collapse-id": f"c{notice.conversation_id}"[:64],
+                "apns-collapse-id": f"c{content.conversation_id}"[:64],
                 "content-type": "application/json",
             }
             try:
@@ -77,7 +77,7 @@ class ApnsSender:
                     self._http,
                     f"/3/device/{registration.token}",
                     deadline=self._timeout,
-                    content=self._payload(notice),
+                    content=self._payload(content),
                     headers=headers,
                 )
             except httpx.HTTPError as error:

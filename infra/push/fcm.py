@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from infra.push.jwt import rs256
-from infra.push.senders import SENT, Answer, Notice, Outcome, Result, failure, post, transient
+from infra.push.senders import SENT, Answer, Outcome, PushContent, Result, failure, post, transient
 from models import PushRegistration
 
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -71,18 +71,18 @@ class FcmSender:
                 self._expires_at = now + float(answer.get("expires_in", 3600))
             return self._access_token
 
-    def _message(self, registration: PushRegistration, notice: Notice) -> dict[str, Any]:
+    def _message(self, registration: PushRegistration, content: PushContent) -> dict[str, Any]:
         return {
             "message": {
                 "token": registration.token,
                 # Data values must be strings.
-                "data": {key: str(value) for key, value in notice.data().items()},
-                "android": {"priority": "HIGH", "ttl": f"{self._ttl}s", "collapse_key": f"c{notice.conversation_id}"},
-                "apns": {"headers": {"apns-collapse-id": f"c{notice.conversation_id}"[:64]}},
+                "data": {key: str(value) for key, value in content.data().items()},
+                "android": {"priority": "HIGH", "ttl": f"{self._ttl}s", "collapse_key": f"c{content.conversation_id}"},
+                "apns": {"headers": {"apns-collapse-id": f"c{content.conversation_id}"[:64]}},
             }
         }
 
-    async def send(self, registration: PushRegistration, notice: Notice) -> Result:  # noqa: PLR0911 - one return per outcome
+    async def send(self, registration: PushRegistration, content: PushContent) -> Result:  # noqa: PLR0911 - one return per outcome
         """One request; a refused access token (401) is renewed once."""
         if not registration.token:
             return Result(Outcome.FAILED, "FCM registration without a token")
@@ -94,7 +94,7 @@ class FcmSender:
                     self._http,
                     url,
                     deadline=self._timeout,
-                    json=self._message(registration, notice),
+                    json=self._message(registration, content),
                     headers={"authorization": f"Bearer {token}"},
                 )
             except TokenRefused as refused:

@@ -27,7 +27,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from infra.redis_batch import RedisBatch
-from resolvers.ports import PushJob, QueuedPushJob
+from resolvers.records import PushJob, QueuedPushJob
 
 log = logging.getLogger("parley.push")
 
@@ -156,7 +156,7 @@ class RedisPushQueue:
             if job is None:
                 undecodable.append((key, raw, f"undecodable: {reason}"))
                 continue
-            jobs.append(QueuedPushJob(id=key, job=job, deliveries=times.get(key, 2 if reclaimed else 1)))
+            jobs.append(QueuedPushJob(id=key, job=job, handed_out=times.get(key, 2 if reclaimed else 1)))
         if undecodable:
             await self._dead_letter_raw(undecodable)
         return jobs

@@ -23,7 +23,8 @@ from infra.redis_cluster import cluster_client
 from infra.settings import Settings
 from models import PushPlatform
 from resolvers.ids import MessageIds
-from resolvers.ports import PushConfig, PushQueue, Services
+from resolvers.ports import PushQueue
+from resolvers.services import PushConfig, Services
 from resolvers.thumbnails import run_thumbnail_worker
 
 log = logging.getLogger("parley.push")

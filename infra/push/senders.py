@@ -55,7 +55,7 @@ SENT = Result(Outcome.SENT)
 
 
 @dataclass(frozen=True, slots=True)
-class Notice:
+class PushContent:
     """What a notification says (every platform renders it its own way)."""
 
     conversation_id: str
@@ -81,7 +81,7 @@ class Notice:
 class Sender(Protocol):
     """Sends one notification to one registration."""
 
-    async def send(self, registration: PushRegistration, notice: Notice) -> Result: ...
+    async def send(self, registration: PushRegistration, content: PushContent) -> Result: ...
 
     async def close(self) -> None: ...
 

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid02
 
-from infra.push.senders import SENT, Notice, Outcome, Result, failure, known_push_host, post, transient
+from infra.push.senders import SENT, Outcome, PushContent, Result, failure, known_push_host, post, transient
 from models import PushRegistration
 from resolvers.errors import BadUserInput, Unavailable
 from resolvers.push import check_endpoint
@@ -91,7 +91,7 @@ class WebPushSender:
         claims = {"aud": audience, "sub": self._subject, "exp": int(time.time()) + VAPID_TOKEN_SECONDS}
         return str(self._vapid.sign(claims)["Authorization"])
 
-    async def send(self, registration: PushRegistration, notice: Notice) -> Result:  # noqa: PLR0911 - one return per outcome
+    async def send(self, registration: PushRegistration, content: PushContent) -> Result:  # noqa: PLR0911 - one return per outcome
         """One encrypted POST to the (re-checked) endpoint."""
         endpoint, p256dh, auth = registration.endpoint, registration.p256dh, registration.auth
         if not endpoint or not p256dh or not auth:
@@ -110,7 +110,7 @@ class WebPushSender:
             (parts.scheme, f"{host}:{parts.port}" if parts.port else host, parts.path or "/", parts.query, "")
         )
         origin = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        data = notice.data()
+        data = content.data()
         if isinstance(data.get("body"), str):
             data["body"] = str(data["body"])[:MAX_BODY_CHARACTERS]
         body = http_ece.encrypt(
@@ -129,7 +129,7 @@ class WebPushSender:
             "TTL": str(self._ttl),
             "Urgency": self._urgency,
             # A newer notification of the same conversation replaces an undelivered older one.
-            "Topic": f"c{notice.conversation_id}"[:32],
+            "Topic": f"c{content.conversation_id}"[:32],
         }
         extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
         try:

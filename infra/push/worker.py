@@ -27,11 +27,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from infra.metrics import push_failed
-from infra.push.senders import Notice, Outcome, Result, Sender
+from infra.push.senders import Outcome, PushContent, Result, Sender
 from models import PushPlatform, PushRegistration
 from resolvers.ids import MessageIds, MessageRef
-from resolvers.ports import PushQueue, QueuedPushJob, Services
+from resolvers.ports import PushQueue
 from resolvers.push import Notification, forget_registrations, notifications_for
+from resolvers.records import QueuedPushJob
+from resolvers.services import Services
 
 log = logging.getLogger("parley.push")
 
@@ -161,14 +163,14 @@ class PushWorker:
         ids: MessageIds,
         config: WorkerConfig,
         *,
-        max_deliveries: int | None = None,
+        max_handouts: int | None = None,
     ) -> None:
         self._services = services
         self._queue = queue
         self._senders = senders
         self._ids = ids
         self._config = config
-        self._max_deliveries = max_deliveries or config.max_attempts
+        self._max_handouts = max_handouts or config.max_attempts
         self.consumer = f"worker-{uuid.uuid4().hex[:12]}"
         self._inflight: dict[asyncio.Task[None], str] = {}
         self._holds: dict[asyncio.Task[None], _Hold] = {}
@@ -248,9 +250,9 @@ class PushWorker:
 
     async def _handle(self, queued: QueuedPushJob, hold: _Hold) -> None:
         try:
-            if queued.deliveries > self._max_deliveries:
-                log.error("push job %s handed out %d times; dead-lettered", queued.id, queued.deliveries)
-                await self._queue.dead_letter(queued, f"handed out {queued.deliveries} times")
+            if queued.handed_out > self._max_handouts:
+                log.error("push job %s handed out %d times; dead-lettered", queued.id, queued.handed_out)
+                await self._queue.dead_letter(queued, f"handed out {queued.handed_out} times")
                 return
             failures = await self._process(queued, hold)
             if failures:
@@ -282,7 +284,11 @@ class PushWorker:
         message_id = self._ids.encode(MessageRef(job.message_id, job.conversation_id, job.sender_id))
         results = await self._deliver(
             [
-                (self._notice(job.conversation_id, message_id, job.sender_display_name, note), reg, keys[reg.device_id])
+                (
+                    self._content(job.conversation_id, message_id, job.sender_display_name, note),
+                    reg,
+                    keys[reg.device_id],
+                )
                 for note, reg in todo
             ],
             hold,
@@ -300,11 +306,11 @@ class PushWorker:
         ]
 
     @staticmethod
-    def _notice(conversation_id: int, message_id: str, sender_name: str, note: Notification) -> Notice:
-        return Notice(str(conversation_id), message_id, sender_name, note.count, note.body)
+    def _content(conversation_id: int, message_id: str, sender_name: str, note: Notification) -> PushContent:
+        return PushContent(str(conversation_id), message_id, sender_name, note.count, note.body)
 
-    async def _deliver(self, deliveries: list[tuple[Notice, PushRegistration, str]], hold: _Hold) -> list[Result]:
-        """Each (notice, registration, sent key) until sent or failed for good; the job rests between retries."""
+    async def _deliver(self, deliveries: list[tuple[PushContent, PushRegistration, str]], hold: _Hold) -> list[Result]:
+        """Each (content, registration, sent key) until sent or failed for good; the job rests between retries."""
         results = [Result(Outcome.FAILED, "not attempted")] * len(deliveries)
         attempts = [0] * len(deliveries)
         due = dict.fromkeys(range(len(deliveries)), 0.0)
@@ -324,13 +330,13 @@ class PushWorker:
                     del due[index]
         return results
 
-    async def _attempt(self, notice: Notice, registration: PushRegistration, key: str) -> Result:
+    async def _attempt(self, content: PushContent, registration: PushRegistration, key: str) -> Result:
         sender = self._senders.get(registration.platform)
         if sender is None:
             push_failed(registration.platform.value, "unconfigured")
             return Result(Outcome.FAILED, f"{registration.platform.value} is not configured")
         try:
-            result = await sender.send(registration, notice)
+            result = await sender.send(registration, content)
         except Exception as error:  # a sender bug must not stop the other deliveries
             log.exception("push sender %s raised", registration.platform.value)
             result = Result(Outcome.FAILED, f"{type(error).__name__}")

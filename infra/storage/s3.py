@@ -18,7 +18,8 @@ import aioboto3
 from aiobotocore.config import AioConfig
 from botocore.exceptions import ClientError
 
-from resolvers.ports import FileStorage, StoredObject, UploadForm
+from resolvers.ports import FileStorage
+from resolvers.records import StoredObject, UploadForm
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client

@@ -8,7 +8,8 @@ from dataclasses import replace
 from typing import Any
 
 from infra.app import Overrides
-from resolvers.ports import Bus, Resync, Services
+from resolvers.ports import Bus, Resync
+from resolvers.services import Services
 
 
 class FaultyBus:

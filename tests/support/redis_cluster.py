@@ -28,6 +28,9 @@ from tests.support.processes import free_port, terminate
 _SLOTS = 16384
 _READY_TIMEOUT = 15.0
 _STOP_TIMEOUT = 5.0
+# Ports are chosen free, then bound by redis-server a moment later: another process may take
+# one in between. A node that could not bind is started again on other ports, a few times.
+_PORT_ATTEMPTS = 5
 
 
 @dataclass
@@ -93,14 +96,38 @@ class ThrowawayCluster:
             for index in range(self._masters):
                 directory = self._root / str(index)
                 directory.mkdir()
-                # The cluster bus port is chosen too: the default (port + 10000) may be taken or past 65535.
-                node = _Node(port=free_port(), bus_port=free_port(), directory=directory)
-                self._launch(executable, node)
-                self._nodes.append(node)
+                self._nodes.append(self._started_node(executable, directory))
             self._form()
         except BaseException:
             self.close()
             raise
+
+    def _started_node(self, executable: str, directory: Path) -> _Node:
+        """A node answering PING, on ports of its own (chosen again when taken meanwhile)."""
+        for _ in range(_PORT_ATTEMPTS):
+            # The cluster bus port is chosen too: the default (port + 10000) may be taken or past 65535.
+            node = _Node(port=free_port(), bus_port=free_port(), directory=directory)
+            self._launch(executable, node)
+            assert node.process is not None
+            client = redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=2)
+            try:
+                deadline = time.monotonic() + _READY_TIMEOUT
+                while not _answers_now(client):
+                    if node.process.poll() is not None:
+                        break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"node {node.port} did not answer PING:\n{self._log_tail(node)}")
+                    time.sleep(0.02)
+                else:
+                    return node
+            finally:
+                client.close()
+            log = self._log_tail(node)
+            if "Address already in use" not in log:
+                raise RuntimeError(f"redis-server on port {node.port} exited:\n{log}")
+            (directory / "redis.log").unlink(missing_ok=True)
+            (directory / "nodes.conf").unlink(missing_ok=True)
+        raise RuntimeError(f"redis-server found no free ports in {_PORT_ATTEMPTS} attempts")
 
     @staticmethod
     def _launch(executable: str, node: _Node) -> None:
@@ -211,6 +238,14 @@ def _command(client: redis.Redis, *args: Any) -> Any:
 
 def _answers(client: redis.Redis) -> bool:
     return bool(client.ping())
+
+
+def _answers_now(client: redis.Redis) -> bool:
+    """Whether the node answers PING (False while it is not listening yet)."""
+    try:
+        return _answers(client)
+    except (redis.RedisError, OSError):
+        return False
 
 
 def _formed(client: redis.Redis, nodes: int) -> bool:

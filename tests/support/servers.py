@@ -5,13 +5,15 @@
 
 from __future__ import annotations
 
+import socket
 import threading
+from functools import partial
 
 import uvicorn
 
 from infra.app import Overrides, create_app
 from infra.settings import Settings
-from tests.support.processes import free_port, wait_healthy
+from tests.support.processes import wait_healthy
 
 
 class ThreadServer:
@@ -19,11 +21,16 @@ class ThreadServer:
 
     def __init__(self, settings: Settings, overrides: Overrides | None = None) -> None:
         self.settings = settings
-        self.port = free_port()
+        app = create_app(settings, overrides or Overrides(fast_password_hashing=True))
+        # Bound here and handed to uvicorn: a port only chosen free could be taken by another
+        # process (another pytest-xdist worker) before uvicorn binds it.
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        self.port = int(self._socket.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/graphql"
         config = uvicorn.Config(
-            create_app(settings, overrides or Overrides(fast_password_hashing=True)),
+            app,
             host="127.0.0.1",
             port=self.port,
             log_level="warning",
@@ -36,7 +43,8 @@ class ThreadServer:
             timeout_graceful_shutdown=5,
         )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name=f"uvicorn-{self.port}", daemon=True)
+        run = partial(self._server.run, sockets=[self._socket])
+        self._thread = threading.Thread(target=run, name=f"uvicorn-{self.port}", daemon=True)
 
     def start(self) -> ThreadServer:
         self._thread.start()
@@ -46,6 +54,7 @@ class ThreadServer:
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=15)
+        self._socket.close()
 
     def __enter__(self) -> ThreadServer:
         return self.start()

@@ -17,6 +17,22 @@ def bodies(events: list[Json]) -> list[str | None]:
     return [e["message"]["body"] for e in events if e["__typename"] == "MessageEvent"]
 
 
+async def before_marker(sub: Subscription, sender: Person, conversation_id: str, timeout: float = 10) -> list[Json]:
+    """The events `sub` yields before a message `sender` sends now to `conversation_id` (the marker).
+
+    The positive form of "nothing (more) arrives": whatever was due before the marker comes
+    before it on the stream, so once it is in, the test has seen it all, without waiting a fixed time.
+    """
+    sent = await sender.send(conversation_id, "marker")
+    events: list[Json] = []
+    async with asyncio.timeout(timeout):
+        while True:
+            event: Json = (await sub.next())["events"]
+            if event["__typename"] == "MessageEvent" and event["message"]["id"] == sent["id"]:
+                return events
+            events.append(event)
+
+
 async def next_of(sub: Subscription, typename: str, timeout: float = 10) -> Json:
     """The next event of one kind, skipping others (e.g. conversation events)."""
     async with asyncio.timeout(timeout):

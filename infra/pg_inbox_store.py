@@ -31,9 +31,9 @@ from typing import Any, TypeVar
 import asyncpg
 
 from infra.coalesce import Coalescer
-from resolvers.ports import AckOutcome, AttachmentClaim, EarlierSend, SendOutcome, StoredEntry, StoredMessage
+from resolvers.records import AckOutcome, AttachmentClaim, EarlierSend, SendOutcome, StoredEntry, StoredMessage
 
-log = logging.getLogger("parley.pg_delivery")
+log = logging.getLogger("parley.pg_inbox_store")
 
 T = TypeVar("T")
 
@@ -312,8 +312,8 @@ async def _no_reset(_connection: asyncpg.Connection) -> None:
     """Skips asyncpg's reset query on release (~80 µs): these statements leave no session state."""
 
 
-class PgDeliveryStore:
-    """`DeliveryStore` on asyncpg with prepared statements (asyncpg caches them per connection)."""
+class PgInboxStore:
+    """`InboxStore` on asyncpg with prepared statements (asyncpg caches them per connection)."""
 
     def __init__(self, pool: asyncpg.Pool, *, attempts: int = 5, pool_timeout: float | None = None) -> None:
         self._pool = pool
@@ -327,7 +327,7 @@ class PgDeliveryStore:
     @classmethod
     async def connect(
         cls, url: str, *, max_size: int = 10, pool_timeout: float = 30.0, connect_timeout: float = 60.0
-    ) -> PgDeliveryStore:
+    ) -> PgInboxStore:
         """A store with its own pool, for a SQLAlchemy-style `postgresql+asyncpg://` URL.
 
         An operation waits at most `pool_timeout` seconds for a pooled connection and
@@ -344,7 +344,7 @@ class PgDeliveryStore:
 
     @property
     def pool(self) -> asyncpg.Pool:
-        """The connection pool, read by the metrics sampler (infra/metrics.py)."""
+        """The connection pool, read by the metrics sampler (infra/metrics_sampler.py)."""
         return self._pool
 
     async def _run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
@@ -421,11 +421,11 @@ class PgDeliveryStore:
             reply_to_id=reply_id,
             reply_to_sender_id=reply_sender,
         )
-        deliveries = list(zip(row["users"] or (), row["seqs"] or (), strict=True))
+        appended = list(zip(row["users"] or (), row["seqs"] or (), strict=True))
         return SendOutcome(
             is_member=True,
             message=message,
-            deliveries=deliveries,
+            appended=appended,
             may_push=bool(row["may_push"]),
             newly_engaged=bool(row["newly_engaged"]),
         )
@@ -437,21 +437,11 @@ class PgDeliveryStore:
             return None
         message = None
         if row["stored_id"] is not None:
-            message = StoredMessage(
-                id=row["stored_id"],
-                conversation_id=row["conversation_id"],
-                sender_id=sender_id,
-                sender_username=row["username"],
-                sender_display_name=row["display_name"],
-                client_id=row["client_id"],
-                body=row["body"],
-                sent_at=row["stored_at"],
-                attachments=row["attachments"],
-                reply_to_id=row["reply_to_id"],
-                reply_to_sender_id=row["reply_to_sender_id"],
+            message = StoredMessage.from_row(
+                row, message_id=row["stored_id"], sender_id=sender_id, sent_at=row["stored_at"]
             )
-        deliveries = list(zip(row["users"] or (), row["seqs"] or (), strict=True))
-        return EarlierSend(row["message_id"], row["conversation_id"], row["sent_at"], message, deliveries)
+        appended = list(zip(row["users"] or (), row["seqs"] or (), strict=True))
+        return EarlierSend(row["message_id"], row["conversation_id"], row["sent_at"], message, appended)
 
     async def acknowledge(self, *, user_id: int, device_id: int, seq: int, at: datetime) -> AckOutcome:
         """Advances the device, raises DELIVERED watermarks and prunes; batched with concurrent calls."""
@@ -525,18 +515,8 @@ class PgDeliveryStore:
                 payload=row["payload"],
                 message=None
                 if row["id"] is None
-                else StoredMessage(
-                    id=row["id"],
-                    conversation_id=row["conversation_id"],
-                    sender_id=row["sender_id"],
-                    sender_username=row["username"] or "deleted",
-                    sender_display_name=row["display_name"] or "Deleted user",
-                    client_id=row["client_id"],
-                    body=row["body"],
-                    sent_at=row["sent_at"],
-                    attachments=row["attachments"],
-                    reply_to_id=row["reply_to_id"],
-                    reply_to_sender_id=row["reply_to_sender_id"],
+                else StoredMessage.from_row(
+                    row, message_id=row["id"], sender_id=row["sender_id"], sent_at=row["sent_at"]
                 ),
             )
             for row in rows

@@ -1,7 +1,7 @@
 """The hot path's storage through SQLAlchemy: what the embedded mode (SQLite) runs.
 
-It does in several statements, inside one transaction, what `infra/pg_delivery.py`
-does in one statement on PostgreSQL; both satisfy `DeliveryStore` and the same
+It does in several statements, inside one transaction, what `infra/pg_inbox_store.py`
+does in one statement on PostgreSQL; both satisfy `InboxStore` and the same
 API tests run against each. SQLite serializes writers: a send writes first, so
 that its membership check holds until it commits.
 """
@@ -33,7 +33,8 @@ from resolvers.blocks import blockers_among
 from resolvers.file_store import claim_uploads
 from resolvers.ids import MessageRef
 from resolvers.inbox import append_events, delete_orphaned_messages, prune_inbox, read_entries
-from resolvers.ports import AckOutcome, AttachmentClaim, Database, EarlierSend, SendOutcome, StoredEntry, StoredMessage
+from resolvers.ports import Database
+from resolvers.records import AckOutcome, AttachmentClaim, EarlierSend, SendOutcome, StoredEntry, StoredMessage
 from resolvers.watermarks import advance_watermarks
 
 
@@ -41,30 +42,13 @@ class _NotAttachable(Exception):
     """An attachment of a send could not be claimed: the transaction rolls back."""
 
 
-def _stored(message: Message, sender: User | None) -> StoredMessage:
-    assert message.id is not None
-    return StoredMessage(
-        id=message.id,
-        conversation_id=message.conversation_id,
-        sender_id=message.sender_id,
-        sender_username=sender.username if sender else "deleted",
-        sender_display_name=sender.display_name if sender else "Deleted user",
-        client_id=message.client_id,
-        body=message.body,
-        sent_at=message.sent_at,
-        attachments=message.attachments,
-        reply_to_id=message.reply_to_id,
-        reply_to_sender_id=message.reply_to_sender_id,
-    )
-
-
 async def _is_direct(session: AsyncSession, conversation_id: int) -> bool:
     kind = await session.scalar(select(col(Conversation.kind)).where(col(Conversation.id) == conversation_id))
     return kind is ConversationKind.DIRECT
 
 
-class SqlDeliveryStore:
-    """`DeliveryStore` on SQLAlchemy sessions."""
+class SqlInboxStore:
+    """`InboxStore` on SQLAlchemy sessions."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -175,8 +159,8 @@ class SqlDeliveryStore:
             sender = await session.get(User, sender_id)
             return SendOutcome(
                 is_member=True,
-                message=_stored(message, sender),
-                deliveries=[(a.user_id, a.seq) for a in appended],
+                message=StoredMessage.from_model(message, sender),
+                appended=[(a.user_id, a.seq) for a in appended],
                 may_push=await _may_push(session, conversation_id, sender_id, recipients),
                 newly_engaged=newly_engaged,
             )
@@ -207,9 +191,9 @@ class SqlDeliveryStore:
                     .order_by(col(InboxEntry.user_id))
                 )
             ).all()
-        stored = _stored(message, sender) if message is not None else None
-        deliveries = [(int(user_id), int(seq)) for user_id, seq in pending]
-        return EarlierSend(key.message_id, key.conversation_id, key.sent_at, stored, deliveries)
+        stored = StoredMessage.from_model(message, sender) if message is not None else None
+        appended = [(int(user_id), int(seq)) for user_id, seq in pending]
+        return EarlierSend(key.message_id, key.conversation_id, key.sent_at, stored, appended)
 
     async def acknowledge(self, *, user_id: int, device_id: int, seq: int, at: datetime) -> AckOutcome:
         """Advances the device, raises DELIVERED watermarks and prunes, in one transaction."""
@@ -283,7 +267,9 @@ class SqlDeliveryStore:
                 seq=entry.seq,
                 kind=entry.kind.value,
                 # a message deleted for everyone before delivery is never shown
-                message=_stored(message, sender) if message is not None and message.deleted_at is None else None,
+                message=StoredMessage.from_model(message, sender)
+                if message is not None and message.deleted_at is None
+                else None,
                 payload=entry.payload,
             )
             for entry, message, sender in rows

@@ -1,0 +1,59 @@
+"""Publishing after commit: entry notices for the inbox entries a transaction appended, and signals.
+
+An entry notice says "your inbox has grown to position N" and, on the hot path,
+carries the entry's event itself (a message or a receipt, encoded by
+`resolvers/notice_codec.py`) so a stream that expects position N yields it without
+reading the database. The database stays the truth: a lost notice (broker down,
+process killed between commit and publish) delays an event until the next replay,
+and never loses it. Signals (typing, revocation) are best effort and never stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from resolvers.inbox import Appended
+from resolvers.services import Services
+
+log = logging.getLogger("parley.publish")
+
+T = TypeVar("T")
+
+
+async def commit_then_publish(
+    services: Services, work: Callable[[AsyncSession], Awaitable[tuple[T, list[Appended]]]]
+) -> T:
+    """Runs `work` in one transaction, then publishes entry notices for the entries it appended.
+
+    The order is the delivery guarantee: nothing is announced that is not committed.
+    """
+    result, appended = await services.db.transaction(work)
+    await publish_entries_best_effort(services, [(entry.user_id, entry.seq, 0) for entry in appended], [None])
+    return result
+
+
+async def publish_entries_best_effort(
+    services: Services, entries: Sequence[tuple[int, int, int]], events: Sequence[Mapping[str, Any] | None]
+) -> None:
+    """Publishes entry notices of committed entries `(user, seq, index into events)`; logs instead of raising."""
+    if not entries:
+        return
+    try:
+        await services.fanout.publish_entries(entries, events)
+    except Exception:
+        log.warning("publish of %d notices failed; streams catch up on replay", len(entries), exc_info=True)
+
+
+async def publish_signal_best_effort(services: Services, user_ids: Iterable[int], data: dict[str, Any]) -> None:
+    """Publishes a signal (typing, revocation) to these users' streams; logs instead of raising."""
+    users = list(user_ids)
+    if not users:
+        return
+    try:
+        await services.fanout.publish_signal(users, data)
+    except Exception:
+        log.warning("publish of a signal to %d users failed", len(users), exc_info=True)
