@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Self
 
@@ -160,3 +160,20 @@ class PresenceHub:
                 change = PresenceChange(int(user_id), bool(online), from_epoch(seen), int(seq))
                 for feed in feeds:
                     feed.offer(change)
+
+
+class HubWatchers:
+    """What both presence backends do alike: watching and revealing go through the hub."""
+
+    _hub: PresenceHub | None
+
+    def watch(self, user_ids: Sequence[int]) -> AbstractAsyncContextManager[PresenceFeed]:
+        """This process's feed of those users' transitions."""
+        if self._hub is None:
+            raise RuntimeError("presence was built without a hub")
+        return self._hub.watch(user_ids)
+
+    async def reveal(self, user_ids: Sequence[int]) -> None:
+        """Makes the watchers of these users read again what they may see (best effort)."""
+        if self._hub is not None:
+            await self._hub.reveal(user_ids)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
-from infra.presence_hub import PresenceFeed, PresenceHub
+from infra.presence_hub import HubWatchers, PresenceHub
 from resolvers.records import PresenceChange, PresenceState
 
 
@@ -17,7 +16,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class MemoryPresence:
+class MemoryPresence(HubWatchers):
     """Presence for a single process (the embedded mode): the same transitions, through the in-process bus."""
 
     def __init__(self, hub: PresenceHub | None = None) -> None:
@@ -62,17 +61,6 @@ class MemoryPresence:
         if self._connections[user_id] == 0:
             del self._connections[user_id]
             await self._announce(user_id, False, now)
-
-    def watch(self, user_ids: Sequence[int]) -> contextlib.AbstractAsyncContextManager[PresenceFeed]:
-        """This process's feed of those users' transitions."""
-        if self._hub is None:
-            raise RuntimeError("presence was built without a hub")
-        return self._hub.watch(user_ids)
-
-    async def reveal(self, user_ids: Sequence[int]) -> None:
-        """Makes the watchers of these users read again what they may see (best effort)."""
-        if self._hub is not None:
-            await self._hub.reveal(user_ids)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:

@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from infra.presence_hub import PresenceFeed, PresenceHub, from_epoch
+from infra.presence_hub import HubWatchers, PresenceHub, from_epoch
 from infra.presence_scripts import DEAD_NODES, ONLINE, REFRESH, REGISTER, REMOVE_NODE, SET_COUNT, STATES
 from infra.redis_batch import RedisBatch
 from resolvers.records import PresenceChange, PresenceState
@@ -47,7 +47,7 @@ DEFAULT_NODE_TTL = 30.0
 DEFAULT_LAST_SEEN_TTL = 90 * 86400
 
 
-class RedisPresence:
+class RedisPresence(HubWatchers):
     """Presence shared by every process through Redis (the layout is in the module docstring).
 
     Scripts go through `RedisBatch` as EVAL (not redis-py's Script, which asks SCRIPT EXISTS
@@ -138,17 +138,6 @@ class RedisPresence:
         if self._local[user_id] == 0:
             del self._local[user_id]
         await self._write(user_id)
-
-    def watch(self, user_ids: Sequence[int]) -> contextlib.AbstractAsyncContextManager[PresenceFeed]:
-        """This process's feed of those users' transitions."""
-        if self._hub is None:
-            raise RuntimeError("presence was built without a hub")
-        return self._hub.watch(user_ids)
-
-    async def reveal(self, user_ids: Sequence[int]) -> None:
-        """Makes the watchers of these users read again what they may see (best effort)."""
-        if self._hub is not None:
-            await self._hub.reveal(user_ids)
 
     async def _write(self, user_id: int) -> None:
         # A task of its own: a socket cancelled mid-handshake or at shutdown still writes and announces.
