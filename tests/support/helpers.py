@@ -24,6 +24,9 @@ EVENT_FIELDS = f"""
   ... on ConversationEvent {{ cursor change at conversation {{ id title members {{ role user {{ id }} }} }}
                               users {{ id }} actor {{ id }} }}
   ... on TypingEvent {{ conversationId typing user {{ id }} }}
+  ... on MessageEditedEvent {{ cursor }}
+  ... on MessageDeletedEvent {{ cursor }}
+  ... on ReactionEvent {{ cursor }}
 """
 EVENTS = f"subscription Events($after: String) {{ events(after: $after) {{ {EVENT_FIELDS} }} }}"
 AUTH = f"token user {{ {USER_FIELDS} }} device {{ id name createdAt }}"
@@ -162,7 +165,7 @@ class Person:
 
     async def drain(self) -> list[Json]:
         """Acknowledges everything pending (so later assertions see only new events)."""
-        # Pages of 100: a page of 500 with every event field costs more than the query cost limit.
+        # Pages of the server's default size; every durable event has a cursor to page after.
         events: list[Json] = []
         while True:
             page = await self.pending(after=events[-1]["cursor"] if events else None)
