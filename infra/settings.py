@@ -364,16 +364,16 @@ class Settings(BaseSettings):
         return self.database_url.startswith("sqlite")
 
 
-def settings_record(record: type[R], settings: Settings, **derived: Any) -> R:
+def settings_record(record: type[R], settings: Settings, *, prefix: str = "", **derived: Any) -> R:
     """A config record (a dataclass) whose fields are the settings of the same names, so defaults live here only.
 
-    `derived` gives the fields computed from settings (another unit or type); a field that is
-    neither a setting nor derived keeps the record's own default.
+    A field `x` reads the setting `prefix + x`; `derived` gives the fields computed from settings
+    (another unit, type or name); a field that is neither keeps the record's own default.
     """
     names = type(settings).model_fields
     values = {
-        field.name: derived[field.name] if field.name in derived else getattr(settings, field.name)
+        field.name: derived[field.name] if field.name in derived else getattr(settings, prefix + field.name)
         for field in dataclasses.fields(record)
-        if field.name in derived or field.name in names
+        if field.name in derived or prefix + field.name in names
     }
     return record(**values)

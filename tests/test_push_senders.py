@@ -25,9 +25,11 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from infra.push.apns import ApnsSender
 from infra.push.fcm import FcmSender
+from infra.push.runtime import worker_config
 from infra.push.senders import Outcome, PushContent, known_push_host
 from infra.push.webpush import WebPushSender, new_vapid_keys
-from infra.push.worker import WorkerConfig, retry_delay
+from infra.push.worker import retry_delay
+from infra.settings import Settings
 from models import PushPlatform, PushRegistration
 from tests.support.push_fakes import CHUNK, PushEndpoint, Reply, Subscription, b64url
 
@@ -424,6 +426,6 @@ async def test_retry_after_is_honoured_only_from_known_push_services_and_capped(
     for host in ("127.0.0.1", "push.example.com", "fcm.googleapis.com.example.com", "evilnotify.windows.com"):
         assert not known_push_host(host)
     # A known service's Retry-After is honoured up to the cap (PARLEY_PUSH_RETRY_AFTER_MAX_SECONDS).
-    config = WorkerConfig(retry_after_max_seconds=60)
+    config = worker_config(Settings(push_retry_after_max_seconds=60))
     assert retry_delay(1, 7.0, config) == 7.0
     assert retry_delay(1, 300.0, config) == 60.0

@@ -20,7 +20,7 @@ from infra.push.webpush import WebPushSender, load_vapid, public_key_of
 from infra.push.worker import PushWorker, WorkerConfig
 from infra.redis_batch import RedisBatch
 from infra.redis_cluster import cluster_client
-from infra.settings import Settings
+from infra.settings import Settings, settings_record
 from models import PushPlatform
 from resolvers.ids import MessageIds
 from resolvers.ports import PushQueue
@@ -66,16 +66,11 @@ def push_queue(settings: Settings, redis: Redis | RedisCluster | None, batch: Re
 
 def worker_config(settings: Settings) -> WorkerConfig:
     """The worker's knobs from settings."""
-    return WorkerConfig(
-        include_body=settings.push_include_body,
-        coalesce_seconds=settings.push_coalesce_seconds,
-        max_attempts=settings.push_max_attempts,
-        retry_base_seconds=settings.push_retry_base_seconds,
-        retry_max_seconds=settings.push_retry_max_seconds,
-        retry_after_max_seconds=settings.push_retry_after_max_seconds,
-        claim_idle_seconds=settings.push_claim_idle_seconds,
+    return settings_record(
+        WorkerConfig,
+        settings,
+        prefix="push_",
         concurrency=settings.push_worker_concurrency,
-        shutdown_grace_seconds=settings.push_shutdown_grace_seconds,
         max_age_seconds=max(settings.push_ttl_seconds, 60),
     )
 

@@ -44,23 +44,23 @@ RESTING_PER_SLOT = 4
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    """The worker's knobs (from settings)."""
+    """The worker's knobs: the `PARLEY_PUSH_*` settings of the same names (their defaults live there)."""
 
-    include_body: bool = False
-    coalesce_seconds: float = 2.0
-    max_attempts: int = 5
-    retry_base_seconds: float = 1.0
-    retry_max_seconds: float = 300.0
+    include_body: bool
+    coalesce_seconds: float
+    max_attempts: int
+    retry_base_seconds: float
+    retry_max_seconds: float
     # The longest Retry-After of a known push service that is honoured.
-    retry_after_max_seconds: float = 60.0
-    claim_idle_seconds: float = 60.0
-    concurrency: int = 500
+    retry_after_max_seconds: float
+    claim_idle_seconds: float
+    concurrency: int
+    # A job older than this (the notification's TTL) is dropped: push services would discard it too.
+    max_age_seconds: float
+    # On SIGTERM, in-flight jobs get this long to finish; the rest stay pending for another worker.
+    shutdown_grace_seconds: float
     # How long a receive blocks; also how stale the liveness beat may get.
     wait_seconds: float = 1.0
-    # A job older than this (the notification's TTL) is dropped: push services would discard it too.
-    max_age_seconds: float = 86400.0
-    # On SIGTERM, in-flight jobs get this long to finish; the rest stay pending for another worker.
-    shutdown_grace_seconds: float = 20.0
 
 
 def retry_delay(attempt: int, retry_after: float | None, config: WorkerConfig) -> float:
