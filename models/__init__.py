@@ -2,14 +2,15 @@
 
 from models.attachment import Attachment, ThumbnailState, UploadState
 from models.block import Block
-from models.conversation import Conversation, ConversationKind, Member, MemberRole
+from models.conversation import Ban, Conversation, ConversationKind, Invite, Member, MemberRole
 from models.inbox import EventKind, InboxEntry, InboxHead, ReceiptWatermark
-from models.message import Message, Reaction, SentKey
+from models.message import Mention, Message, Reaction, SentKey
 from models.push import PushPlatform, PushRegistration
 from models.user import Device, User
 
 __all__ = [
     "Attachment",
+    "Ban",
     "Block",
     "Conversation",
     "ConversationKind",
@@ -17,8 +18,10 @@ __all__ = [
     "EventKind",
     "InboxEntry",
     "InboxHead",
+    "Invite",
     "Member",
     "MemberRole",
+    "Mention",
     "Message",
     "PushPlatform",
     "PushRegistration",

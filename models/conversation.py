@@ -38,6 +38,8 @@ class Conversation(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     # Bumped on every message: orders the viewer's conversation list.
     last_activity_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # Disappearing messages: each message sent while set expires this many seconds after sending.
+    disappear_after_seconds: int | None = None
 
 
 class Member(SQLModel, table=True):
@@ -55,3 +57,41 @@ class Member(SQLModel, table=True):
     # Has sent a message here or created the conversation: only then may others see this
     # member's presence through it (resolvers/privacy.py).
     engaged: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+    # Badges: kept by the send and markRead statements, never by counting rows (messages go on
+    # delivery). `read_upto` is the newest message id this member has read here.
+    unread_count: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    unread_mentions: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    read_upto: int = Field(default=0, sa_type=BigId, sa_column_kwargs={"server_default": "0"})
+    # This member's own view of the conversation: muted until a time, archived, pinned.
+    muted_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    archived: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+    pinned_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class Invite(SQLModel, table=True):
+    """A link that lets anyone holding its code join a group; only the code's SHA-256 is stored."""
+
+    __tablename__ = "invites"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
+    conversation_id: int = Field(foreign_key="conversations.id", index=True, sa_type=BigId, ondelete="CASCADE")
+    code_hash: str = Field(max_length=64, unique=True)
+    created_by: int = Field(foreign_key="users.id", sa_type=BigId, ondelete="CASCADE")
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    max_uses: int | None = None
+    uses: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class Ban(SQLModel, table=True):
+    """A user barred from a group: they cannot join it (by invite or otherwise) until it expires."""
+
+    __tablename__ = "bans"
+
+    conversation_id: int = Field(foreign_key="conversations.id", primary_key=True, sa_type=BigId, ondelete="CASCADE")
+    user_id: int = Field(foreign_key="users.id", primary_key=True, sa_type=BigId, ondelete="CASCADE")
+    banned_by: int | None = Field(default=None, sa_type=BigId)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import Index
 from sqlmodel import Field, SQLModel
 
 from models.columns import BigId, UTCDateTime, utcnow
@@ -29,6 +30,21 @@ class Message(SQLModel, table=True):
     reply_to_sender_id: int | None = Field(default=None, sa_type=BigId)
     # Deleted for everyone while still pending: body and attachments are gone, and no device gets it.
     deleted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # The mentioned user ids as JSON, so events show them without a lookup.
+    mentions: str | None = None
+    # Disappearing messages: never delivered after this time, and removed then.
+    expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+
+
+class Mention(SQLModel, table=True):
+    """A user named in a message; markRead recounts `unreadMentions` from these (swept with sent keys)."""
+
+    __tablename__ = "mentions"
+
+    user_id: int = Field(foreign_key="users.id", primary_key=True, sa_type=BigId, ondelete="CASCADE")
+    conversation_id: int = Field(foreign_key="conversations.id", primary_key=True, sa_type=BigId, ondelete="CASCADE")
+    message_id: int = Field(primary_key=True, sa_type=BigId)
+    sent_at: datetime = Field(sa_type=UTCDateTime, index=True)
 
 
 class SentKey(SQLModel, table=True):
@@ -39,6 +55,8 @@ class SentKey(SQLModel, table=True):
     """
 
     __tablename__ = "sent_keys"
+    # markRead recounts what is left unread after the message read: sends of the conversation by id.
+    __table_args__ = (Index("ix_sent_keys_conversation_message", "conversation_id", "message_id"),)
 
     sender_id: int = Field(foreign_key="users.id", primary_key=True, sa_type=BigId, ondelete="CASCADE")
     client_id: str = Field(primary_key=True, max_length=64)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import false, true
 from sqlmodel import Field, SQLModel
 
 from models.columns import BigId, UTCDateTime, utcnow
@@ -24,6 +25,12 @@ class User(SQLModel, table=True):
     password_hash: str = Field(max_length=255)
     # Privacy: when set, nobody sees this user's last-seen time (setPrivacy).
     hide_last_seen: bool = Field(default=False)
+    # Privacy: sends no READ receipts in direct conversations and sees none there (setPrivacy).
+    hide_read_receipts: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+    # Notification preferences: a mention is pushed even in a muted conversation unless off.
+    push_mentions_when_muted: bool = Field(default=True, sa_column_kwargs={"server_default": true()})
+    # Account deleted: the row stays (as "Deleted account") so conversations can still name it.
+    deleted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
