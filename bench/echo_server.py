@@ -8,7 +8,7 @@ put on in-process asyncio queues of the members' subscriptions. Whatever it
 costs is the floor of the stack (uvicorn, strawberry, graphql-core, the
 WebSocket protocol); Parley's numbers are reported as ratios to it.
 
-Run: python -m bench.echo_server --port 8100
+Run: python -m bench.echo_server --port 8100 (or --fd N: an inherited, bound socket)
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import enum
 import itertools
+import socket
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -291,8 +292,9 @@ def main() -> None:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--fd", type=int, help="serve on this inherited, bound TCP socket instead of --host/--port")
     args = parser.parse_args()
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(),
         host=args.host,
         port=args.port,
@@ -301,6 +303,8 @@ def main() -> None:
         ws_per_message_deflate=False,
         ws_max_size=MAX_MESSAGE_BYTES,
     )
+    # As `parley serve --fd` takes it: family and protocol read from the descriptor, so asyncio turns Nagle off.
+    uvicorn.Server(config).run(None if args.fd is None else [socket.socket(fileno=args.fd)])
 
 
 if __name__ == "__main__":

@@ -3,70 +3,39 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 from graphql import GraphQLError
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from strawberry.exceptions import MissingQueryError
 from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 
-from resolvers.errors import ParleyError
+from resolvers.errors import ParleyError, Unavailable
 
 log = logging.getLogger("parley.errors")
 
 INTERNAL = "INTERNAL_SERVER_ERROR"
+UNAVAILABLE = Unavailable.code
+# What a client is told of an outage: the adapter's message names hosts and driver errors.
+UNAVAILABLE_MESSAGE = "A backing service is unavailable; nothing was stored. Try again."
 
 # What strawberry raises for a request it cannot run as sent: no query, no such operation, or
 # an operation type the transport does not carry (a mutation over GET, a subscription as JSON).
 REQUEST_ERRORS = (MissingQueryError, CannotGetOperationTypeError, InvalidOperationTypeError)
 
-# PostgreSQL refusing because it is shutting down, crashed, starting up (57P01-57P03: the
-# "starting up" window right after a restart) or full (53300); and class 08, connection exceptions.
-_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
 
-
-def _causes(error: BaseException) -> Iterator[BaseException]:
-    """The error, the driver error SQLAlchemy wraps, and what each was explicitly raised from."""
+def _raised_from_unavailable(error: BaseException | None) -> bool:
+    """True when `error` was raised from the `Unavailable` of an adapter (infra/outages.py), however indirectly."""
     seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen and len(seen) < 8:
-        seen.add(id(current))
-        yield current
-        orig = getattr(current, "orig", None)
-        if isinstance(orig, BaseException) and id(orig) not in seen:
-            yield orig
-            seen.add(id(orig))
-        # Only `raise … from`: an implicit __context__ may be an unrelated error handled earlier.
-        current = current.__cause__
-
-
-def _sqlstate(error: BaseException) -> str | None:
-    code = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
-    return code if isinstance(code, str) else None
-
-
-def is_unavailable(error: BaseException | None) -> bool:
-    """A backing service that did not answer or refused to serve (database or Redis down or restarting)."""
-    return error is not None and any(_service_down(cause) for cause in _causes(error))
-
-
-def _service_down(error: BaseException) -> bool:
-    # SQLAlchemy's pool timeout and disconnect errors (it wraps asyncpg's InterfaceError, a
-    # closed connection, as its own); the asyncpg store raises its own ConnectionError subclass.
-    if isinstance(error, (OperationalError, InterfaceError, PoolTimeout)):
-        return True
-    if isinstance(error, DBAPIError) and error.connection_invalidated:
-        return True
-    # By SQLSTATE, raw or wrapped: graph/ does not import the driver (asyncpg stays in infra/).
-    state = _sqlstate(error)
-    if state is not None and (state.startswith("08") or state in _UNAVAILABLE_SQLSTATES):
-        return True
-    return isinstance(error, (ConnectionError, TimeoutError, OSError)) or type(error).__module__.startswith("redis.")
+    # Only `raise … from`: an implicit __context__ may be an outage handled earlier.
+    while error is not None and id(error) not in seen and len(seen) < 8:
+        if isinstance(error, Unavailable):
+            return True
+        seen.add(id(error))
+        error = error.__cause__
+    return False
 
 
 def error_code(error: GraphQLError) -> str:
-    """The contract's code for an error."""
+    """The contract's code for an error: a ParleyError's own, INTERNAL_SERVER_ERROR for anything unexpected."""
     original = error.original_error
     if original is None:
         # Parse, validation and limit errors (depth, aliases, tokens): the query is at fault.
@@ -77,8 +46,8 @@ def error_code(error: GraphQLError) -> str:
         return error_code(original)
     if isinstance(original, REQUEST_ERRORS):
         return "BAD_USER_INPUT"
-    if is_unavailable(original):
-        return "UNAVAILABLE"
+    if _raised_from_unavailable(original.__cause__):
+        return UNAVAILABLE
     return INTERNAL
 
 
@@ -100,13 +69,9 @@ def shape_errors(errors: list[GraphQLError]) -> list[GraphQLError]:
 
 def _masked(error: GraphQLError) -> GraphQLError:
     code = error_code(error)
-    if code not in {INTERNAL, "UNAVAILABLE"}:
+    if code not in {INTERNAL, UNAVAILABLE}:
         return error
-    message = (
-        "Internal server error."
-        if code == INTERNAL
-        else "A backing service is unavailable; nothing was stored. Try again."
-    )
+    message = "Internal server error." if code == INTERNAL else UNAVAILABLE_MESSAGE
     # A new error with no original: nothing of the cause (SQL, hosts, traceback) reaches the client.
     return GraphQLError(
         message,
@@ -138,7 +103,7 @@ def log_errors(errors: list[GraphQLError]) -> None:
                 error.message,
                 exc_info=error.original_error,
             )
-        elif code == "UNAVAILABLE":
+        elif code == UNAVAILABLE:
             log.warning("backing service unavailable at %s: %r", error.path, error.original_error)
         else:
             log.debug("%s at %s: %s", code, error.path, error.message)

@@ -32,7 +32,7 @@ from strawberry.types.graphql import OperationType
 from strawberry.types.unset import UnsetType
 
 from graph.context import ActivityThrottle, Context
-from graph.errors import is_unavailable
+from graph.errors import UNAVAILABLE, UNAVAILABLE_MESSAGE, exception_code
 from graph.graphiql_page import GRAPHIQL_HTML
 from graph.http_status import (
     GRAPHQL_RESPONSE_JSON,
@@ -45,7 +45,7 @@ from graph.http_streams import MultipartSubscriptions, client_left, iterate_clos
 from graph.legacy_ws import LegacyGraphQLWSHandler
 from graph.sockets import SocketRegistry
 from resolvers import accounts
-from resolvers.errors import BadUserInput, ParleyError, RateLimited, Unauthenticated
+from resolvers.errors import BadUserInput, ParleyError, RateLimited, Unauthenticated, Unavailable
 from resolvers.ids import MessageIds
 from resolvers.services import Services
 
@@ -185,18 +185,19 @@ class ParleyGraphQL(GraphQL[Context, None]):
             raise ConnectionRejectionError({"message": "This connection is initialised already."})
         try:
             context.viewer = await accounts.authenticate(context.services, token)
-        except ParleyError as error:
+        except Exception as error:
+            # Before the ParleyError branch, as an outage (`Unavailable`) is one too: the database
+            # or broker is down, so 1013 (try again later), not 4403, which tells clients their
+            # token is bad and to stop retrying.
+            if exception_code(error) == UNAVAILABLE:
+                log.warning("WebSocket refused while a backing service is unavailable: %r", error)
+                if isinstance(context.request, WebSocket):
+                    await context.request.close(code=1013, reason="Try again later")
+                raise ConnectionRejectionError({"message": "Try again later."}) from None
+            if not isinstance(error, ParleyError):
+                raise
             log.info("WebSocket refused: %s", error.message)
             raise ConnectionRejectionError({"message": error.message}) from None
-        except Exception as error:
-            if not is_unavailable(error):
-                raise
-            # The database or broker is down: 1013 (try again later), not 4403, which tells
-            # clients their token is bad and to stop retrying.
-            log.warning("WebSocket refused while a backing service is unavailable: %r", error)
-            if isinstance(context.request, WebSocket):
-                await context.request.close(code=1013, reason="Try again later")
-            raise ConnectionRejectionError({"message": "Try again later."}) from None
         if not self.sockets.add(context):
             # Revoked between authenticating and registering: the notice has passed it by.
             context.viewer = None
@@ -335,6 +336,8 @@ class ParleyGraphQL(GraphQL[Context, None]):
         try:
             viewer = await context.require_viewer()
         except ParleyError as error:
+            if error.code == UNAVAILABLE:  # an outage, not a bad token: come back later
+                raise _Refused(503, Unavailable(UNAVAILABLE_MESSAGE)) from None
             raise _Refused(401, error) from None
         device = viewer.device_id
         if self._streams.get(device, 0) >= (self.max_subscriptions_per_connection or 0):

@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 
 from infra.coalesce import Coalescer
 from infra.metrics import bus_reconnected, bus_resync, notices_dropped
+from resolvers.errors import Unavailable
 
 logger = logging.getLogger("parley.bus")
 
@@ -46,8 +47,8 @@ class Resync:
     reason: str
 
 
-class BusUnavailable(Exception):
-    """The bus could not reach its broker (or is not connected)."""
+class BusUnavailable(Unavailable):
+    """The bus could not reach its broker (or is not connected): the ports' `Unavailable`."""
 
 
 class Bus(Protocol):

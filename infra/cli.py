@@ -76,23 +76,29 @@ def check_secret_exposure(settings: Settings, host: str) -> None:
     )
 
 
-def serve(host: str, port: int, workers: int = 1) -> None:
-    """Serves the API with uvicorn until SIGTERM, then drains (infra/server.py); `workers` processes share the port."""
+def serve(host: str, port: int, workers: int = 1, fd: int | None = None) -> None:
+    """Serves the API with uvicorn until SIGTERM, then drains (infra/server.py); `workers` processes share the port.
+
+    `fd`: serve on that inherited, bound socket instead of binding `host`:`port`.
+    """
     from infra import server  # noqa: PLC0415 - keep `parley --help` fast
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
+    sock = None if fd is None else server.inherited_socket(fd)
+    if sock is not None:
+        host, port = sock.getsockname()[:2]  # what the exposure check and the log must name
     check_secret_exposure(settings, host)
     server.check_workers(settings, workers)
     log.info("GraphQL at http://%s:%d/graphql", host, port)
     if workers > 1:
-        server.run_workers(settings, host=host, port=port, workers=workers)
+        server.run_workers(settings, host=host, port=port, workers=workers, sock=sock)
         return
     from infra.app import create_app  # noqa: PLC0415
 
     app = create_app(settings)
     tune_garbage_collector()
-    server.run(settings, app, host=host, port=port)
+    server.run(settings, app, host=host, port=port, sock=sock)
 
 
 def tune_garbage_collector() -> None:
@@ -130,13 +136,14 @@ def export_schema(output: str | None) -> None:
         sys.stdout.write(sdl)
 
 
-def worker_command(host: str, port: int | None) -> None:
+def worker_command(host: str, port: int | None, fd: int | None = None) -> None:
     """Sends push notifications from the Redis queue until SIGTERM (in-flight jobs finish or are handed back)."""
     from infra.push.runtime import run_worker  # noqa: PLC0415
+    from infra.server import inherited_socket  # noqa: PLC0415
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
-    asyncio.run(run_worker(settings, host=host, port=port))
+    asyncio.run(run_worker(settings, host=host, port=port, sock=None if fd is None else inherited_socket(fd)))
 
 
 def vapid_keys() -> None:
@@ -164,6 +171,11 @@ def main(argv: list[str] | None = None) -> None:
     serve_parser.add_argument("--host", default="127.0.0.1")
     serve_parser.add_argument("--port", type=int, default=8000)
     serve_parser.add_argument(
+        "--fd",
+        type=int,
+        help="serve on this inherited file descriptor, a bound TCP socket (e.g. from systemd), instead of --host/--port",
+    )
+    serve_parser.add_argument(
         "--workers",
         type=_positive,
         default=1,
@@ -175,17 +187,18 @@ def main(argv: list[str] | None = None) -> None:
     worker = commands.add_parser("worker", help="run a push notification worker (production mode: needs Redis)")
     worker.add_argument("--host", default="127.0.0.1", help="address of the liveness endpoint")
     worker.add_argument("--port", type=int, help="serve GET /healthz (liveness) on this port")
+    worker.add_argument("--fd", type=int, help="serve the liveness endpoint on this inherited, bound TCP socket")
     commands.add_parser("vapid-keys", help="print a new VAPID key pair for WebPush")
     args = parser.parse_args(argv)
 
     if args.command == "serve":
-        serve(args.host, args.port, args.workers)
+        serve(args.host, args.port, args.workers, args.fd)
     elif args.command == "migrate":
         migrate_command()
     elif args.command == "export-schema":
         export_schema(args.output)
     elif args.command == "worker":
-        worker_command(args.host, args.port)
+        worker_command(args.host, args.port, args.fd)
     elif args.command == "vapid-keys":
         vapid_keys()
 

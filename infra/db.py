@@ -17,8 +17,9 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from infra.outages import outage_boundary
 from resolvers.after_commit import AFTER_COMMIT
-from resolvers.errors import ParleyError
+from resolvers.errors import Unavailable
 
 log = logging.getLogger("parley.db")
 
@@ -71,10 +72,8 @@ def create_engine(
     )
 
 
-class CommitOutcomeUnknown(ParleyError):
+class CommitOutcomeUnknown(Unavailable):
     """The connection dropped while COMMIT was in flight: the change may or may not be stored."""
-
-    code = "UNAVAILABLE"
 
     def __init__(self) -> None:
         super().__init__(
@@ -90,8 +89,14 @@ def _sqlstate(error: DBAPIError) -> str | None:
     return code if isinstance(code, str) else None
 
 
+_DATABASE = "The database"
+
+
 class Database:
-    """Hands out sessions; `transaction` retries what surely did not commit, so callers need not."""
+    """Hands out sessions; `transaction` retries what surely did not commit, so callers need not.
+
+    Every method raises a database outage as `Unavailable` (infra/outages.py), whichever driver reported it.
+    """
 
     def __init__(self, engine: AsyncEngine, *, session_class: type[AsyncSession] = AsyncSession) -> None:
         self.engine = engine
@@ -100,7 +105,7 @@ class Database:
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         """A session for reads, or for writes the caller commits itself."""
-        async with self._sessions() as session:
+        async with outage_boundary(_DATABASE), self._sessions() as session:
             yield session
 
     async def transaction(self, work: Callable[[AsyncSession], Awaitable[T]], *, attempts: int = 5) -> T:
@@ -111,6 +116,10 @@ class Database:
         outcome unknown; running `work` again could do it twice (a second group, NOT_FOUND for a
         removal that happened), so that raises `CommitOutcomeUnknown` instead.
         """
+        async with outage_boundary(_DATABASE):
+            return await self._transaction(work, attempts)
+
+    async def _transaction(self, work: Callable[[AsyncSession], Awaitable[T]], attempts: int) -> T:
         for attempt in range(1, attempts + 1):
             async with self._sessions() as session:
                 try:
@@ -143,8 +152,8 @@ class Database:
         raise AssertionError("unreachable")
 
     async def ping(self) -> None:
-        """Raises if the database does not answer."""
-        async with self.engine.connect() as connection:
+        """Raises `Unavailable` if the database does not answer."""
+        async with outage_boundary(_DATABASE), self.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
 
     async def close(self) -> None:

@@ -10,6 +10,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 
 from graph.persisted_queries import MemoryPersistedQueries
+from infra.outages import outage_boundary
 from infra.redis_cluster import cluster_client, hash_tagged
 from infra.settings import Settings
 from resolvers.ports import PersistedQueryStore
@@ -72,6 +73,7 @@ class RedisPersistedQueries:
         # Wall clock, not monotonic: processes on different hosts order their uses in one index.
         self._clock = clock
 
+    @outage_boundary("Redis")
     async def get(self, sha256: str) -> str | None:
         """The query stored under this hash, or None; a hit counts as a use."""
         value = await self._redis.eval(
@@ -86,6 +88,7 @@ class RedisPersistedQueries:
         )
         return value.decode() if isinstance(value, bytes) else value
 
+    @outage_boundary("Redis")
     async def put(self, sha256: str, query: str) -> None:
         """Stores a verified query for a week, evicting the least recently used beyond the bound."""
         await self._redis.eval(

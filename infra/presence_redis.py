@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from infra.outages import outage_boundary
 from infra.presence_hub import HubWatchers, PresenceHub, from_epoch
 from infra.presence_scripts import DEAD_NODES, ONLINE, REFRESH, REGISTER, REMOVE_NODE, SET_COUNT, STATES
 from infra.redis_batch import RedisBatch
@@ -52,7 +53,8 @@ class RedisPresence(HubWatchers):
 
     Scripts go through `RedisBatch` as EVAL (not redis-py's Script, which asks SCRIPT EXISTS
     first: a second round trip per batch); its batches run one after another in submission
-    order, which is what makes "the latest absolute count wins" hold.
+    order, which is what makes "the latest absolute count wins" hold. The reads and `touch`
+    raise a Redis outage as `Unavailable`; connecting, disconnecting and revealing never raise.
     """
 
     def __init__(
@@ -87,12 +89,14 @@ class RedisPresence(HubWatchers):
     def _key(self, kind: str, name: object) -> str:
         return f"{self._prefix}{kind}:{name}"
 
+    @outage_boundary("Redis")
     async def touch(self, user_id: int) -> datetime:
         """Records activity now and returns the stored time."""
         stored = f"{time.time():.3f}"
         await self._batch.call("SET", self._key("seen", user_id), stored, "EX", self._ttl)
         return datetime.fromtimestamp(float(stored), UTC)  # as `last_seen` will read it back
 
+    @outage_boundary("Redis")
     async def last_seen(self, user_ids: Sequence[int]) -> dict[int, datetime]:
         """Last-seen times of those users that were ever seen."""
         if not user_ids:
@@ -104,6 +108,7 @@ class RedisPresence(HubWatchers):
             if value is not None
         }
 
+    @outage_boundary("Redis")
     async def online(self, user_ids: Sequence[int]) -> set[int]:
         """Those users with at least one live connection on any node: one command however many."""
         if not user_ids:
@@ -112,6 +117,7 @@ class RedisPresence(HubWatchers):
         found = await self._batch.call("EVAL", ONLINE, len(keys), *keys)
         return {uid for uid, exists in zip(user_ids, found, strict=True) if exists}
 
+    @outage_boundary("Redis")
     async def states(self, user_ids: Sequence[int]) -> dict[int, PresenceState]:
         """Online, last seen and transition number of each user, read atomically."""
         if not user_ids:

@@ -7,6 +7,7 @@ import time
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from infra.outages import outage_boundary
 from infra.redis_batch import RedisBatch
 
 
@@ -54,6 +55,7 @@ class RedisRateLimiter:
     """Fixed-window counters in Redis, shared by every process; concurrent hits share a pipeline.
 
     One key per counter and script: on a Redis Cluster the counters spread over the slots as they are.
+    A Redis outage raises `Unavailable`: sends fail open on it (resolvers/rate_limits.py), logins do not.
     """
 
     def __init__(self, redis: Redis | RedisCluster, *, prefix: str, batch: RedisBatch | None = None) -> None:
@@ -61,17 +63,20 @@ class RedisRateLimiter:
         self._prefix = prefix
         self._batch = batch or RedisBatch(redis)
 
+    @outage_boundary("Redis")
     async def hit(self, key: str, *, window_seconds: int, amount: int = 1) -> int:
         """Counts `amount` events for `key` and returns the window's count."""
         # EVAL, not redis-py's Script: in a pipeline that one asks SCRIPT EXISTS first, a
         # second round trip per batch; Redis caches the compiled script either way.
         return int(await self._batch.call("EVAL", _HIT, 1, f"{self._prefix}rate:{key}", window_seconds, amount))
 
+    @outage_boundary("Redis")
     async def count(self, key: str) -> int:
         """Events counted for `key` in its current window."""
         value = await self._redis.get(f"{self._prefix}rate:{key}")
         return int(value) if value is not None else 0
 
+    @outage_boundary("Redis")
     async def reset(self, key: str) -> None:
         """Forgets `key`."""
         await self._redis.delete(f"{self._prefix}rate:{key}")

@@ -173,26 +173,40 @@ def check_workers(settings: Settings, workers: int) -> None:
         )
 
 
-def run(settings: Settings, app: Starlette, *, host: str, port: int) -> None:
-    """Serves `app` in this process until SIGTERM/SIGINT, then drains and returns (exit status 0)."""
+def inherited_socket(fd: int) -> socket:
+    """The bound socket a parent process handed over as file descriptor `fd` (as with systemd's socket activation).
+
+    Its family, type and protocol are read from the descriptor: uvicorn's own `fd` option would
+    take it for a Unix socket, and asyncio then leaves Nagle's algorithm on for every connection.
+    """
+    return socket(fileno=fd)
+
+
+def run(settings: Settings, app: Starlette, *, host: str, port: int, sock: socket | None = None) -> None:
+    """Serves `app` in this process until SIGTERM/SIGINT, then drains and returns (exit status 0).
+
+    `sock`, when given, is the bound socket to serve on instead of binding `host`:`port`.
+    """
     server = ParleyServer(
         _config(app, settings, host=host, port=port, workers=1),
         draining=_draining_of(app),
         drain_seconds=settings.shutdown_drain_seconds,
     )
-    server.run()  # exits with status 3 itself when the port is taken or the lifespan fails
+    # Exits with status 3 itself when the port is taken or the lifespan fails.
+    server.run(None if sock is None else [sock])
 
 
-def run_workers(settings: Settings, *, host: str, port: int, workers: int) -> None:
+def run_workers(settings: Settings, *, host: str, port: int, workers: int, sock: socket | None = None) -> None:
     """Serves with `workers` processes sharing one listening socket, under uvicorn's supervisor.
 
-    The supervisor binds the port, starts the workers, replaces one that dies and (SIGHUP)
-    restarts them one by one; on SIGTERM or SIGINT it passes SIGTERM to every worker, each
-    drains as a single process does, and it returns once all have exited.
+    The supervisor binds the port (or serves on `sock`), starts the workers, replaces one that
+    dies and (SIGHUP) restarts them one by one; on SIGTERM or SIGINT it passes SIGTERM to every
+    worker, each drains as a single process does, and it returns once all have exited.
     """
     check_workers(settings, workers)
     config = _config(_app_built_in_each_worker, settings, host=host, port=port, workers=workers)
-    sock = config.bind_socket()
+    if sock is None:
+        sock = config.bind_socket()
     # Before any worker starts: they inherit its multiprocess directory (infra/metrics_server.py).
     metrics = prepare_multiprocess(settings, workers)
     supervisor = multiprocess.Multiprocess(config, sockets=[sock])

@@ -12,6 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from infra.bus import BroadcastBus, Bus, BusUnavailable, Resync, Subscription
+from resolvers.errors import Unavailable
 from tests.support.redis_process import RedisServer
 
 # Generous for a healthy run, short enough that a missing fix fails instead of hanging.
@@ -196,9 +197,12 @@ async def test_while_redis_is_down_publish_fails_fast_and_subscribers_wait_for_r
         await asyncio.to_thread(own_redis.stop)
 
         async with asyncio.timeout(STEP):  # no hang on a dead broker
-            with pytest.raises(BusUnavailable):
+            # The ports' one outage error (UNAVAILABLE to clients), from the Redis error.
+            with pytest.raises(Unavailable) as failed:
                 await bus.publish_many([("a", "lost")])
-            with pytest.raises(BusUnavailable):
+            assert isinstance(failed.value, BusUnavailable)
+            assert type(failed.value.__cause__).__module__.startswith("redis.")
+            with pytest.raises(Unavailable):
                 await bus.ping()
         await assert_silent(early)  # not ended by the outage
         async with bus.subscribe("b") as late:  # subscribing during the outage works too

@@ -30,6 +30,7 @@ from tests.support.s3_server import S3Server
 from tests.support.servers import ThreadServer
 from tests.support.services import RedisTarget
 from tests.support.settings import embedded_settings, production_settings, suite_process_env
+from tests.support.waiting import until
 
 ELF = b"\x7fELF\x02\x01\x01\x00" + bytes(8) + b"\x02\x00\x3e\x00" + bytes(200)
 FILE_EVENTS = f"""
@@ -98,6 +99,11 @@ async def download(url: str) -> httpx.Response:
         return await client.get(url)
 
 
+async def gone(url: str) -> bool:
+    """Whether a download URL now answers that the file is no longer there."""
+    return (await download(url)).status_code in (403, 404)
+
+
 async def pending_files(person: Person) -> list[Json]:
     data = await person.data(f"query {{ pendingEvents(first: 100) {{ {FILE_EVENTS} }} }}")
     events: list[Json] = data["pendingEvents"]
@@ -163,12 +169,11 @@ async def test_an_image_attachment_gets_a_thumbnail_without_its_gps_data(
         sent = await alice.send_files(direct, [photo_id], body="look")
         assert sent["attachments"][0]["thumbnailUrl"] is None  # made off the request path
 
-        async with asyncio.timeout(30):
-            while True:
-                attachment = (await pending_files(bob))[-1]["message"]["attachments"][0]
-                if attachment["thumbnailUrl"] is not None:
-                    break
-                await asyncio.sleep(0.2)
+        async def thumbnailed() -> Json | None:
+            attachment: Json = (await pending_files(bob))[-1]["message"]["attachments"][0]
+            return attachment if attachment["thumbnailUrl"] is not None else None
+
+        attachment = await until(thumbnailed, "the photo's thumbnail", timeout=30, every=0.2)
         response = await download(attachment["thumbnailUrl"])
         assert response.status_code == 200
         preview = Image.open(io.BytesIO(response.content))
@@ -382,10 +387,7 @@ async def test_retention_deletes_the_files_of_delivered_messages_and_unattached_
         await bob.acknowledge(event["cursor"])  # delivered everywhere: the message is deleted
         # Still downloadable right after delivery, gone once the (shortened) retention has passed.
         assert (await download(url)).status_code == 200
-        async with asyncio.timeout(30):
-            while (await download(url)).status_code == 200:  # noqa: ASYNC110 - polling another process's job
-                await asyncio.sleep(0.3)
-        assert (await download(url)).status_code in (403, 404)
+        await until(lambda: gone(url), "the retention run removing the file", timeout=30, every=0.3)
         # The never-attached upload is gone too: it can no longer be attached.
         assert await send_refusal(alice, direct, [never_sent["attachmentId"]]) == "BAD_USER_INPUT"
 
@@ -406,10 +408,7 @@ async def test_deleting_a_message_for_everyone_deletes_its_files_with_the_next_r
         # Never delivered: bob gets the delete, not the message or its file.
         events = await pending_files(bob)
         assert [e for e in events if "message" in e] == []
-        async with asyncio.timeout(30):
-            while (await download(url)).status_code == 200:  # noqa: ASYNC110 - polling another process's job
-                await asyncio.sleep(0.3)
-        assert (await download(url)).status_code in (403, 404)
+        await until(lambda: gone(url), "the retention run removing the file", timeout=30, every=0.3)
 
 
 # --- Review 2: what was checked is what is served; bounded thumbnails, uploads and metadata ---
@@ -451,9 +450,7 @@ async def previewed(sender: Person, recipient: Person, conversation_id: str) -> 
     """Sends an image and waits for its thumbnail: every thumbnail job queued before it has run by then."""
     upload = await sender.upload("marker.png", "image/png", png())
     await sender.send_files(conversation_id, [upload])
-    async with asyncio.timeout(60):
-        while await thumbnail_of(recipient, upload) is None:  # noqa: ASYNC110 - polling another process's job
-            await asyncio.sleep(0.1)
+    await until(lambda: thumbnail_of(recipient, upload), "the marker's thumbnail", timeout=60, every=0.1)
 
 
 async def test_posting_an_upload_form_again_after_attaching_changes_nothing_recipients_download(

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 import logging
 import threading
-import time
 import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,6 +30,7 @@ from tests.support.processes import ProcessServer
 from tests.support.services import RedisTarget
 from tests.support.settings import embedded_settings, suite_process_env
 from tests.support.streams import next_of
+from tests.support.waiting import until
 
 SECRET_BODY = "the launch code is 0000"
 
@@ -113,15 +112,6 @@ def collector() -> Iterator[Collector]:
         yield running
 
 
-async def _wait_for_spans(collector: Collector, names: set[str], timeout: float = 15) -> list[Span]:
-    deadline = time.monotonic() + timeout
-    while True:
-        spans = collector.spans()
-        if names <= {s.name for s in spans} or time.monotonic() > deadline:
-            return spans
-        await asyncio.sleep(0.1)
-
-
 async def _chat(api: Api) -> tuple[Person, Person]:
     """A query, mutations and a subscription, as an app does them."""
     alice, bob = await api.people("alice", "bob")
@@ -146,7 +136,8 @@ async def test_spans_of_http_websocket_and_graphql_operations_reach_the_collecto
     async with ProcessServer(env, log_path=tmp_path / "serve.log") as server:
         alice, bob = await _chat(Api(server.url, server.ws_url, "production"))
         wanted = {"query Me", "mutation S", "subscription Events", "POST /graphql", "WebSocket /graphql"}
-        spans = await _wait_for_spans(collector, wanted)
+        await until(lambda: wanted <= {s.name for s in collector.spans()}, f"the spans {sorted(wanted)}")
+        spans = collector.spans()
 
     assert set(collector.paths) == {"/v1/traces"}
     assert collector.service_names() == {"parley"}

@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -27,6 +26,7 @@ from tests.support.push_fakes import PUSH_SETTINGS, REGISTER_PUSH, PushEndpoint,
 from tests.support.servers import ThreadServer
 from tests.support.services import RedisTarget
 from tests.support.settings import embedded_settings, production_settings, suite_process_env
+from tests.support.waiting import until
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -63,16 +63,15 @@ def operations(samples: Samples, field: str, outcome: str, kind: str = "mutation
     return value(samples, "parley_operations_total", type=kind, field=field, outcome=outcome)
 
 
-async def eventually(url: str, check: Callable[[Samples], bool], *, timeout: float = 8.0) -> Samples:
-    """Scrapes until `check(samples)` holds (gauges sampled every 2 s, sockets closing asynchronously)."""
-    deadline = time.monotonic() + timeout
-    while True:
+async def scrape_until(url: str, check: Callable[[Samples], bool], *, timeout: float = 8.0) -> Samples:
+    """The first scrape for which `check(samples)` holds (gauges sampled every 2 s, sockets closing asynchronously)."""
+
+    async def matching() -> tuple[Samples] | None:
         samples = await scrape(url)
-        if check(samples):
-            return samples
-        if time.monotonic() > deadline:
-            raise AssertionError(f"metrics did not reach the expected state in {timeout} s")
-        await asyncio.sleep(0.1)
+        return (samples,) if check(samples) else None  # in a tuple: an empty scrape may be the match
+
+    (samples,) = await until(matching, "the metrics to reach the expected state", timeout=timeout, every=0.1)
+    return samples
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +178,7 @@ async def test_sockets_and_subscriptions_are_counted_while_open_and_events_as_de
         assert delivered >= 2
         await bob.acknowledge(received[1]["events"]["cursor"])
 
-    after = await eventually(url, lambda s: value(s, "parley_websockets_open") == sockets)
+    after = await scrape_until(url, lambda s: value(s, "parley_websockets_open") == sockets)
     assert value(after, "parley_subscriptions_open", field="events") == subscriptions
     ended = operations(after, "events", "ok", kind="subscription") - operations(before, "events", "ok", "subscription")
     assert ended == 1
@@ -196,7 +195,7 @@ async def test_database_pools_are_reported(metered: Metered) -> None:
             return False  # the hot path's pool has opened connections by now: wait for a sample
         return all((("parley_db_pool_max_connections", frozenset({("pool", pool)})) in samples) for pool in pools)
 
-    samples = await eventually(metered.metrics_url, reported)
+    samples = await scrape_until(metered.metrics_url, reported)
     for pool in pools:
         in_use = value(samples, "parley_db_pool_connections", pool=pool, state="in_use")
         idle = value(samples, "parley_db_pool_connections", pool=pool, state="idle")
@@ -271,7 +270,7 @@ async def test_push_failures_are_counted_by_platform_and_reason(tmp_path: Path) 
         def failure(samples: Samples, reason: str) -> float:
             return value(samples, "parley_push_failures_total", platform="WEBPUSH", reason=reason)
 
-        after = await eventually(url, lambda s: failure(s, "gone") > failure(before, "gone"))
+        after = await scrape_until(url, lambda s: failure(s, "gone") > failure(before, "gone"))
         assert failure(after, "retry") - failure(before, "retry") == 1
         assert failure(after, "gone") - failure(before, "gone") == 1
         assert ("parley_push_queue_depth", frozenset()) in after
@@ -320,13 +319,13 @@ async def test_processes_sharing_a_metrics_directory_are_served_as_one(
                 conversation, "via the second process"
             )
             async with bob.socket(), bob_on_first.socket():
-                samples = await eventually(url, lambda s: value(s, "parley_websockets_open") == 2)
+                samples = await scrape_until(url, lambda s: value(s, "parley_websockets_open") == 2)
                 assert operations(samples, "sendMessage", "ok") == 2
                 assert value(samples, "parley_send_commit_seconds_count") == 2
                 # A worker that dies without closing its sockets: its open-socket gauge goes with it.
                 second.send_signal(signal.SIGKILL)
                 await asyncio.to_thread(second.wait_exit, 10)
-                samples = await eventually(url, lambda s: value(s, "parley_websockets_open") == 1)
+                samples = await scrape_until(url, lambda s: value(s, "parley_websockets_open") == 1)
                 # Its counters stay in the sums.
                 assert operations(samples, "sendMessage", "ok") == 2
     finally:
@@ -372,9 +371,9 @@ async def test_workers_under_one_supervisor_share_one_metrics_port(
         for n in range(4):
             await alice.send(conversation, f"message {n}")
         async with bob.socket(), bob.socket(), bob.socket():
-            samples = await eventually(url, lambda s: value(s, "parley_websockets_open") == 3)
+            samples = await scrape_until(url, lambda s: value(s, "parley_websockets_open") == 3)
             assert operations(samples, "sendMessage", "ok") == 4
             assert operations(samples, "register", "ok") == 2
-        await eventually(url, lambda s: value(s, "parley_websockets_open") == 0)
+        await scrape_until(url, lambda s: value(s, "parley_websockets_open") == 0)
         supervisor.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(supervisor.wait_exit, 30) == 0

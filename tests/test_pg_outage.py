@@ -19,9 +19,12 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
-from graph.errors import error_code
-from infra.db import create_engine
+from graph.errors import UNAVAILABLE_MESSAGE, error_code, shape_errors
+from infra.db import Database, create_engine
 from infra.migrate import migrate
+from infra.outages import is_outage, outage_boundary
+from infra.pg_inbox_store import PgInboxStore, StoreUnavailable
+from resolvers.errors import Unavailable
 from tests.support.client import GraphQLFailed
 from tests.support.helpers import Api, Person
 from tests.support.servers import ThreadServer
@@ -56,9 +59,14 @@ def own_database(own_postgres: PostgresServer) -> Iterator[str]:
         yield url
 
 
-def _code_of(error: Exception) -> str:
-    """The `extensions.code` a client would get for an operation that raised `error`."""
-    return error_code(GraphQLError("failed", original_error=error))
+async def _code_of(error: Exception) -> str:
+    """The `extensions.code` a client gets when an adapter call fails with `error` (through its outage boundary)."""
+    try:
+        async with outage_boundary("PostgreSQL"):
+            raise error
+    except Exception as raised:  # what the adapter raised, as graph/ sees it
+        return error_code(GraphQLError("failed", original_error=raised))
+    raise AssertionError("unreachable")
 
 
 async def _timed_failure(call: Callable[[], Awaitable[Any]]) -> tuple[str, float]:
@@ -130,6 +138,15 @@ async def test_requests_during_a_postgres_outage_are_unavailable_and_service_res
             assert ready.status_code == 503
             assert ready.json()["database"].startswith("unavailable")
             assert time.monotonic() - started < QUICK
+            # An HTTP stream, like a socket, is told to come back later, not that its token is bad (401).
+            async with httpx.AsyncClient(base_url=server.url, timeout=QUICK) as http:
+                refused = await http.post(
+                    "/graphql",
+                    json={"query": "subscription { events { __typename } }"},
+                    headers={"Authorization": f"Bearer {bob.token}", "Accept": "text/event-stream"},
+                )
+            assert refused.status_code == 503
+            assert refused.json()["errors"] == [{"message": UNAVAILABLE_MESSAGE, "extensions": {"code": "UNAVAILABLE"}}]
 
             # Back after crash recovery; meanwhile it refuses with "the database system is starting
             # up" (57P03): that is UNAVAILABLE too, never an internal error.
@@ -178,14 +195,13 @@ async def test_the_starting_up_window_is_classified_unavailable(own_postgres: Po
     starting_up = [e for e in seen if "starting up" in str(e) or "not yet accepting" in str(e)]
     assert starting_up, f"the starting-up window was not seen: {seen!r}"
     assert {type(e).__name__ for e in starting_up} >= {"DBAPIError", "CannotConnectNowError"}
-    assert {_code_of(e) for e in seen} == {"UNAVAILABLE"}
+    assert all(is_outage(e) for e in seen), seen
+    assert {await _code_of(e) for e in seen} == {"UNAVAILABLE"}
 
 
-def test_connection_class_database_errors_are_unavailable() -> None:
-    """Shutdown, crash, too many connections and pool timeouts, raw or raised from, are outages."""
+async def test_connection_class_database_errors_are_unavailable() -> None:
+    """Shutdown, crash, too many connections and pool timeouts, raw or raised from, leave an adapter as UNAVAILABLE."""
     from sqlalchemy.exc import TimeoutError as PoolTimeout  # noqa: PLC0415
-
-    from infra.pg_inbox_store import StoreUnavailable  # noqa: PLC0415
 
     errors: list[Exception] = [
         asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),
@@ -198,11 +214,88 @@ def test_connection_class_database_errors_are_unavailable() -> None:
         StoreUnavailable("PostgreSQL is unavailable"),
     ]
     for error in errors:
-        assert _code_of(error) == "UNAVAILABLE", repr(error)
+        assert await _code_of(error) == "UNAVAILABLE", repr(error)
         wrapper = RuntimeError("wrapped")
         wrapper.__cause__ = error
-        assert _code_of(wrapper) == "UNAVAILABLE", f"raised from {error!r}"
-    assert _code_of(asyncpg.exceptions.UniqueViolationError("duplicate key")) == "INTERNAL_SERVER_ERROR"
+        assert await _code_of(wrapper) == "UNAVAILABLE", f"raised from {error!r}"
+    assert await _code_of(asyncpg.exceptions.UniqueViolationError("duplicate key")) == "INTERNAL_SERVER_ERROR"
+
+
+async def test_the_boundary_translates_outages_only() -> None:
+    """An outage leaves as `Unavailable` raised from the driver's error; any other error leaves unchanged."""
+    refused = ConnectionRefusedError(111, "Connect call failed")
+    with pytest.raises(Unavailable) as translated:
+        async with outage_boundary("PostgreSQL"):
+            raise refused
+    assert translated.value.__cause__ is refused
+    assert translated.value.code == "UNAVAILABLE"
+    duplicate = asyncpg.exceptions.UniqueViolationError("duplicate key")
+    with pytest.raises(asyncpg.exceptions.UniqueViolationError) as untouched:
+        async with outage_boundary("PostgreSQL"):
+            raise duplicate
+    assert untouched.value is duplicate
+
+
+def test_graph_maps_the_ports_errors_and_knows_no_driver() -> None:
+    """`Unavailable` (raw or raised from) is UNAVAILABLE with a message naming no host; a raw driver error is internal."""
+
+    def code(error: Exception) -> str:
+        return error_code(GraphQLError("failed", original_error=error))
+
+    outage = Unavailable("PostgreSQL is unavailable (OSError: connect to 10.0.0.7:5432 failed)")
+    wrapper = RuntimeError("wrapped")
+    wrapper.__cause__ = outage
+    assert code(outage) == code(wrapper) == "UNAVAILABLE"
+    # Adapters translate at their boundary: an outage error that escaped one is a bug, shown as such.
+    assert code(ConnectionRefusedError(111, "Connect call failed")) == "INTERNAL_SERVER_ERROR"
+    (shaped,) = shape_errors([GraphQLError("failed", original_error=outage, path=["sendMessage"])])
+    assert shaped.formatted == {
+        "message": UNAVAILABLE_MESSAGE,
+        "path": ["sendMessage"],
+        "extensions": {"code": "UNAVAILABLE"},
+    }
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A local port nothing listens on: connecting is refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_database_adapters_raise_unavailable_when_postgres_refuses(closed_port: int) -> None:
+    """Sessions, transactions, ping and the asyncpg store all raise the ports' `Unavailable`, from the driver's error."""
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:{closed_port}/parley"
+    db = Database(create_engine(url, pool_timeout=1, connect_timeout=1))
+    store = await PgInboxStore.connect(url, pool_timeout=1, connect_timeout=1)
+
+    async def select_one(session: Any) -> object:
+        return await session.execute(text("SELECT 1"))
+
+    async def read() -> None:
+        async with db.session() as session:
+            await select_one(session)
+
+    async def write() -> None:
+        await db.transaction(select_one)
+
+    calls: list[Callable[[], Awaitable[None]]] = [read, write, db.ping]
+    try:
+        for call in calls:
+            with pytest.raises(Unavailable) as failed:
+                await call()
+            assert is_outage(failed.value.__cause__), repr(failed.value.__cause__)
+        with pytest.raises(StoreUnavailable) as lost:
+            await store.positions(1)
+        assert isinstance(lost.value, Unavailable)
+        # Not an outage: the caller's own error passes through the session unchanged.
+        with pytest.raises(LookupError):
+            async with db.session():
+                raise LookupError("no such row")
+    finally:
+        await store.close()
+        await db.close()
 
 
 @pytest.fixture

@@ -131,7 +131,9 @@ async def test_two_devices_keep_a_user_online_until_both_leave(api: Api) -> None
         async with laptop.socket():
             async with alice.socket():
                 assert (await next_state(presence))["online"] is True
-            await presence.expect_silence(0.5)  # the laptop is still connected
+            # The laptop is still connected. No signal follows the server's handling of the closed
+            # socket (the close handshake ends before it), so a wrong "offline" gets a bounded moment.
+            await presence.expect_silence(0.5)
             assert (await bob.data(SEEN, id=alice.user_id))["user"]["online"] is True
         assert (await next_state(presence))["online"] is False
 
@@ -223,7 +225,6 @@ async def _crash_mid_handshake(api: Api, alice: Person) -> None:
         init = {"type": "connection_init", "payload": {"authorization": f"Bearer {alice.token}"}}
         await socket.send(json.dumps(init))
         socket.transport.abort()  # gone before the server could answer
-    await asyncio.sleep(0.3)
 
 
 async def _refused_token(api: Api, alice: Person) -> None:
@@ -271,6 +272,8 @@ async def test_every_way_a_socket_ends_leaves_the_count_exact(api: Api, way: str
         async with alice.socket():  # keeps alice online: one decrement too many would show her offline
             assert (await next_state(presence))["online"] is True
             await WAYS[way](api, alice)
+            # No signal follows the server's handling of a socket's end (an abort has no handshake at
+            # all), so a wrong "offline" gets a bounded moment to show.
             await presence.expect_silence(0.5)
             assert (await bob.data(SEEN, id=alice.user_id))["user"]["online"] is True
         # One increment too many would keep her online for good.

@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
 
 from infra.bus import BusUnavailable, Resync
 from infra.fanout import DEFAULT_SHARDS
@@ -195,23 +196,31 @@ async def test_a_subscriber_that_falls_behind_gets_one_resync(cluster: Throwaway
     await bus.connect()
     try:
         async with bus.subscribe("slow") as slow:
+            before = overflows()
             await bus.publish_many([("slow", str(n)) for n in range(10)])
-            await asyncio.sleep(0.3)
+            await until(lambda: overflows() > before, "the subscriber's queue to overflow")
             assert slow.pending <= 3
             assert isinstance(await asyncio.wait_for(anext(slow), 5), Resync)
     finally:
         await bus.disconnect()
 
 
+def overflows() -> float:
+    """Resyncs raised in this process because a subscriber's queue was full."""
+    return REGISTRY.get_sample_value("parley_bus_resyncs_total", {"reason": "overflow"}) or 0.0
+
+
 async def publish_soon(bus: ClusterBus, items: list[tuple[str, str]], within: float = 10) -> None:
     """Publishes once the cluster takes it again (a restarted master refuses for a moment)."""
-    async with asyncio.timeout(within):
-        while True:
-            try:
-                await bus.publish_many(items)
-                return
-            except BusUnavailable:
-                await asyncio.sleep(0.1)
+
+    async def published() -> bool:
+        try:
+            await bus.publish_many(items)
+        except BusUnavailable:
+            return False
+        return True
+
+    await until(published, "the cluster to take a publish again", timeout=within, every=0.1)
 
 
 async def test_a_channel_follows_its_slot_to_another_master(cluster: ThrowawayCluster) -> None:

@@ -22,6 +22,7 @@ from tests.support.helpers import EVENTS, PASSWORD, USER_FIELDS, Api, Person
 from tests.support.servers import ThreadServer
 from tests.support.services import RedisTarget
 from tests.support.settings import embedded_settings, production_settings
+from tests.support.waiting import until
 
 ME = "query { me { id } }"
 DEVICES = "query { devices { id name createdAt lastActiveAt current } }"
@@ -229,13 +230,12 @@ async def test_item_03_a_device_holding_a_socket_stays_active(quick_expiry: Thre
     await connected.other_device(idle_name)
     async with connected.socket() as socket:
         await socket.subscribe(EVENTS)
+
         # Watched in the database: a request of the idle device would count as activity.
-        for _ in range(100):
-            if idle_name not in await dump_settings_tables(quick_expiry.settings):
-                break
-            await asyncio.sleep(0.2)
-        else:
-            raise AssertionError("the idle device never expired")
+        async def idle_expired() -> bool:
+            return idle_name not in await dump_settings_tables(quick_expiry.settings)
+
+        await until(idle_expired, "the idle device to expire", timeout=20, every=0.2)
         assert not socket.closed.done(), "the connected device's socket was closed"
     assert (await connected.data(ME))["me"]["id"] == connected.user_id
 
@@ -258,12 +258,11 @@ async def test_item_14_legacy_protocol_refuses_a_second_connection_init(api: Api
     query = f"query U($id: ID!) {{ user(id: $id) {{ {USER_FIELDS} }} }}"
     async with person.socket():
         assert (await watcher.data(query, id=person.user_id))["user"]["online"], "online is visible to the watcher"
-    for _ in range(50):
-        if not (await watcher.data(query, id=person.user_id))["user"]["online"]:
-            break
-        await asyncio.sleep(0.1)
-    else:
-        raise AssertionError("the user still shows online after the socket closed")
+
+    async def offline() -> bool:
+        return not (await watcher.data(query, id=person.user_id))["user"]["online"]
+
+    await until(offline, "the user to show offline after the socket closed", timeout=5, every=0.1)
 
 
 @pytest.mark.parametrize("protocol", ["graphql-ws", "graphql-transport-ws"])
@@ -276,5 +275,10 @@ async def test_item_14_sockets_that_never_init_are_closed(tmp_path: Path, protoc
         # A socket that does init in time stays open.
         person = await Api(url=server.url, ws_url=server.ws_url, mode="embedded").register("kim")
         async with ws_connect(server.ws_url, person.token) as ws:
-            await asyncio.sleep(1)
+            # The marker: a socket opened after it that never inits. Once the server closed that
+            # one, this one's timeout would have run out too, had the init not stopped it.
+            async with connect(server.ws_url, subprotocols=[Subprotocol(protocol)]) as later:
+                with pytest.raises(ConnectionClosed):
+                    await asyncio.wait_for(later.recv(), 10)
+                assert later.close_code == 4408
             assert await outcome(ws, await ws.subscribe(ME)) == "data"

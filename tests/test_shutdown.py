@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -23,8 +23,12 @@ from tests.support.servers import ThreadServer
 from tests.support.services import RedisTarget
 from tests.support.settings import suite_process_env
 from tests.support.streams import next_state, watching
+from tests.support.waiting import until
 
+StreamPair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 PARLEY = str(Path(sys.executable).parent / "parley")
+# What each process logs when SIGTERM starts its drain (infra/server.py).
+DRAIN_STARTED = "shutting down: /readyz answers 503"
 SEND = f"mutation S($input: SendMessageInput!) {{ sendMessage(input: $input) {{ {MESSAGE_FIELDS} }} }}"
 
 
@@ -45,17 +49,31 @@ async def readyz(url: str) -> tuple[int, dict[str, object]]:
     return response.status_code, body
 
 
-async def refuses_connections(url: str, *, within: float) -> bool:
-    """Whether new connections to `url` are refused (the process stopped listening) within `within` seconds."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            async with httpx.AsyncClient(timeout=1) as http:
-                await http.get(f"{url}/healthz")
-        except httpx.ConnectError:
-            return True
-        await asyncio.sleep(0.05)
+async def refused(url: str) -> bool:
+    """Whether a new connection to `url` is refused (the process stopped listening)."""
+    try:
+        async with httpx.AsyncClient(timeout=1) as http:
+            await http.get(f"{url}/healthz")
+    except httpx.ConnectError:
+        return True
     return False
+
+
+async def in_flight(server: ProcessServer, length: int, *, headers: bytes = b"") -> StreamPair:
+    """A POST /graphql announcing a body of `length` bytes, none sent yet, once the app has begun reading it.
+
+    The request says `Expect: 100-continue`: uvicorn answers `100 Continue` when the app first
+    asks for the body, the signal that the request is in the app's hands.
+    """
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(
+        b"POST /graphql HTTP/1.1\r\nHost: parley\r\nContent-Type: application/json\r\n"
+        + headers
+        + b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % length
+    )
+    await writer.drain()
+    assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    return reader, writer
 
 
 async def exit_status(server: ProcessServer, timeout: float = 20) -> int:
@@ -85,6 +103,7 @@ async def test_sigterm_drains_then_closes_sockets_with_1012_takes_users_offline_
             # The drain: not ready at once, while everything else still works.
             assert await readyz(server.url) == (503, {"ready": False, "draining": True})
             assert (await alice.data("{ me { id } }"))["me"]["id"] == alice.user_id
+            # Sampled across the drain, a real-time window of another process: nothing to wait for.
             while time.monotonic() - signalled < 0.7:
                 assert (await readyz(server.url))[0] == 503
                 await asyncio.sleep(0.1)
@@ -101,14 +120,6 @@ async def test_sigterm_drains_then_closes_sockets_with_1012_takes_users_offline_
         assert await exit_status(server) == 0
 
 
-async def slow_body(payload: bytes, sent_first: asyncio.Event, release: asyncio.Event) -> AsyncIterator[bytes]:
-    """A request body sent as a slow mobile link does: a first part, then the rest once `release` is set."""
-    yield payload[:20]
-    sent_first.set()
-    await release.wait()
-    yield payload[20:]
-
-
 async def test_a_request_in_flight_finishes_while_new_connections_are_refused(
     migrated_postgres: str, redis_target: RedisTarget, production_server: ThreadServer, tmp_path: Path
 ) -> None:
@@ -122,23 +133,21 @@ async def test_a_request_in_flight_finishes_while_new_connections_are_refused(
         payload = json.dumps(
             {"query": SEND, "variables": {"input": {"conversationId": direct, "clientId": "slow-1", "body": "late"}}}
         ).encode()
-        sent_first, release = asyncio.Event(), asyncio.Event()
-        async with httpx.AsyncClient(timeout=30) as http:
-            request = asyncio.create_task(
-                http.post(
-                    f"{server.url}/graphql",
-                    content=slow_body(payload, sent_first, release),
-                    headers={"Authorization": f"Bearer {alice.token}", "Content-Type": "application/json"},
-                )
-            )
-            await sent_first.wait()
-            await asyncio.sleep(0.3)  # the server has the headers: the request is in flight
-            server.send_signal(signal.SIGTERM)
-            assert await refuses_connections(server.url, within=5)
-            release.set()
-            response = await request
-        assert response.status_code == 200, response.text
-        assert response.json()["data"]["sendMessage"]["body"] == "late"
+        # A slow mobile link: the headers are in, the body is still on its way.
+        reader, writer = await in_flight(
+            server, len(payload), headers=b"Authorization: Bearer %s\r\n" % alice.token.encode()
+        )
+        server.send_signal(signal.SIGTERM)
+        await until(lambda: refused(server.url), "new connections refused", timeout=5)
+        writer.write(payload)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        length = re.search(rb"(?im)^content-length: *(\d+)", head)
+        assert length is not None, head
+        response = json.loads(await asyncio.wait_for(reader.readexactly(int(length[1])), 30))
+        assert response["data"]["sendMessage"]["body"] == "late"
         assert await exit_status(server) == 0
     (event,) = await bob.pending()
     assert event["message"]["clientId"] == "slow-1"
@@ -154,13 +163,9 @@ async def test_requests_and_subscriptions_cannot_hold_the_shutdown_past_the_grac
         async with ws_connect(server.ws_url, alice.token) as socket:
             await socket.subscribe(EVENTS)
             # A client that sends its headers and never the body it announced.
-            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            writer.write(
-                b"POST /graphql HTTP/1.1\r\nHost: parley\r\nContent-Type: application/json\r\n"
-                b"Content-Length: 100\r\n\r\n{"
-            )
+            reader, writer = await in_flight(server, 100)
+            writer.write(b"{")
             await writer.drain()
-            await asyncio.sleep(0.3)
             server.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
             assert await close_code(socket) == 1012
@@ -191,16 +196,21 @@ async def test_two_workers_share_the_port_each_a_node_and_both_drain_on_sigterm(
     migrated_postgres: str, redis_target: RedisTarget, tmp_path: Path
 ) -> None:
     prefix = f"{redis_target.prefix}workers-{uuid.uuid4().hex[:8]}:"  # this test's registry only
-    env = {**shutdown_env(migrated_postgres, redis_target, drain=1, grace=5), "PARLEY_REDIS_PREFIX": prefix}
-    server = ProcessServer(env, log_path=tmp_path / "serve.log", command=[PARLEY, "serve", "--workers", "2"])
+    env = {
+        **shutdown_env(migrated_postgres, redis_target, drain=1, grace=5),
+        "PARLEY_REDIS_PREFIX": prefix,
+        "PARLEY_LOG_LEVEL": "INFO",  # each worker logs the start of its drain: the test waits for both
+    }
+    log_path = tmp_path / "serve.log"
+    server = ProcessServer(env, log_path=log_path, command=[PARLEY, "serve", "--workers", "2"])
     redis = Redis.from_url(redis_target.url)
+
+    async def both_registered() -> bool:
+        return len(await node_ids(redis, prefix)) == 2
+
     try:
         async with server:
-            deadline = time.monotonic() + 30
-            while len(await node_ids(redis, prefix)) < 2:
-                assert time.monotonic() < deadline, "two workers did not both register"
-                await asyncio.sleep(0.1)
-            assert len(await node_ids(redis, prefix)) == 2
+            await until(both_registered, "two workers registered", timeout=30, every=0.1)
             alice = await Api(server.url, server.ws_url, "production").register("alice")
             async with contextlib.AsyncExitStack() as stack:
                 # The kernel hands each new connection to one of the workers: both take some.
@@ -211,11 +221,7 @@ async def test_two_workers_share_the_port_each_a_node_and_both_drain_on_sigterm(
                 server.send_signal(signal.SIGTERM)
                 # The supervisor passes SIGTERM on (it looks at signals twice a second); each worker
                 # then drains (readyz 503) before it closes its sockets with 1012.
-                deadline = time.monotonic() + 3
-                while (await readyz(server.url))[0] != 503:
-                    assert time.monotonic() < deadline, "the workers did not start draining"
-                    await asyncio.sleep(0.05)
-                await asyncio.sleep(0.1)  # the supervisor signals its workers one after the other
+                await until(lambda: log_path.read_text().count(DRAIN_STARTED) == 2, "both workers draining", timeout=5)
                 for _ in range(4):
                     assert (await readyz(server.url))[0] == 503
                 codes = [await close_code(socket) for socket in sockets]

@@ -6,6 +6,7 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -21,7 +22,7 @@ from infra.body_limit import BodyLimit
 from infra.storage.local import LocalStorage
 from resolvers.records import UploadForm
 from tests.support.clock import MovableClock
-from tests.support.processes import free_port, wait_healthy
+from tests.support.processes import bound_socket, wait_healthy
 
 SECRET = "test-secret-key-for-local-storage-0123456789"
 ONE_MIB = 1024 * 1024
@@ -50,9 +51,12 @@ def served(tmp_path: Path) -> Iterator[Served]:
     app = Starlette(routes=[*storage.routes(), Route("/healthz", healthz, methods=["GET", "POST"])])
     # As infra/app.py wraps it: GraphQL bodies are limited to 1 MiB, uploads are not.
     app.add_middleware(BodyLimit, max_bytes=ONE_MIB, exempt_prefixes=("/uploads",))
-    port = free_port()
+    listener = bound_socket()  # handed to uvicorn: no other process can take the port meanwhile
+    port = int(listener.getsockname()[1])
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, name=f"uvicorn-storage-{port}", daemon=True)
+    thread = threading.Thread(
+        target=partial(server.run, sockets=[listener]), name=f"uvicorn-storage-{port}", daemon=True
+    )
     thread.start()
     try:
         wait_healthy(port)
@@ -60,6 +64,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+        listener.close()
 
 
 async def post_form(

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from infra import cli
 from infra.server import ParleyServer
 from resolvers.ids import MessageIds
 from tests.support.helpers import EVENTS, Api
+from tests.support.processes import bound_socket
 
 NOT_ASCII = 'Zoë said "hi" \\ 🎉 ✓ \u2028 \t\x01 ß'
 
@@ -118,28 +118,23 @@ async def test_websocket_frames_are_text(api: Api, protocol: str, subscribe: str
         assert message["type"] == "error"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def _serving(app: Any, options: dict[str, Any]) -> Iterator[str]:
     """uvicorn with exactly `options` in a thread; yields the WebSocket URL."""
-    port = _free_port()
+    # Bound and listening before uvicorn runs: no other process can take the port, and a client
+    # connecting early waits in the backlog until uvicorn accepts, so there is nothing to wait for.
+    listener = bound_socket()
+    listener.listen()
+    port = int(listener.getsockname()[1])
     server = uvicorn.Server(uvicorn.Config(app, **{**options, "port": port, "log_level": "warning"}))
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=partial(server.run, sockets=[listener]), daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
         yield f"ws://127.0.0.1:{port}/graphql"
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+        listener.close()
 
 
 async def _negotiated_extensions(ws_url: str) -> str | None:

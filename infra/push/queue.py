@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
+from infra.outages import outage_boundary
 from infra.redis_batch import RedisBatch
 from resolvers.records import PushJob, QueuedPushJob
 
@@ -86,6 +87,7 @@ class RedisPushQueue:
         self._group_ready = False
         self._next_claim = 0.0
 
+    @outage_boundary("Redis")  # the one call a resolver makes (sends); the worker handles its own failures
     async def enqueue(self, job: PushJob) -> None:
         """XADD with an approximate MAXLEN: a queue nobody drains cannot fill Redis."""
         await self._batch.call("XADD", self.stream, "MAXLEN", "~", self._max_length, "*", "job", encode_job(job))

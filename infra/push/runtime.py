@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator
+from socket import socket
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
@@ -138,7 +139,7 @@ async def embedded_worker(settings: Settings, services: Services) -> AsyncIterat
             await sender.close()
 
 
-async def _serve_liveness(worker: PushWorker, host: str, port: int) -> asyncio.Server:
+async def _serve_liveness(worker: PushWorker, host: str, port: int | None, sock: socket | None) -> asyncio.Server:
     """`GET /healthz` for orchestrators (200 while the receive loop makes progress, else 503) and `GET /metrics`.
 
     The worker's Prometheus metrics (push failures, queue depth) are served here: this port is
@@ -169,13 +170,15 @@ async def _serve_liveness(worker: PushWorker, host: str, port: int) -> asyncio.S
         finally:
             writer.close()
 
+    if sock is not None:
+        return await asyncio.start_server(answer, sock=sock)
     return await asyncio.start_server(answer, host, port)
 
 
-async def run_worker(settings: Settings, *, host: str, port: int | None) -> None:
+async def run_worker(settings: Settings, *, host: str, port: int | None, sock: socket | None = None) -> None:
     """`parley worker`: sends pushes from the Redis Stream and makes thumbnails until SIGTERM/SIGINT.
 
-    Serves liveness on `port`.
+    Serves liveness on `port`, or on the bound socket `sock`.
     """
     from infra.app import Overrides, connected_services  # noqa: PLC0415 - the app module is heavy
 
@@ -202,7 +205,9 @@ async def run_worker(settings: Settings, *, host: str, port: int | None) -> None
     try:
         async with connected_services(settings, Overrides()) as services:
             worker = PushWorker(services, queue, senders, MessageIds(settings.secret_key), worker_config(settings))
-            server = await _serve_liveness(worker, host, port) if port else None
+            if sock is not None:
+                host, port = sock.getsockname()[:2]
+            server = await _serve_liveness(worker, host, port, sock) if port else None
             log.info(
                 "push worker %s started%s", worker.consumer, f" (liveness on {host}:{port}/healthz)" if port else ""
             )

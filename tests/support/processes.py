@@ -39,10 +39,29 @@ def terminate(process: subprocess.Popen[bytes] | None, *, timeout: float) -> Non
 
 
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
+    """A TCP port nobody listens on right now (another process may take it before it is bound: see `bound_socket`)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def bound_socket(port: int = 0) -> socket.socket:
+    """A TCP socket bound to 127.0.0.1:`port` (0: a free one), not yet listening, to hand to a server.
+
+    Bound here, the port is ours until the server closes it: a port only chosen free could be
+    taken by another process (another pytest-xdist worker) before the server binds it.
+    """
+    # IPPROTO_TCP spelled out, as getaddrinfo gives it: asyncio sets TCP_NODELAY only on such sockets.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        # As uvicorn binds. A server restarted on this port binds it again while the connections
+        # its previous run left behind linger (TIME_WAIT); Linux allows that only if they have it too.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _answers_healthz(port: int) -> bool:
@@ -94,7 +113,8 @@ def production_env(postgres: str, redis: RedisLocation, secret_key: str) -> dict
 class ProcessServer:
     """A server as a separate OS process on a free port: `parley serve` unless told another command.
 
-    `command` is the program and its arguments; `--port N` is appended. `cpus`
+    `command` is the program and its arguments; `--fd N` is appended, N a socket bound here and
+    inherited by the process, so no other process can take the port before it listens. `cpus`
     pins the process (all its threads) to those CPU numbers.
     """
 
@@ -106,7 +126,8 @@ class ProcessServer:
         command: Sequence[str] | None = None,
         cpus: set[int] | None = None,
     ) -> None:
-        self.port = free_port()
+        self._socket: socket.socket | None = bound_socket()
+        self.port = int(self._socket.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/graphql"
         self._env = {**os.environ, **env}
@@ -123,12 +144,18 @@ class ProcessServer:
         return self._process.pid
 
     def start(self) -> ProcessServer:
-        """Starts the process and waits until it answers `/healthz`."""
-        log = self._log_path.open("ab")
-        self._process = subprocess.Popen(
-            [*self._command, "--port", str(self.port)], env=self._env, stdout=log, stderr=log
-        )
-        log.close()
+        """Starts the process (again: on the same port) and waits until it answers `/healthz`."""
+        listener = self._socket or bound_socket(self.port)
+        self._socket = None
+        fd = listener.fileno()
+        try:
+            with self._log_path.open("ab") as log:
+                self._process = subprocess.Popen(
+                    [*self._command, "--fd", str(fd)], env=self._env, stdout=log, stderr=log, pass_fds=(fd,)
+                )
+        finally:
+            # The process has its own copy: ours would keep the port open after the process exits.
+            listener.close()
         if self._cpus:
             pin(self._process.pid, self._cpus)
         try:
@@ -142,8 +169,11 @@ class ProcessServer:
         return self
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 15 s."""
+        """SIGTERM, then SIGKILL after 15 s (and the port is let go if the process never started)."""
         terminate(self._process, timeout=15)
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
 
     def send_signal(self, sig: int) -> None:
         """Sends `sig` (e.g. SIGTERM) to the process and returns at once."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from infra.push.webpush import new_vapid_keys
+from tests.support.waiting import until
 
 HANG = -1
 # Bodies of scripted answers go out in chunks of this size.
@@ -165,11 +165,7 @@ class PushEndpoint:
 
     async def wait_for(self, count: int, *, timeout: float = 15) -> list[Received]:
         """Waits until at least `count` requests arrived."""
-        deadline = time.monotonic() + timeout
-        while len(self.received) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{len(self.received)} push requests arrived, expected {count}")
-            await asyncio.sleep(0.05)
+        await until(lambda: len(self.received) >= count, f"{count} push requests", timeout=timeout)
         return list(self.received)
 
     def __enter__(self) -> PushEndpoint:

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 from functools import partial
 
@@ -13,7 +12,7 @@ import uvicorn
 
 from infra.app import Overrides, create_app
 from infra.settings import Settings
-from tests.support.processes import wait_healthy
+from tests.support.processes import bound_socket, wait_healthy
 
 
 class ThreadServer:
@@ -22,10 +21,7 @@ class ThreadServer:
     def __init__(self, settings: Settings, overrides: Overrides | None = None) -> None:
         self.settings = settings
         app = create_app(settings, overrides or Overrides(fast_password_hashing=True))
-        # Bound here and handed to uvicorn: a port only chosen free could be taken by another
-        # process (another pytest-xdist worker) before uvicorn binds it.
-        self._socket = socket.socket()
-        self._socket.bind(("127.0.0.1", 0))
+        self._socket = bound_socket()  # handed to uvicorn: no other process can take the port meanwhile
         self.port = int(self._socket.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/graphql"

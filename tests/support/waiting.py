@@ -10,15 +10,28 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar, overload
+
+T = TypeVar("T")
 
 # How often a condition is looked at: often enough to add little to a test, rarely enough to cost nothing.
 POLL_SECONDS = 0.02
 
 
+@overload
 async def until(
-    condition: Callable[[], bool | Awaitable[bool]], what: str, *, timeout: float = 15, every: float = POLL_SECONDS
-) -> None:
-    """Waits until `condition()` holds (it may be a coroutine function); fails naming `what` after `timeout` s.
+    condition: Callable[[], Awaitable[T | None]], what: str, *, timeout: float = ..., every: float = ...
+) -> T: ...
+@overload
+async def until(condition: Callable[[], T | None], what: str, *, timeout: float = ..., every: float = ...) -> T: ...
+async def until(
+    condition: Callable[[], T | Awaitable[T | None] | None],
+    what: str,
+    *,
+    timeout: float = 15,
+    every: float = POLL_SECONDS,
+) -> T:
+    """Waits until `condition()` (maybe a coroutine function) is truthy and returns it; fails naming `what` after `timeout` s.
 
     `timeout` only guards against a hang: a passing test waits no longer than the effect takes.
     """
@@ -28,7 +41,7 @@ async def until(
         if inspect.isawaitable(held):
             held = await held
         if held:
-            return
+            return held
         if time.monotonic() > deadline:
             raise AssertionError(f"still waiting for {what} after {timeout} s")
         await asyncio.sleep(every)
