@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import strawberry
 
 from graph.context import Info
 from graph.types import Conversation, MemberRole
-from resolvers import conversations
+from resolvers import conversation_state, conversations
 from resolvers.conversations import CONVERSATIONS_PAGE
 from resolvers.errors import BadUserInput
 from resolvers.ids import parse_row_id
@@ -27,17 +29,23 @@ def _user_ids(values: list[strawberry.ID]) -> list[int]:
 @strawberry.type
 class ConversationQuery:
     @strawberry.field(
-        description="The viewer's conversations, most recently active first: `first` (1 to 100) after "
-        "the conversation `after` (the last one of the previous page)."
+        description="The viewer's conversations, pinned ones first, then most recently active first: `first` "
+        "(1 to 100) after the conversation `after` (the last one of the previous page). Archived ones are listed "
+        "apart, with `archived: true`."
     )
     async def conversations(
-        self, info: Info, first: int | None = CONVERSATIONS_PAGE, after: strawberry.ID | None = None
+        self,
+        info: Info,
+        first: int | None = CONVERSATIONS_PAGE,
+        after: strawberry.ID | None = None,
+        archived: bool | None = False,
     ) -> list[Conversation]:
         headers = await conversations.list_conversations(
             info.context.services,
             await info.context.require_viewer(),
             first=CONVERSATIONS_PAGE if first is None else first,
             after=None if after is None else _conversation_id(after),
+            archived=bool(archived),
         )
         return [Conversation.from_header(header) for header in headers]
 
@@ -137,13 +145,42 @@ class ConversationMutation:
         )
         return True
 
-    @strawberry.mutation
-    async def mute_conversation(self, info: Info, conversation_id: strawberry.ID, muted: bool) -> Conversation:
+    @strawberry.mutation(
+        description="Mutes (or unmutes) the conversation's push notifications for the viewer: for good, or with "
+        "`until` (in the future, at most 366 days ahead) until then, after which it is unmuted by itself. "
+        "Counts against an hourly limit of settings changes (RATE_LIMITED)."
+    )
+    async def mute_conversation(
+        self, info: Info, conversation_id: strawberry.ID, muted: bool, until: datetime | None = None
+    ) -> Conversation:
         viewer = await info.context.require_viewer()
-        view = await conversations.mute_conversation(
+        view = await conversation_state.mute_conversation(
             info.context.services,
             viewer,
             conversation_id=_conversation_id(conversation_id),
             muted=muted,
+            until=until,
+        )
+        return Conversation.from_view(view)
+
+    @strawberry.mutation(
+        description="Archives the conversation for the viewer (or brings it back): it leaves the main list for "
+        "conversations(archived: true), and comes back by itself with the next message. Archiving unpins it."
+    )
+    async def archive_conversation(self, info: Info, conversation_id: strawberry.ID, archived: bool) -> Conversation:
+        viewer = await info.context.require_viewer()
+        view = await conversation_state.archive_conversation(
+            info.context.services, viewer, conversation_id=_conversation_id(conversation_id), archived=archived
+        )
+        return Conversation.from_view(view)
+
+    @strawberry.mutation(
+        description="Pins the conversation at the top of the viewer's list (or unpins it); pinning takes it out of "
+        "the archive. At most a few at once (the server's setting; BAD_USER_INPUT beyond)."
+    )
+    async def pin_conversation(self, info: Info, conversation_id: strawberry.ID, pinned: bool) -> Conversation:
+        viewer = await info.context.require_viewer()
+        view = await conversation_state.pin_conversation(
+            info.context.services, viewer, conversation_id=_conversation_id(conversation_id), pinned=pinned
         )
         return Conversation.from_view(view)

@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator
 import strawberry
 
 from graph.context import Info
-from graph.conversations import _conversation_id
+from graph.conversations import _conversation_id, _user_ids
 from graph.types import Event, Message, SendMessageInput, event_from_view
 from resolvers import events, lifecycle, messages, receipts
 from resolvers import typing as typing_indicators
@@ -41,6 +41,7 @@ class MessagingMutation:
             attachment_ids=[str(a) for a in input.attachment_ids or []],
             # A forged id is BAD_USER_INPUT here; one of another conversation in the use case.
             reply_to=info.context.ids.decode(str(input.reply_to_id)) if input.reply_to_id is not None else None,
+            mentions=_user_ids(input.mentions or []),
         )
         return Message.from_view(view, info)
 
@@ -89,7 +90,9 @@ class MessagingMutation:
 
     @strawberry.mutation(
         description="The viewer has read these messages (typically the newest one per sender). "
-        "Emits READ receipts to their senders."
+        "Emits READ receipts to their senders. The newest of them is the viewer's read position in the "
+        "conversation (it never moves back): unreadCount and unreadMentions are recounted from it, and the "
+        "viewer's devices get a ReadStateEvent."
     )
     async def mark_read(self, info: Info, conversation_id: strawberry.ID, message_ids: list[strawberry.ID]) -> bool:
         viewer = await info.context.require_viewer()

@@ -19,15 +19,19 @@ from strawberry.types import ExecutionResult as StrawberryExecutionResult
 from strawberry.types.execution import PreExecutionError
 from strawberry.types.graphql import OperationType
 
+from graph.account_data import AccountDataMutation, AccountDataQuery
 from graph.accounts import AccountMutation, AccountQuery
 from graph.blocks import BlockMutation, BlockQuery
 from graph.conversations import ConversationMutation, ConversationQuery
 from graph.cost import VariableCosts, cost_limit_rule
+from graph.disappearing import DisappearingMutation
 from graph.errors import log_errors, shape_errors
 from graph.executor import ProjectingExecutionContext, cost_limited
 from graph.files import FileMutation
 from graph.input_rules import OnePasswordFieldPerOperation, StorableStringLiterals
+from graph.invites import InviteMutation, InviteQuery
 from graph.messaging import MessagingMutation, MessagingQuery, MessagingSubscription
+from graph.notifications import NotificationMutation
 from graph.operation_log import OperationLog
 from graph.operation_metrics import MeasuredRunner
 from graph.persisted_queries import PersistedQueries, PersistedQueryError
@@ -36,7 +40,10 @@ from graph.presence import PresenceSubscription
 from graph.privacy import PrivacyMutation
 from graph.push import PushMutation, PushQuery
 
-Query = merge_types("Query", (AccountQuery, ConversationQuery, MessagingQuery, BlockQuery, PushQuery))
+Query = merge_types(
+    "Query",
+    (AccountQuery, ConversationQuery, MessagingQuery, BlockQuery, PushQuery, InviteQuery, AccountDataQuery),
+)
 Mutation = merge_types(
     "Mutation",
     (
@@ -47,6 +54,10 @@ Mutation = merge_types(
         BlockMutation,
         PushMutation,
         FileMutation,
+        DisappearingMutation,
+        InviteMutation,
+        AccountDataMutation,
+        NotificationMutation,
     ),
 )
 Subscription = merge_types("Subscription", (MessagingSubscription, PresenceSubscription))

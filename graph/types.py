@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Any
 
 import strawberry
 
 from graph.context import Info
+from graph.unread_types import NotificationPreferences, ReadStateEvent, UnreadTotal
 from models import ConversationKind as ConversationKindModel
 from models import Member as MemberRow
 from models import MemberRole as MemberRoleModel
 from models import User as UserRow
 from models.user import Device as DeviceRow
-from resolvers import files
+from resolvers import files, unread
 from resolvers.conversations import (
     MAX_MEMBERS_PAGE,
     MEMBERS_PAGE,
@@ -28,11 +29,13 @@ from resolvers.events import (
     ConversationEventView,
     LifecycleEventView,
     MessageEventView,
+    ReadStateEventView,
     ReceiptEventView,
     TypingEventView,
 )
 from resolvers.files import AttachmentView
 from resolvers.ids import MessageIds, parse_row_id
+from resolvers.member_state import MemberState
 from resolvers.messages import MessageView
 from resolvers.privacy import SELF, PresenceVisibility
 from resolvers.records import DELETED_DISPLAY_NAME, DELETED_USERNAME
@@ -55,6 +58,12 @@ class ConversationChange(Enum):
     RENAMED = "RENAMED"
     LEFT = "LEFT"
     ROLE_CHANGED = strawberry.enum_value("ROLE_CHANGED", description="A member's role changed (setMemberRole).")
+    DISAPPEARING_TIMER_CHANGED = strawberry.enum_value(
+        "DISAPPEARING_TIMER_CHANGED",
+        description="The disappearing-message timer changed (setDisappearingTimer); the conversation's "
+        "`disappearAfterSeconds` is the new value.",
+    )
+    JOINED = strawberry.enum_value("JOINED", description="A user joined by an invite link (joinByInvite).")
 
 
 @strawberry.type
@@ -66,18 +75,34 @@ class User:
     # which also serves register and login, whose callers have no token yet.
     is_self: strawberry.Private[bool] = False
     own_hide_last_seen: strawberry.Private[bool | None] = None
+    own_read_receipts: strawberry.Private[bool | None] = None
+    # Known when built from an account row; otherwise looked up (batched) when it matters.
+    row_deleted: strawberry.Private[bool | None] = None
 
     async def _visibility(self, info: Info) -> PresenceVisibility:
         if self.is_self:
             return SELF
         return await info.context.loaders(info).presence_visibility.load(int(self.id))
 
+    async def _deleted(self, info: Info) -> bool:
+        if self.row_deleted is not None:
+            return self.row_deleted
+        row = await info.context.loaders(info).users.load(int(self.id))
+        return row is not None and row.deleted_at is not None
+
+    @strawberry.field(
+        description='A deleted account (deleteAccount): its displayName is "Deleted account", it is never online '
+        "and has no last seen, and it cannot be added to conversations."
+    )
+    async def deleted(self, info: Info) -> bool:
+        return await self._deleted(info)
+
     @strawberry.field(
         description="Online now: at least one live connection anywhere in the cluster. Shown only to users who "
         "share a conversation with this user that this user created or sent a message in (false for anyone else)."
     )
     async def online(self, info: Info) -> bool:
-        if not (await self._visibility(info)).online:
+        if not (await self._visibility(info)).online or await self._deleted(info):
             return False
         return await info.context.loaders(info).online.load(int(self.id))
 
@@ -87,7 +112,7 @@ class User:
         "hides it (setPrivacy)."
     )
     async def last_seen(self, info: Info) -> datetime | None:
-        if not (await self._visibility(info)).last_seen:
+        if not (await self._visibility(info)).last_seen or await self._deleted(info):
             return None
         return await info.context.loaders(info).last_seen.load(int(self.id))
 
@@ -104,6 +129,38 @@ class User:
         row = await info.context.loaders(info).users.load(viewer.user_id)
         return row.hide_last_seen if row is not None else None
 
+    @strawberry.field(
+        description="Your own privacy setting: whether you send and see READ receipts in direct conversations "
+        "(setPrivacy). Null on other users."
+    )
+    async def read_receipts(self, info: Info) -> bool | None:
+        if self.is_self:
+            return self.own_read_receipts
+        viewer = await info.context.require_viewer()
+        if int(self.id) != viewer.user_id:
+            return None
+        row = await info.context.loaders(info).users.load(viewer.user_id)
+        return not row.hide_read_receipts if row is not None else None
+
+    async def _own_row(self, info: Info) -> UserRow | None:
+        """The account row when this is the viewer's own account, else None."""
+        viewer = await info.context.require_viewer()
+        if int(self.id) != viewer.user_id:
+            return None
+        return await info.context.loaders(info).users.load(viewer.user_id)
+
+    @strawberry.field(description="Your own unread badge over all your conversations. Null on other users.")
+    async def unread_total(self, info: Info) -> UnreadTotal | None:
+        viewer = await info.context.require_viewer()
+        if int(self.id) != viewer.user_id:
+            return None
+        return UnreadTotal.of(await unread.unread_total(info.context.services, viewer))
+
+    @strawberry.field(description="Your own notification preferences (setNotificationPreferences). Null on others.")
+    async def notification_preferences(self, info: Info) -> NotificationPreferences | None:
+        row = await self._own_row(info)
+        return NotificationPreferences.of(row) if row is not None else None
+
     @classmethod
     def from_row(cls, row: UserRow, *, is_self: bool = False) -> User:
         """The API user of an account row; `is_self` when it is the caller's own account."""
@@ -113,6 +170,8 @@ class User:
             display_name=row.display_name,
             is_self=is_self,
             own_hide_last_seen=row.hide_last_seen if is_self else None,
+            own_read_receipts=not row.hide_read_receipts if is_self else None,
+            row_deleted=row.deleted_at is not None,
         )
 
 
@@ -120,7 +179,12 @@ async def load_user(info: Info, user_id: int) -> User:
     """A user by id for nested fields; a deleted account shows as a placeholder, not an error."""
     row = await info.context.loaders(info).users.load(user_id)
     if row is None:
-        return User(id=strawberry.ID(str(user_id)), username=DELETED_USERNAME, display_name=DELETED_DISPLAY_NAME)
+        return User(
+            id=strawberry.ID(str(user_id)),
+            username=DELETED_USERNAME,
+            display_name=DELETED_DISPLAY_NAME,
+            row_deleted=True,
+        )
     return User.from_row(row)
 
 
@@ -183,6 +247,17 @@ async def _members(
     return [Member(user_id=m.user_id, role=m.role, joined_at=m.joined_at) for m in rows]
 
 
+def _own_state(state: MemberState) -> dict[str, Any]:
+    """The viewer's own fields of a conversation (resolvers/member_state.py)."""
+    return {
+        "muted_until": state.muted_until,
+        "unread_count": state.unread_count,
+        "unread_mentions": state.unread_mentions,
+        "archived": state.archived,
+        "pinned": state.pinned,
+    }
+
+
 @strawberry.type
 class Conversation:
     id: strawberry.ID
@@ -194,7 +269,26 @@ class Conversation:
         "A page after a user who is not a member is empty.",
     )
     created_at: datetime
-    muted: bool = strawberry.field(description="Muted for the viewer: no push notifications.")
+    muted: bool = strawberry.field(
+        description="Muted for the viewer now: no push notifications (but for mentions, unless turned off), and "
+        "left out of unreadTotal's counts. Muted for good, or until `mutedUntil`."
+    )
+    muted_until: datetime | None = strawberry.field(
+        default=None, description="The viewer muted it until this time (muteConversation `until`); null otherwise."
+    )
+    unread_count: int = strawberry.field(
+        default=0, description="Messages from others after the viewer's read position (markRead)."
+    )
+    unread_mentions: int = strawberry.field(default=0, description="Of those, the ones that mention the viewer.")
+    archived: bool = strawberry.field(
+        default=False, description="Archived by the viewer: listed by conversations(archived: true) only."
+    )
+    pinned: bool = strawberry.field(default=False, description="Pinned by the viewer: listed first.")
+    disappear_after_seconds: int | None = strawberry.field(
+        default=None,
+        description="Messages sent while this is set disappear this many seconds after they were sent "
+        "(`Message.expiresAt`); null: off. Changed by setDisappearingTimer.",
+    )
     # Every member, when the use case had them already (mutation results): pages are cut from it.
     all_members: strawberry.Private[list[MemberRow] | None] = None
     # False for a conversation the viewer has left (an event names it): no members shown.
@@ -210,7 +304,9 @@ class Conversation:
             title=c.title,
             created_at=c.created_at,
             muted=view.muted,
+            disappear_after_seconds=c.disappear_after_seconds,
             all_members=list(view.members),
+            **_own_state(view.state),
         )
 
     @classmethod
@@ -223,7 +319,9 @@ class Conversation:
             title=c.title,
             created_at=c.created_at,
             muted=header.muted,
+            disappear_after_seconds=c.disappear_after_seconds,
             members_visible=header.is_member,
+            **_own_state(header.state),
         )
 
 
@@ -281,6 +379,16 @@ class Message:
     reply_to_id: strawberry.ID | None = strawberry.field(
         default=None, description="The message (of the same conversation) this one replies to."
     )
+    expires_at: datetime | None = strawberry.field(
+        default=None,
+        description="A disappearing message's end: no device receives it after this time, the server removes it "
+        "then, and clients delete their copy then. Null: it does not disappear.",
+    )
+    mention_ids: strawberry.Private[tuple[int, ...]] = ()
+
+    @strawberry.field(description="The users the message mentions (SendMessageInput.mentions).")
+    async def mentions(self, info: Info) -> list[User]:
+        return list(await asyncio.gather(*(load_user(info, uid) for uid in self.mention_ids)))
 
     @classmethod
     def from_view(cls, view: MessageView, info: Info) -> Message:
@@ -304,6 +412,8 @@ class Message:
             attachments=[Attachment.from_view(attachment) for attachment in view.attachments],
             sent_at=view.sent_at,
             reply_to_id=strawberry.ID(ids.encode(view.reply_to)) if view.reply_to is not None else None,
+            expires_at=view.expires_at,
+            mention_ids=view.mentions,
         )
         if len(_MESSAGES) >= _MESSAGE_CACHE_SIZE:
             _MESSAGES.pop(next(iter(_MESSAGES)))
@@ -430,7 +540,8 @@ Event = Annotated[
     | TypingEvent
     | MessageEditedEvent
     | MessageDeletedEvent
-    | ReactionEvent,
+    | ReactionEvent
+    | ReadStateEvent,
     strawberry.union("Event"),
 ]
 EventType = (
@@ -441,6 +552,7 @@ EventType = (
     | MessageEditedEvent
     | MessageDeletedEvent
     | ReactionEvent
+    | ReadStateEvent
 )
 
 
@@ -481,12 +593,19 @@ def _lifecycle_event(view: LifecycleEventView, info: Info) -> MessageEditedEvent
 
 
 def event_from_view(
-    view: MessageEventView | ReceiptEventView | ConversationEventView | TypingEventView | LifecycleEventView,
+    view: MessageEventView
+    | ReceiptEventView
+    | ConversationEventView
+    | TypingEventView
+    | LifecycleEventView
+    | ReadStateEventView,
     info: Info,
 ) -> EventType:
     """The API type of a domain event."""
     if isinstance(view, LifecycleEventView):
         return _lifecycle_event(view, info)
+    if isinstance(view, ReadStateEventView):
+        return ReadStateEvent.of(view.cursor, view.position, view.at, info)
     if isinstance(view, MessageEventView):
         return MessageEvent(cursor=view.cursor, message=Message.from_view(view.message, info))
     if isinstance(view, ReceiptEventView):
@@ -531,4 +650,10 @@ class SendMessageInput:
     attachment_ids: list[strawberry.ID] | None = strawberry.field(default_factory=list)
     reply_to_id: strawberry.ID | None = strawberry.field(
         default=None, description="A message of the same conversation this one replies to."
+    )
+    mentions: list[strawberry.ID] | None = strawberry.field(
+        default_factory=list,
+        description="Users the message mentions: members of the conversation only (else BAD_USER_INPUT and nothing "
+        "is stored), at most the group member cap; repeats and the sender are left out. Counted in their "
+        "unreadMentions, and pushed to them even where they muted the conversation unless they turned that off.",
     )

@@ -49,6 +49,8 @@ from infra.storage.s3 import S3Storage
 from infra.thumbnails import PillowThumbnailer
 from infra.tracing import TracingMiddleware, tracing
 from models.columns import utcnow
+from resolvers.errors import Unavailable
+from resolvers.expiry import sweep_expired
 from resolvers.file_retention import sweep_files
 from resolvers.ids import MessageIds
 from resolvers.maintenance import sweep
@@ -65,8 +67,8 @@ class Overrides:
 
     wrap: Callable[[Services], Services] | None = None
     fast_password_hashing: bool = False
-    # The clock of the periodic sweeps and of the built-in storage's tokens: tests move it
-    # forward instead of waiting for something to expire.
+    # The clock of the periodic sweeps, of the built-in storage's tokens and of message expiry:
+    # tests move it forward instead of waiting for something to expire.
     now: Callable[[], datetime] = utcnow
 
 
@@ -130,6 +132,15 @@ async def _sweep_forever(services: Services, interval: float, now: Callable[[], 
             await sweep_files(services, now=now())
         except Exception:
             log.exception("file retention failed; trying again in %.0f s", interval)
+
+
+async def _expire_forever(services: Services, interval: float, now: Callable[[], datetime]) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await sweep_expired(services, now=now())
+        except Exception:
+            log.exception("expiry of disappearing messages failed; trying again in %.0f s", interval)
 
 
 @contextlib.asynccontextmanager
@@ -210,6 +221,7 @@ async def _connected_services(settings: Settings, overrides: Overrides) -> Async
         file_config=_file_config(settings),
         thumbnailer=PillowThumbnailer(size=settings.thumbnail_size, max_pixels=settings.thumbnail_max_pixels),
         telemetry=telemetry_for(settings),
+        clock=overrides.now,
     )
     if overrides.wrap:
         services = overrides.wrap(services)
@@ -314,7 +326,10 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> Starle
             sweeper = asyncio.create_task(_sweep_forever(services, settings.sweep_interval_seconds, overrides.now))
             # Closes sockets of revoked devices, keeps connected devices active (graph/sockets.py).
             sockets = asyncio.create_task(graphql.sockets.run(services))
-            tasks = [sweeper, sockets]
+            expiry = asyncio.create_task(
+                _expire_forever(services, settings.expiry_sweep_interval_seconds, overrides.now)
+            )
+            tasks = [sweeper, sockets, expiry]
             stop_thumbnails = asyncio.Event()
             if not settings.redis_url:
                 # The embedded mode makes thumbnails in process; with Redis, `parley worker` does.
@@ -349,7 +364,9 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> Starle
                 await asyncio.wait_for(check(), timeout=3)
                 checks[name] = "ok"
             except Exception as error:  # any failure means "not ready"; say which
-                checks[name] = f"unavailable: {type(error).__name__}"
+                # The adapters raise Unavailable from the driver's error: name the driver's.
+                cause = error.__cause__ if isinstance(error, Unavailable) and error.__cause__ else error
+                checks[name] = f"unavailable: {type(cause).__name__}"
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
 

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from infra.coalesce import Coalescer
+from resolvers.errors import Unavailable
 from resolvers.records import AckOutcome, AttachmentClaim, EarlierSend, SendOutcome, StoredEntry, StoredMessage
 
 log = logging.getLogger("parley.pg_inbox_store")
@@ -61,8 +62,8 @@ class _Ack:
     at: datetime
 
 
-class StoreUnavailable(ConnectionError):
-    """PostgreSQL did not answer (shown to clients as UNAVAILABLE)."""
+class StoreUnavailable(Unavailable):
+    """PostgreSQL did not answer: the ports' `Unavailable` (shown to clients as UNAVAILABLE)."""
 
 
 # Locks in the one order every writer of a conversation keeps (resolvers/conversations.py too):
@@ -71,11 +72,12 @@ class StoreUnavailable(ConnectionError):
 # commit; and a member removed while this statement waited for the conversation is skipped,
 # although its snapshot is older. $1 conversation, $2 sender, $3 clientId, $4 body, $5 sent at,
 # $6 sending device, $7 and $8 the replied-to message and its sender (NULL when not a reply); with
-# attachments also $9 their metadata (JSON) and $10 their ids.
+# attachments also $9 their metadata (JSON) and $10 their ids; with mentions then the mentioned
+# user ids (distinct, not the sender), as the next parameter.
 _SEND = """
 WITH conv AS (
     -- only a member (as of the snapshot) may lock the conversation; the member CTE then decides
-    SELECT c.id, c.kind FROM conversations c
+    SELECT c.id, c.kind, c.disappear_after_seconds FROM conversations c
     WHERE c.id = $1 AND EXISTS (SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $2)
     FOR NO KEY UPDATE OF c
 ),
@@ -86,20 +88,23 @@ member AS (
     SELECT 1 FROM members m
     WHERE m.conversation_id = $1 AND m.user_id = $2 AND EXISTS (SELECT 1 FROM conv)
     FOR KEY SHARE OF m
-),{files}
+),{files}{mentioned}
 sent_key AS (
     INSERT INTO sent_keys (sender_id, client_id, message_id, conversation_id, sent_at)
-    SELECT $2, $3, nextval('messages_id_seq'), $1, $5 FROM member WHERE EXISTS (SELECT 1 FROM device){all_files}
+    SELECT $2, $3, nextval('messages_id_seq'), $1, $5 FROM member WHERE EXISTS (SELECT 1 FROM device){all_files}{all_mentioned}
     ON CONFLICT DO NOTHING
     RETURNING message_id
 ),
 message AS (
-    INSERT INTO messages (id, conversation_id, sender_id, client_id, body, sent_at, reply_to_id, reply_to_sender_id{metadata_column})
-    SELECT message_id, $1, $2, $3, $4, $5, $7, $8{metadata} FROM sent_key
-    RETURNING id
+    INSERT INTO messages (id, conversation_id, sender_id, client_id, body, sent_at, reply_to_id, reply_to_sender_id,
+                          expires_at{metadata_column}{mention_column})
+    -- a disappearing conversation's timer as of this send, read under the conversation's lock
+    SELECT message_id, $1, $2, $3, $4, $5, $7, $8,
+           $5 + make_interval(secs => (SELECT disappear_after_seconds FROM conv)){metadata}{mention_list} FROM sent_key
+    RETURNING id, expires_at
 ),{claimed}
 recipients AS (
-    SELECT m.user_id, m.muted FROM members m
+    SELECT m.user_id, m.muted, m.muted_until FROM members m
     WHERE m.conversation_id = $1 AND EXISTS (SELECT 1 FROM message)
       -- the sender's own inbox only when another of their devices needs the message
       AND (m.user_id <> $2 OR EXISTS (SELECT 1 FROM devices d WHERE d.user_id = $2 AND d.id <> $6))
@@ -121,9 +126,21 @@ engaged AS (
       AND EXISTS (SELECT 1 FROM message) AND (SELECT count(*) FROM recipients) >= 0
     RETURNING 1
 ),
+counted AS (
+    -- Badges: every recipient but the sender has one more unread message here (and one more
+    -- mention when named), and un-archives the conversation. Never the sender's row, which
+    -- `engaged` may have updated: of two updates of one row in one statement only one takes
+    -- effect. After `engaged` and before `locked`, by the same counts. A markRead holding a
+    -- row makes this wait, then add to what it recounted (resolvers/unread.py).
+    UPDATE members m SET unread_count = m.unread_count + 1, archived = false{mention_count}
+    FROM recipients r
+    WHERE m.conversation_id = $1 AND m.user_id = r.user_id AND r.user_id <> $2
+      AND (SELECT count(*) FROM engaged) >= 0
+    RETURNING m.user_id
+),{mention_rows}
 locked AS (
     SELECT h.user_id FROM inbox_heads h JOIN recipients r ON r.user_id = h.user_id
-    WHERE (SELECT count(*) FROM engaged) >= 0
+    WHERE (SELECT count(*) FROM counted) >= 0
     ORDER BY h.user_id FOR UPDATE OF h
 ),
 heads AS (
@@ -142,47 +159,99 @@ touched AS (
 SELECT EXISTS (SELECT 1 FROM member) AS is_member,
        EXISTS (SELECT 1 FROM device) AS device_known,
        (SELECT id FROM message) AS message_id,
+       (SELECT expires_at FROM message) AS expires_at,
        u.username, u.display_name,
        (SELECT array_agg(user_id ORDER BY user_id) FROM heads) AS users,
        (SELECT array_agg(last_seq ORDER BY user_id) FROM heads) AS seqs,
        -- whether a push job is worth queueing (resolvers/messages.py): the worker checks the rest
        EXISTS (
            SELECT 1 FROM recipients r JOIN push_registrations p ON p.user_id = r.user_id
-           WHERE r.user_id <> $2 AND NOT r.muted
+           WHERE r.user_id <> $2
+             AND ((NOT r.muted AND (r.muted_until IS NULL OR r.muted_until <= $5)){mention_push})
        ) AS may_push,
        {files_ok} AS files_ok,
+       {mentions_ok} AS mentions_ok,
        EXISTS (SELECT 1 FROM engaged) AS newly_engaged
 FROM users u WHERE u.id = $2
 """
 
-SEND = _SEND.format(files="", all_files="", metadata_column="", metadata="", claimed="", files_ok="true")
+_NO_FILES = {"files": "", "all_files": "", "metadata_column": "", "metadata": "", "claimed": "", "files_ok": "true"}
+_NO_MENTIONS = {
+    "mentioned": "",
+    "all_mentioned": "",
+    "mention_column": "",
+    "mention_list": "",
+    "mention_count": "",
+    "mention_rows": "",
+    "mention_push": "",
+    "mentions_ok": "true",
+}
+
+
+# A send with mentions ($M: their parameter): stored only when every one is a member (locked in
+# the member rows' order), counted in the recipients' rows, and pushed even where muted unless the
+# user turned that off (users.push_mentions_when_muted).
+_MENTIONS = {
+    "mentioned": """
+mentioned AS (
+    SELECT m.user_id FROM members m
+    WHERE m.conversation_id = $1 AND m.user_id = ANY($M::bigint[]) AND EXISTS (SELECT 1 FROM member)
+    ORDER BY m.user_id FOR KEY SHARE OF m
+),""",
+    "all_mentioned": "\n      AND (SELECT count(*) FROM mentioned) = cardinality($M::bigint[])",
+    "mention_column": ", mentions",
+    "mention_list": ", (SELECT json_agg(user_id ORDER BY user_id)::text FROM mentioned)",
+    "mention_count": ", unread_mentions = m.unread_mentions + (m.user_id = ANY($M::bigint[]))::int",
+    # only for those the message reaches (not a blocker): markRead recounts from these rows
+    "mention_rows": """
+mention_rows AS (
+    INSERT INTO mentions (user_id, conversation_id, message_id, sent_at)
+    SELECT r.user_id, $1, message.id, $5 FROM recipients r, message
+    WHERE r.user_id = ANY($M::bigint[]) AND r.user_id <> $2
+),""",
+    "mention_push": """
+                  OR (r.user_id = ANY($M::bigint[])
+                      AND EXISTS (SELECT 1 FROM users mu WHERE mu.id = r.user_id AND mu.push_mentions_when_muted))""",
+    "mentions_ok": "(SELECT count(*) FROM mentioned) = cardinality($M::bigint[])",
+}
+
+
+def _mentions(parameter: str) -> dict[str, str]:
+    """The mention parts of a send whose mentioned ids are `parameter` ("$9")."""
+    return {name: part.replace("$M", parameter) for name, part in _MENTIONS.items()}
+
+
+SEND = _SEND.format(**_NO_FILES, **_NO_MENTIONS)
+SEND_WITH_MENTIONS = _SEND.format(**_NO_FILES, **_mentions("$9"))
 
 # A send with attachments claims them in the same statement: the uploads are locked after the
 # conversation and its members (the one lock order), and the message is stored only when every
 # one is the sender's, checked (READY) and in no other message; otherwise nothing is.
-SEND_WITH_FILES = _SEND.format(
-    files="""
+_WITH_FILES = {
+    "files": """
 files AS (
     SELECT a.id FROM attachments a
     WHERE a.id = ANY($10::bigint[]) AND a.uploader_id = $2 AND a.state = 'READY' AND a.message_id IS NULL
       AND EXISTS (SELECT 1 FROM member)
     ORDER BY a.id FOR UPDATE OF a
 ),""",
-    all_files="\n      AND (SELECT count(*) FROM files) = cardinality($10::bigint[])",
-    metadata_column=", attachments",
-    metadata=", $9",
-    claimed="""
+    "all_files": "\n      AND (SELECT count(*) FROM files) = cardinality($10::bigint[])",
+    "metadata_column": ", attachments",
+    "metadata": ", $9",
+    "claimed": """
 claimed AS (
     UPDATE attachments a SET message_id = message.id, conversation_id = $1
     FROM message WHERE a.id IN (SELECT id FROM files)
 ),""",
-    files_ok="(SELECT count(*) FROM files) = cardinality($10::bigint[])",
-)
+    "files_ok": "(SELECT count(*) FROM files) = cardinality($10::bigint[])",
+}
+SEND_WITH_FILES = _SEND.format(**_WITH_FILES, **_NO_MENTIONS)
+SEND_WITH_FILES_AND_MENTIONS = _SEND.format(**_WITH_FILES, **_mentions("$11"))
 
 EARLIER_SEND = """
 SELECT k.message_id, k.conversation_id, k.sent_at,
        m.id AS stored_id, m.client_id, m.body, m.attachments, m.sent_at AS stored_at, u.username, u.display_name,
-       m.reply_to_id, m.reply_to_sender_id,
+       m.reply_to_id, m.reply_to_sender_id, m.expires_at, m.mentions,
        (SELECT array_agg(e.user_id ORDER BY e.user_id) FROM inbox_entries e WHERE e.message_id = m.id) AS users,
        (SELECT array_agg(e.seq ORDER BY e.user_id) FROM inbox_entries e WHERE e.message_id = m.id) AS seqs
 FROM sent_keys k
@@ -286,7 +355,7 @@ SELECT d.acked_seq, h.last_seq FROM devices d JOIN inbox_heads h ON h.user_id = 
 READ_AFTER = """
 SELECT e.seq, e.kind, e.payload,
        m.id, m.conversation_id, m.sender_id, m.client_id, m.body, m.attachments, m.sent_at, u.username,
-       u.display_name, m.reply_to_id, m.reply_to_sender_id
+       u.display_name, m.reply_to_id, m.reply_to_sender_id, m.expires_at, m.mentions
 FROM inbox_entries e
 -- a message deleted for everyone before delivery is never shown: its entry reads as empty
 LEFT JOIN messages m ON m.id = e.message_id AND m.deleted_at IS NULL
@@ -384,6 +453,7 @@ class PgInboxStore:
         sent_at: datetime,
         attachments: AttachmentClaim | None = None,
         reply_to: tuple[int, int] | None = None,
+        mentions: Sequence[int] = (),
     ) -> SendOutcome:
         """Stores the message, its idempotency key and one inbox entry per recipient, in one statement."""
         reply_id, reply_sender = reply_to if reply_to is not None else (None, None)
@@ -401,13 +471,21 @@ class PgInboxStore:
         if attachments is not None:
             statement = SEND_WITH_FILES
             args = (*args, attachments.metadata, attachments.ids)
+        if mentions:  # a variant of its own: a send without any pays nothing for them
+            statement = SEND_WITH_FILES_AND_MENTIONS if attachments is not None else SEND_WITH_MENTIONS
+            args = (*args, list(mentions))
         row = await self._run(lambda c: c.fetchrow(statement, *args))
         if row is None:  # the sender's account is gone
             return SendOutcome(is_member=False, message=None, device_known=False)
         if not row["device_known"]:
             return SendOutcome(is_member=bool(row["is_member"]), message=None, device_known=False)
         if row["message_id"] is None:
-            return SendOutcome(is_member=bool(row["is_member"]), message=None, attachments_ok=bool(row["files_ok"]))
+            return SendOutcome(
+                is_member=bool(row["is_member"]),
+                message=None,
+                attachments_ok=bool(row["files_ok"]),
+                mentions_ok=bool(row["mentions_ok"]),
+            )
         message = StoredMessage(
             id=row["message_id"],
             conversation_id=conversation_id,
@@ -420,6 +498,8 @@ class PgInboxStore:
             attachments=attachments.metadata if attachments is not None else None,
             reply_to_id=reply_id,
             reply_to_sender_id=reply_sender,
+            expires_at=row["expires_at"],
+            mentions=tuple(sorted(mentions)),
         )
         appended = list(zip(row["users"] or (), row["seqs"] or (), strict=True))
         return SendOutcome(

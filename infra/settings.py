@@ -132,6 +132,10 @@ class Settings(BaseSettings):
     """How long after sending its sender may `deleteMessage` for everyone (group owners and admins: always)."""
     max_reactions_per_user_per_message: int = Field(default=5, ge=1, le=50)
     """Distinct emoji one user may react with to one message."""
+    disappearing_min_seconds: int = Field(default=30, ge=1)
+    """Shortest disappearing-message timer `setDisappearingTimer` accepts, in seconds."""
+    disappearing_max_seconds: int = Field(default=90 * 86400, ge=1)
+    """Longest disappearing-message timer `setDisappearingTimer` accepts, in seconds."""
 
     # Brute-force protection. The window ends, so a stranger cannot lock a user out for good.
     login_max_failures: int = Field(default=10, ge=1)
@@ -156,6 +160,34 @@ class Settings(BaseSettings):
     """Group renames one user may make per hour."""
     typing_interval_seconds: float = Field(default=2.0, ge=0)
     """A repeated `setTyping(true)` is passed on at most once per (user, conversation) per this many seconds."""
+    disappearing_timer_changes_per_hour: int = Field(default=30, ge=1)
+    """Disappearing-message timer changes (`setDisappearingTimer`) one user may make per hour."""
+    conversation_settings_per_hour: int = Field(default=600, ge=1)
+    """Changes of one's own view of conversations (mute, archive, pin) and of notification preferences, per user and
+    hour."""
+    max_pinned_conversations: int = Field(default=5, ge=1, le=100)
+    """Conversations one user may have pinned at once (`pinConversation` beyond that is `BAD_USER_INPUT`)."""
+
+    # Invite links (createInvite, joinByInvite). A code has 192 random bits, so guessing is hopeless
+    # anyway; the failure limits keep guessing traffic off the database.
+    invite_max_uses: int = Field(default=1000, ge=1, le=1_000_000)
+    """The largest `maxUses` an invite link may be given (null: no count of its own, the group's size still holds)."""
+    invite_max_lifetime_seconds: int = Field(default=30 * 86400, ge=60, le=366 * 86400)
+    """The longest an invite link may live; one created without `expiresIn` lives this long."""
+    invite_max_live_per_group: int = Field(default=20, ge=1, le=1000)
+    """Invite links one group may have usable at once (not expired, revoked or used up); beyond that `CONFLICT`."""
+    invites_per_hour: int = Field(default=30, ge=1)
+    """Invite links one user may create per hour."""
+    invite_joins_per_hour: int = Field(default=60, ge=1)
+    """Groups one user may join by invite link per hour."""
+    invite_failures_per_user: int = Field(default=10, ge=1)
+    """`joinByInvite` attempts whose code names no usable link, per user within the window, before `RATE_LIMITED`."""
+    invite_failures_per_address: int = Field(default=100, ge=1)
+    """The same per client address (IPv6 per /64): more than per user, as many users may share an address (NAT)."""
+    invite_failure_window_seconds: int = Field(default=900, ge=1)
+    """The window of those two counts."""
+    data_exports_per_hour: int = Field(default=3, ge=1, le=100)
+    """`exportMyData` calls one user may make per hour (each reads every row the server holds about them)."""
 
     # The client kit's operations at the largest pages the server allows (a pendingEvents page
     # of 500 events costs about 160,000) pass (tests/test_frontend_kit.py checks).
@@ -169,6 +201,9 @@ class Settings(BaseSettings):
     """Devices unused this long expire with their pending events."""
     sweep_interval_seconds: float = Field(default=3600, gt=0)
     """How often each process runs that clean-up (and the deletion of expired files)."""
+    expiry_sweep_interval_seconds: float = Field(default=30, gt=0)
+    """How often each process removes expired disappearing messages with their files (they are never delivered after
+    expiry in any case; this bounds how long the server still holds them)."""
 
     presence_node_ttl_seconds: float = Field(default=30, ge=1, le=3600)
     """Liveness of a process in the presence registry: refreshed every third of it; a process that stops (killed, hung)

@@ -8,10 +8,11 @@ that its membership check holds until it commits.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -35,6 +36,7 @@ from resolvers.ids import MessageRef
 from resolvers.inbox import append_events, delete_orphaned_messages, prune_inbox, read_entries
 from resolvers.ports import Database
 from resolvers.records import AckOutcome, AttachmentClaim, EarlierSend, SendOutcome, StoredEntry, StoredMessage
+from resolvers.unread import count_sent, members_among, store_mentions
 from resolvers.watermarks import advance_watermarks
 
 
@@ -85,6 +87,7 @@ class SqlInboxStore:
         sent_at: datetime,
         attachments: AttachmentClaim | None = None,
         reply_to: tuple[int, int] | None = None,
+        mentions: Sequence[int] = (),
     ) -> SendOutcome:
         """Stores the message, its idempotency key and one inbox entry per recipient, in one transaction."""
 
@@ -104,6 +107,12 @@ class SqlInboxStore:
                 return SendOutcome(is_member=False, message=None)
             if await session.get(SentKey, (sender_id, client_id)) is not None:
                 return SendOutcome(is_member=True, message=None, attachments_ok=attachments is None)
+            if await members_among(session, conversation_id, mentions) != len(mentions):
+                return SendOutcome(is_member=True, message=None, mentions_ok=False)
+            # The timer as of this send: read after the conversation row's write above, so it holds.
+            timer = await session.scalar(
+                select(col(Conversation.disappear_after_seconds)).where(col(Conversation.id) == conversation_id)
+            )
             message = Message(
                 conversation_id=conversation_id,
                 sender_id=sender_id,
@@ -113,6 +122,8 @@ class SqlInboxStore:
                 attachments=attachments.metadata if attachments is not None else None,
                 reply_to_id=reply_to[0] if reply_to is not None else None,
                 reply_to_sender_id=reply_to[1] if reply_to is not None else None,
+                mentions=json.dumps(sorted(mentions)) if mentions else None,
+                expires_at=sent_at + timedelta(seconds=timer) if timer is not None else None,
             )
             session.add(message)
             await session.flush()
@@ -152,6 +163,10 @@ class SqlInboxStore:
                 # Nothing reaches a member who blocked the sender: the message stays SENT.
                 blockers = set(await blockers_among(session, sender_id, recipients))
                 recipients = [uid for uid in recipients if uid not in blockers]
+            # Badges, in the order of the PostgreSQL statement: member rows before inbox heads.
+            await count_sent(session, conversation_id, sender_id, recipients, mentions)
+            named = [uid for uid in recipients if uid != sender_id and uid in set(mentions)]
+            await store_mentions(session, conversation_id, message.id, named, sent_at=sent_at)
             appended = await append_events(session, recipients, EventKind.MESSAGE, message_id=message.id, at=sent_at)
             await session.execute(
                 update(Conversation).where(col(Conversation.id) == conversation_id).values(last_activity_at=sent_at)
@@ -161,7 +176,7 @@ class SqlInboxStore:
                 is_member=True,
                 message=StoredMessage.from_model(message, sender),
                 appended=[(a.user_id, a.seq) for a in appended],
-                may_push=await _may_push(session, conversation_id, sender_id, recipients),
+                may_push=await _may_push(session, conversation_id, sender_id, recipients, named=named, now=sent_at),
                 newly_engaged=newly_engaged,
             )
 
@@ -276,18 +291,31 @@ class SqlInboxStore:
         ]
 
 
-async def _may_push(session: AsyncSession, conversation_id: int, sender_id: int, recipients: list[int]) -> bool:
-    """Whether a recipient other than the sender has a push registration and the conversation unmuted."""
+async def _may_push(
+    session: AsyncSession,
+    conversation_id: int,
+    sender_id: int,
+    recipients: list[int],
+    *,
+    named: list[int],
+    now: datetime,
+) -> bool:
+    """Whether a recipient other than the sender has a push registration and the conversation unmuted now,
+    or was mentioned and wants mentions pushed even where muted."""
     others = [uid for uid in recipients if uid != sender_id]
     if not others:
         return False
+    unmuted = and_(col(Member.muted).is_(False), or_(col(Member.muted_until).is_(None), col(Member.muted_until) <= now))
+    if named:
+        wants = select(col(User.id)).where(col(User.id).in_(named), col(User.push_mentions_when_muted).is_(True))
+        unmuted = or_(unmuted, col(Member.user_id).in_(wants))
     found = await session.scalar(
         select(col(PushRegistration.device_id))
         .join(
             Member,
             and_(col(Member.user_id) == col(PushRegistration.user_id), col(Member.conversation_id) == conversation_id),
         )
-        .where(col(PushRegistration.user_id).in_(others), col(Member.muted).is_(False))
+        .where(col(PushRegistration.user_id).in_(others), unmuted)
         .limit(1)
     )
     return found is not None

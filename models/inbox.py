@@ -24,6 +24,8 @@ class EventKind(enum.StrEnum):
     EDIT = "EDIT"
     DELETE = "DELETE"
     REACTION = "REACTION"
+    # The reader's own other devices: how far they read a conversation and what is left unread there.
+    READ_STATE = "READ_STATE"
 
 
 class InboxHead(SQLModel, table=True):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Index
+from sqlalchemy import Index, text
 from sqlmodel import Field, SQLModel
 
 from models.columns import BigId, UTCDateTime, utcnow
@@ -14,8 +14,17 @@ class Message(SQLModel, table=True):
     """A pending message; deleted once no inbox entry refers to it."""
 
     __tablename__ = "messages"
-    # AUTOINCREMENT on SQLite: ids of deleted rows are never handed out again.
-    __table_args__ = {"sqlite_autoincrement": True}
+    __table_args__ = (
+        # Only disappearing messages are in it: a plain send writes no entry (the expiry sweep's order).
+        Index(
+            "ix_messages_expires_at",
+            "expires_at",
+            postgresql_where=text("expires_at IS NOT NULL"),
+            sqlite_where=text("expires_at IS NOT NULL"),
+        ),
+        # AUTOINCREMENT on SQLite: ids of deleted rows are never handed out again.
+        {"sqlite_autoincrement": True},
+    )
 
     id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
     conversation_id: int = Field(foreign_key="conversations.id", index=True, sa_type=BigId, ondelete="CASCADE")
@@ -33,7 +42,7 @@ class Message(SQLModel, table=True):
     # The mentioned user ids as JSON, so events show them without a lookup.
     mentions: str | None = None
     # Disappearing messages: never delivered after this time, and removed then.
-    expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+    expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class Mention(SQLModel, table=True):

@@ -153,11 +153,21 @@ async def login(
         await auth_limits.attempt_not_made(services, name, address)
         raise
     valid = await services.passwords.verify(user.password_hash if user else None, password)
-    if user is None or not valid:
+    # A deleted account keeps its row (resolvers/account_deletion.py) but can never log in again.
+    if user is None or not valid or user.deleted_at is not None:
         log.info("failed login for %r", name)
         raise Unauthenticated("Wrong username or password.")
     assert user.id is not None
     async with services.db.session() as session:
+        # FOR SHARE: an account deletion in flight (resolvers/account_deletion.py) either sees this
+        # device, or has committed, and then the account is no longer there to log in to.
+        live = await session.execute(
+            select(col(User.id))
+            .where(col(User.id) == user.id, col(User.deleted_at).is_(None))
+            .with_for_update(read=True)
+        )
+        if live.scalar_one_or_none() is None:
+            raise Unauthenticated("Wrong username or password.")
         token, device = await _new_device(session, user.id, device_name)
         await session.commit()
     await auth_limits.login_succeeded(services, name)
@@ -227,7 +237,8 @@ async def search_users(services: Services, *, prefix: str, first: int) -> list[U
                         or_(
                             col(User.username).like(pattern, escape="\\"),
                             col(User.display_name_key).like(pattern, escape="\\"),
-                        )
+                        ),
+                        col(User.deleted_at).is_(None),
                     )
                     .order_by(func.length(col(User.username)), col(User.username))
                     .limit(first)
@@ -394,3 +405,19 @@ async def existing_devices(services: Services, device_ids: Sequence[int]) -> set
             rows = await session.execute(select(col(Device.id)).where(col(Device.id).in_(chunk)))
             found.update(device_id for (device_id,) in rows.all() if device_id is not None)
     return found
+
+
+async def update_own_account(services: Services, viewer: Viewer, **values: bool) -> User:
+    """Stores the viewer's own settings (columns of `users`) and returns their account."""
+    async with services.db.session() as session:
+        await session.execute(
+            update(User)
+            .where(col(User.id) == viewer.user_id)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        await session.commit()
+        user = await session.get(User, viewer.user_id, populate_existing=True)
+    if user is None:
+        raise NotFound("Your account no longer exists.")
+    return user

@@ -1,4 +1,4 @@
-"""Conversations: direct chats, groups and their roles, muting, and the viewer's list.
+"""Conversations: direct chats, groups and their roles, and the viewer's list (muting: resolvers/conversation_state.py).
 
 Every change is announced as a durable `ConversationEvent` in the inboxes of the
 users concerned (the members after the change, plus anyone removed or leaving),
@@ -19,21 +19,23 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlmodel import col
 
-from models import Conversation, ConversationKind, EventKind, Member, MemberRole, User
+from models import Ban, Conversation, ConversationKind, EventKind, Member, MemberRole, User
 from models.columns import utcnow
 from resolvers.accounts import Viewer
 from resolvers.batches import chunks
 from resolvers.blocks import refuse_if_blocked
 from resolvers.errors import BadUserInput, Forbidden, NotFound
 from resolvers.inbox import Appended, append_events
+from resolvers.member_state import MemberState
 from resolvers.publish import commit_then_publish
 from resolvers.rate_limits import spend
 from resolvers.services import Services
@@ -61,6 +63,10 @@ class Change:
     RENAMED = "RENAMED"
     LEFT = "LEFT"
     ROLE_CHANGED = "ROLE_CHANGED"
+    # resolvers/disappearing.py
+    DISAPPEARING_TIMER_CHANGED = "DISAPPEARING_TIMER_CHANGED"
+    # resolvers/invites.py
+    JOINED = "JOINED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +80,8 @@ class ConversationHeader:
     conversation: Conversation
     muted: bool
     is_member: bool
+    # The viewer's own view of it: unread badges, mute, archive, pin (resolvers/member_state.py).
+    state: MemberState = field(default_factory=MemberState)
 
     @property
     def id(self) -> int:
@@ -88,6 +96,7 @@ class ConversationView:
     conversation: Conversation
     members: list[Member]
     muted: bool
+    state: MemberState = field(default_factory=MemberState)
 
     @property
     def id(self) -> int:
@@ -112,9 +121,38 @@ def _user_ids(values: Sequence[int], *, limit: int) -> list[int]:
 async def _require_users(session: AsyncSession, user_ids: Sequence[int]) -> None:
     if not user_ids:
         return
-    found = set((await session.execute(select(col(User.id)).where(col(User.id).in_(user_ids)))).scalars())
+    # FOR SHARE: waits for an account deletion in flight (resolvers/account_deletion.py), then sees
+    # it, and a deletion waits for this: nobody is put in a conversation their deletion missed.
+    found = set(
+        (
+            await session.execute(
+                select(col(User.id))
+                .where(col(User.id).in_(user_ids), col(User.deleted_at).is_(None))
+                .with_for_update(read=True)
+            )
+        ).scalars()
+    )
     if missing := [uid for uid in user_ids if uid not in found]:
         raise NotFound(f"No such user: {missing[0]}.")
+
+
+async def banned_among(
+    session: AsyncSession, conversation_id: int, user_ids: Sequence[int], *, now: datetime
+) -> list[int]:
+    """Those of `user_ids` banned from the conversation (resolvers/bans.py); a ban past its expiry no longer counts."""
+    if not user_ids:
+        return []
+    return list(
+        (
+            await session.execute(
+                select(col(Ban.user_id)).where(
+                    col(Ban.conversation_id) == conversation_id,
+                    col(Ban.user_id).in_(list(user_ids)),
+                    col(Ban.expires_at).is_(None) | (col(Ban.expires_at) > now),
+                )
+            )
+        ).scalars()
+    )
 
 
 async def membership(session: AsyncSession, conversation_id: int, user_id: int) -> Member:
@@ -186,12 +224,51 @@ async def _announce(
     return await append_events(session, recipients, EventKind.CONVERSATION, payload=payload)
 
 
+async def announce(
+    session: AsyncSession,
+    conversation_id: int,
+    change: str,
+    *,
+    actor_id: int,
+    users: Sequence[int] = (),
+    also_notify: Sequence[int] = (),
+) -> list[Appended]:
+    """Appends the ConversationEvent of `change` to every member's inbox (and `also_notify`'s), in the caller's transaction."""
+    return await _announce(session, conversation_id, change, actor_id=actor_id, users=users, also_notify=also_notify)
+
+
+async def pass_ownership(session: AsyncSession, conversation_id: int) -> Member | None:
+    """Once an OWNER has gone: the oldest ADMIN, else the oldest member, becomes OWNER unless one is left.
+
+    Returns the new owner (None when an owner remains or nobody does); the caller announces it.
+    """
+    rest = list(
+        (
+            await session.execute(
+                select(Member)
+                .where(col(Member.conversation_id) == conversation_id)
+                .order_by(col(Member.joined_at), col(Member.user_id))
+            )
+        ).scalars()
+    )
+    if not rest or any(m.role is MemberRole.OWNER for m in rest):
+        return None
+    heir = next((m for m in rest if m.role is MemberRole.ADMIN), rest[0])
+    heir.role = MemberRole.OWNER
+    session.add(heir)
+    await session.flush()
+    log.info("group %s: ownership passed to user %s", conversation_id, heir.user_id)
+    return heir
+
+
 async def _view(session: AsyncSession, conversation_id: int, viewer_id: int) -> ConversationView:
     views = await _views(session, [conversation_id], viewer_id)
     return views[0]
 
 
-async def _views(session: AsyncSession, conversation_ids: Sequence[int], viewer_id: int) -> list[ConversationView]:
+async def _views(
+    session: AsyncSession, conversation_ids: Sequence[int], viewer_id: int, *, now: datetime | None = None
+) -> list[ConversationView]:
     if not conversation_ids:
         return []
     conversations = {
@@ -214,8 +291,14 @@ async def _views(session: AsyncSession, conversation_ids: Sequence[int], viewer_
         if (conversation := conversations.get(cid)) is None:
             continue
         mine = next((m for m in members[cid] if m.user_id == viewer_id), None)
-        views.append(ConversationView(conversation, members[cid], muted=bool(mine and mine.muted)))
+        state = MemberState.of(mine, now or utcnow())
+        views.append(ConversationView(conversation, members[cid], muted=state.muted, state=state))
     return views
+
+
+async def view_of(session: AsyncSession, conversation_id: int, viewer_id: int, *, now: datetime) -> ConversationView:
+    """The conversation as the viewer sees it at `now` (a mutation's result)."""
+    return (await _views(session, [conversation_id], viewer_id, now=now))[0]
 
 
 async def _create(
@@ -320,7 +403,7 @@ async def add_members(
     """Adds users to a group (OWNER or ADMIN); users already in it are left as they are.
 
     The users actually added count against the viewer's hourly limit; `Forbidden` when one
-    of them has blocked the viewer.
+    of them has blocked the viewer or is banned from the group.
     """
     limit = services.limits.max_group_members
     wanted = _user_ids(user_ids, limit=limit)
@@ -337,6 +420,8 @@ async def add_members(
             raise BadUserInput(f"A group has at most {limit} members.")
         if not new:
             return await _view(session, conversation_id, viewer.user_id), []
+        if await banned_among(session, conversation_id, new, now=services.clock()):
+            raise Forbidden("One of these users is banned from this group: unban them first.")
         await refuse_if_blocked(session, viewer.user_id, new)
         await _spend_additions(services, viewer, len(new))
         now = utcnow()
@@ -447,21 +532,8 @@ async def leave_group(services: Services, viewer: Viewer, *, conversation_id: in
         _, me = await _group(session, conversation_id, viewer)
         await session.delete(me)
         await session.flush()
-        rest = list(
-            (
-                await session.execute(
-                    select(Member)
-                    .where(col(Member.conversation_id) == conversation_id)
-                    .order_by(col(Member.joined_at), col(Member.user_id))
-                )
-            ).scalars()
-        )
-        if me.role is MemberRole.OWNER and rest and all(m.role is not MemberRole.OWNER for m in rest):
-            heir = next((m for m in rest if m.role is MemberRole.ADMIN), rest[0])
-            heir.role = MemberRole.OWNER
-            session.add(heir)
-            await session.flush()
-            log.info("group %s: ownership passed to user %s", conversation_id, heir.user_id)
+        if me.role is MemberRole.OWNER:
+            await pass_ownership(session, conversation_id)
         appended = await _announce(
             session,
             conversation_id,
@@ -473,21 +545,6 @@ async def leave_group(services: Services, viewer: Viewer, *, conversation_id: in
         return None, appended
 
     await commit_then_publish(services, work)
-
-
-async def mute_conversation(
-    services: Services, viewer: Viewer, *, conversation_id: int, muted: bool
-) -> ConversationView:
-    """Mutes or unmutes push notifications of a conversation for the viewer only."""
-    async with services.db.session() as session:
-        await membership(session, conversation_id, viewer.user_id)
-        await session.execute(
-            update(Member)
-            .where(col(Member.conversation_id) == conversation_id, col(Member.user_id) == viewer.user_id)
-            .values(muted=muted)
-        )
-        await session.commit()
-        return await _view(session, conversation_id, viewer.user_id)
 
 
 async def get_conversation(services: Services, viewer: Viewer, conversation_id: int) -> ConversationHeader:
@@ -512,17 +569,17 @@ async def conversation_headers(
     if not unique:
         return found
     mine = (col(Member.conversation_id) == col(Conversation.id)) & (col(Member.user_id) == viewer.user_id)
+    now = services.clock()
     async with services.db.session() as session:
         for chunk in chunks(unique):
             rows = await session.execute(
-                select(Conversation, col(Member.user_id), col(Member.muted))
-                .outerjoin(Member, mine)
-                .where(col(Conversation.id).in_(chunk))
+                select(Conversation, Member).outerjoin(Member, mine).where(col(Conversation.id).in_(chunk))
             )
-            for conversation, member, muted in rows:
+            for conversation, member in rows:
                 assert conversation.id is not None
+                state = MemberState.of(member, now)
                 found[conversation.id] = ConversationHeader(
-                    conversation, muted=bool(muted), is_member=member is not None
+                    conversation, muted=state.muted, is_member=member is not None, state=state
                 )
     return found
 
@@ -587,36 +644,56 @@ def page_of(members: Sequence[Member], *, first: int, after: int | None) -> list
 
 
 async def list_conversations(
-    services: Services, viewer: Viewer, *, first: int = CONVERSATIONS_PAGE, after: int | None = None
+    services: Services,
+    viewer: Viewer,
+    *,
+    first: int = CONVERSATIONS_PAGE,
+    after: int | None = None,
+    archived: bool = False,
 ) -> list[ConversationHeader]:
-    """A page of the viewer's conversations, most recently active first, after conversation `after`.
+    """A page of the viewer's conversations: pinned ones first, then most recently active first.
 
-    A conversation whose activity changes between two pages moves: it may be listed
-    twice or missed, so clients refresh from the first page on a new message.
-    `after` naming a conversation the viewer is not in gives an empty page.
+    Only the archived ones with `archived`, else only the others. A conversation whose
+    activity changes between two pages moves: it may be listed twice or missed, so clients
+    refresh from the first page on a new message. `after` naming a conversation the viewer
+    is not in gives an empty page.
     """
     if not 1 <= first <= MAX_CONVERSATIONS_PAGE:
         raise BadUserInput(f"first is between 1 and {MAX_CONVERSATIONS_PAGE}.")
+    pinned = case((col(Member.pinned_at).is_not(None), 1), else_=0)
     query = (
-        select(Conversation, col(Member.muted))
+        select(Conversation, Member)
         .join(Member, col(Member.conversation_id) == col(Conversation.id))
-        .where(col(Member.user_id) == viewer.user_id)
+        .where(col(Member.user_id) == viewer.user_id, col(Member.archived).is_(archived))
     )
     if after is not None:
         cursor = aliased(Conversation)
         mine = aliased(Member)
+        cursor_pinned = case((col(mine.pinned_at).is_not(None), 1), else_=0)
         query = (
             query.join(cursor, col(cursor.id) == after)
             .join(mine, (col(mine.conversation_id) == col(cursor.id)) & (col(mine.user_id) == viewer.user_id))
             .where(
-                (col(Conversation.last_activity_at) < col(cursor.last_activity_at))
+                (pinned < cursor_pinned)
                 | (
-                    (col(Conversation.last_activity_at) == col(cursor.last_activity_at))
-                    & (col(Conversation.id) < col(cursor.id))
+                    (pinned == cursor_pinned)
+                    & (
+                        (col(Conversation.last_activity_at) < col(cursor.last_activity_at))
+                        | (
+                            (col(Conversation.last_activity_at) == col(cursor.last_activity_at))
+                            & (col(Conversation.id) < col(cursor.id))
+                        )
+                    )
                 )
             )
         )
-    query = query.order_by(col(Conversation.last_activity_at).desc(), col(Conversation.id).desc()).limit(first)
+    order = (pinned.desc(), col(Conversation.last_activity_at).desc(), col(Conversation.id).desc())
+    query = query.order_by(*order).limit(first)
+    now = services.clock()
     async with services.db.session() as session:
         rows = (await session.execute(query)).all()
-    return [ConversationHeader(conversation, muted=bool(muted), is_member=True) for conversation, muted in rows]
+    headers = []
+    for conversation, member in rows:
+        state = MemberState.of(member, now)
+        headers.append(ConversationHeader(conversation, muted=state.muted, is_member=True, state=state))
+    return headers

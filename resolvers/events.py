@@ -21,12 +21,14 @@ from typing import Any
 from resolvers.accounts import Viewer, get_users
 from resolvers.conversations import conversation_headers
 from resolvers.errors import BadUserInput, Unauthenticated
+from resolvers.expiry import is_expired
 from resolvers.ids import MessageRef, format_cursor, parse_cursor
 from resolvers.lifecycle import LIFECYCLE_KINDS, LifecycleChange, change_of
 from resolvers.messages import MessageView
 from resolvers.notice_codec import MESSAGE_KIND, RECEIPT_KIND, decode_message, decode_receipt, decode_typing, revokes
 from resolvers.records import DELETED_DISPLAY_NAME, DELETED_USERNAME, EntryNotice, SharedEvent, Signal, StoredEntry
 from resolvers.services import Services
+from resolvers.unread import READ_STATE, ReadPosition, read_state_at, read_state_of
 
 log = logging.getLogger("parley.events")
 
@@ -89,7 +91,16 @@ class LifecycleEventView:
     change: LifecycleChange
 
 
-DurableEvent = MessageEventView | ReceiptEventView | ConversationEventView | LifecycleEventView
+@dataclass(frozen=True, slots=True)
+class ReadStateEventView:
+    """The reader's own read position in a conversation and what is left unread there (resolvers/unread.py)."""
+
+    cursor: str
+    position: ReadPosition
+    at: datetime
+
+
+DurableEvent = MessageEventView | ReceiptEventView | ConversationEventView | LifecycleEventView | ReadStateEventView
 Event = DurableEvent | TypingEventView
 
 
@@ -116,6 +127,8 @@ def _render_entry(entry: StoredEntry) -> DurableEvent | None:
         return MessageEventView(cursor, MessageView.from_stored(entry.message)) if entry.message is not None else None
     if entry.kind in LIFECYCLE_KINDS:
         return LifecycleEventView(cursor, entry.kind, change_of(entry.payload or "{}"))
+    if entry.kind == READ_STATE:
+        return ReadStateEventView(cursor, read_state_of(entry.payload or "{}"), read_state_at(entry.payload or "{}"))
     data: dict[str, Any] = json.loads(entry.payload or "{}")
     if entry.kind == "RECEIPT":
         return ReceiptEventView(cursor, _receipt(data))
@@ -192,9 +205,17 @@ async def _read_after(
     )
     if entries is None:
         raise Unauthenticated("This device has logged out.")
-    events = [event for entry in entries if (event := _render_entry(entry)) is not None]
+    events = _unexpired(services, [event for entry in entries if (event := _render_entry(entry)) is not None])
     events = await _without_foreign_files(services, viewer, events)
     return await _with_reader_names(services, events), (entries[-1].seq if entries else after), len(entries)
+
+
+def _unexpired(services: Services, events: list[DurableEvent]) -> list[DurableEvent]:
+    """Drops disappearing messages past their expiry: no device gets one after it (resolvers/expiry.py)."""
+    if not any(isinstance(e, MessageEventView) and e.message.expires_at is not None for e in events):
+        return events
+    now = services.clock()
+    return [e for e in events if not (isinstance(e, MessageEventView) and is_expired(e.message.expires_at, now))]
 
 
 async def _without_foreign_files(services: Services, viewer: Viewer, events: list[DurableEvent]) -> list[DurableEvent]:
@@ -260,6 +281,8 @@ async def stream_events(services: Services, viewer: Viewer, *, after: str | None
             if isinstance(item, EntryNotice):
                 ready = position.accept(item)
                 if ready is not None:
+                    # The position still moves past an expired message: a replay would skip it too.
+                    ready = _unexpired(services, ready)
                     services.telemetry.events_delivered(len(ready))
                     for event in ready:
                         yield event

@@ -48,11 +48,11 @@ from models import (
     UploadState,
     User,
 )
-from models.columns import utcnow
 from resolvers.accounts import Viewer
 from resolvers.blocks import blockers_among
 from resolvers.conversations import MANAGERS, member_ids
 from resolvers.errors import BadUserInput, Forbidden, NotFound
+from resolvers.expiry import is_expired
 from resolvers.ids import MessageRef
 from resolvers.inbox import Appended, append_events
 from resolvers.messages import check_body, check_send_rate
@@ -146,24 +146,28 @@ async def _hold_membership(session: AsyncSession, conversation_id: int, user_id:
     return member
 
 
-async def _sent_at(session: AsyncSession, ref: MessageRef, *, lock: bool = False) -> tuple[datetime | None, bool]:
-    """When the message was sent, and whether it was deleted for everyone.
+async def _sent_at(
+    session: AsyncSession, ref: MessageRef, *, now: datetime, lock: bool = False
+) -> tuple[datetime | None, bool]:
+    """When the message was sent, and whether it is gone for everyone (deleted, or disappeared).
 
     From its row while it is pending, else from its send's record (which remembers a
-    delete once the row is gone). `lock` locks both as a delete's UPDATE does (FOR NO KEY
-    UPDATE), so that an edit and a delete of one message take turns.
+    delete, and an expiry once swept, after the row is gone). `lock` locks both as a
+    delete's UPDATE does (FOR NO KEY UPDATE), so that an edit and a delete of one message take turns.
     """
     key_query = select(col(SentKey.sent_at), col(SentKey.deleted_at)).where(
         col(SentKey.message_id) == ref.message_id, col(SentKey.sender_id) == ref.sender_id
     )
-    row_query = select(col(Message.sent_at), col(Message.deleted_at)).where(
+    row_query = select(col(Message.sent_at), col(Message.deleted_at), col(Message.expires_at)).where(
         col(Message.id) == ref.message_id, col(Message.conversation_id) == ref.conversation_id
     )
     if lock:
         key_query, row_query = key_query.with_for_update(key_share=True), row_query.with_for_update(key_share=True)
     key = (await session.execute(key_query)).one_or_none()
     row = (await session.execute(row_query)).one_or_none()
-    deleted = (key is not None and key[1] is not None) or (row is not None and row[1] is not None)
+    # An expired message is gone before the sweep removes its row: an edit must not send its text on.
+    gone = row is not None and (row[1] is not None or is_expired(row[2], now))
+    deleted = (key is not None and key[1] is not None) or gone
     sent_at = row[0] if row is not None else key[0] if key is not None else None
     return sent_at, deleted
 
@@ -202,10 +206,10 @@ async def edit_message(services: Services, viewer: Viewer, ref: MessageRef, body
         await _hold_membership(session, ref.conversation_id, viewer.user_id)
         if ref.sender_id != viewer.user_id:
             raise Forbidden("Only its sender can edit a message.")
-        now = utcnow()
+        now = services.clock()
         # Locked: a delete for everyone (by a group admin, say) either committed before and is
         # seen here, or waits and then finds this edit's event to erase.
-        sent_at, deleted = await _sent_at(session, ref, lock=True)
+        sent_at, deleted = await _sent_at(session, ref, now=now, lock=True)
         if deleted:
             raise NotFound("No such message.")
         if _outside(sent_at, now, window):
@@ -241,13 +245,13 @@ async def delete_message(services: Services, viewer: Viewer, ref: MessageRef) ->
 
     async def work(session: AsyncSession) -> tuple[None, list[Appended]]:
         member = await _hold_membership(session, ref.conversation_id, viewer.user_id)
-        now = utcnow()
+        now = services.clock()
         kind = await session.scalar(select(col(Conversation.kind)).where(col(Conversation.id) == ref.conversation_id))
         manager = kind is ConversationKind.GROUP and member.role in MANAGERS
         if not manager:
             if ref.sender_id != viewer.user_id:
                 raise Forbidden("Only its sender or a group owner or admin can delete a message.")
-            sent_at, _deleted = await _sent_at(session, ref)
+            sent_at, _deleted = await _sent_at(session, ref, now=now)
             if _outside(sent_at, now, window):
                 raise Forbidden(f"A message can be deleted by its sender for {window:g} seconds after it was sent.")
         # Remembered on the send's record, which outlives the row: an edit after delivery reads it
@@ -273,7 +277,7 @@ async def delete_message(services: Services, viewer: Viewer, ref: MessageRef) ->
             .execution_options(synchronize_session=False)
         )
         if not marked.rowcount and not erased.rowcount:  # type: ignore[attr-defined]
-            _sent, deleted_before = await _sent_at(session, ref)
+            _sent, deleted_before = await _sent_at(session, ref, now=now)
             if deleted_before:
                 return None, []  # deleted already: nothing new to tell
         # Released as if long ago: the next file-retention run marks and deletes the objects.
@@ -339,11 +343,11 @@ async def react(services: Services, viewer: Viewer, ref: MessageRef, value: str,
         await _hold_membership(session, ref.conversation_id, viewer.user_id)
         key = (ref.message_id, viewer.user_id, emoji)
         existing = await session.get(Reaction, key)
-        now = utcnow()
+        now = services.clock()
         if added:
             if existing is not None:
                 return None, []
-            _sent, deleted = await _sent_at(session, ref)
+            _sent, deleted = await _sent_at(session, ref, now=now)
             if deleted:  # nothing is left to react to, as for an edit
                 raise NotFound("No such message.")
             count = await session.scalar(

@@ -10,9 +10,10 @@ from sqlalchemy import delete, exists
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from models import Device, InboxEntry, Message, Reaction, SentKey
+from models import Device, InboxEntry, Invite, Mention, Message, Reaction, SentKey
 from resolvers.accounts import announce_revoked
 from resolvers.inbox import delete_orphans_after_commit, prune_inbox
+from resolvers.invites import ENDED_LISTED_SECONDS
 from resolvers.services import Services
 
 log = logging.getLogger("parley.maintenance")
@@ -71,6 +72,13 @@ async def sweep(services: Services, *, now: datetime) -> SweepResult:
         )
         deleted_messages = int(unreferenced.rowcount or 0)  # type: ignore[attr-defined]
         await session.execute(delete(SentKey).where(col(SentKey.sent_at) < now - SENT_KEY_RETENTION))
+        # Mentions serve markRead's recount beside the send records: they go together.
+        await session.execute(delete(Mention).where(col(Mention.sent_at) < now - SENT_KEY_RETENTION))
+        # Ended invite links, once `invites` no longer lists them (a link's expiry is always set).
+        ended_before = now - timedelta(seconds=ENDED_LISTED_SECONDS)
+        await session.execute(
+            delete(Invite).where((col(Invite.revoked_at) < ended_before) | (col(Invite.expires_at) < ended_before))
+        )
         # Reactions outlive their messages (clients hold those) as long as attachments do.
         reactions_before = now - timedelta(seconds=services.file_config.retention_seconds)
         await session.execute(delete(Reaction).where(col(Reaction.created_at) < reactions_before))

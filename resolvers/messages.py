@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -13,6 +14,7 @@ from resolvers.accounts import Viewer, get_users
 from resolvers.errors import BadUserInput, Conflict, NotFound, Unauthenticated
 from resolvers.files import AttachmentView, announce_thumbnail_work, attachments_of, prepare_attachments
 from resolvers.ids import MessageRef
+from resolvers.mentions import NOT_MEMBERS, check_mentions
 from resolvers.notice_codec import encode_message
 from resolvers.publish import publish_entries_best_effort
 from resolvers.rate_limits import spend
@@ -39,6 +41,10 @@ class MessageView:
     attachments: tuple[AttachmentView, ...] = ()
     # The message this one replies to (same conversation), or None.
     reply_to: MessageRef | None = None
+    # A disappearing message's end: no device gets it after this time.
+    expires_at: datetime | None = None
+    # The users the message mentions (ids).
+    mentions: tuple[int, ...] = ()
 
     @classmethod
     def from_stored(cls, message: StoredMessage) -> MessageView:
@@ -54,6 +60,8 @@ class MessageView:
             reply_to=MessageRef(message.reply_to_id, message.conversation_id, message.reply_to_sender_id)
             if message.reply_to_id is not None and message.reply_to_sender_id is not None
             else None,
+            expires_at=message.expires_at,
+            mentions=message.mentions,
         )
 
 
@@ -90,6 +98,7 @@ async def send_message(
     body: str | None,
     attachment_ids: list[str],
     reply_to: MessageRef | None = None,
+    mentions: Sequence[int] = (),
 ) -> MessageView:
     """Stores a message and its inbox entries in one transaction, then publishes them.
 
@@ -98,10 +107,12 @@ async def send_message(
     pending entries again (the first attempt's notices may be what was lost). A
     clientId already used in another conversation is a `Conflict`. Returning means
     the message is committed (the SENT moment); a failed publish only delays it.
-    A device logged out meanwhile is `Unauthenticated`: nothing is stored.
+    A device logged out meanwhile is `Unauthenticated`: nothing is stored. `mentions` must name
+    members (resolvers/mentions.py), else `BadUserInput` and nothing is stored.
     """
     started = time.perf_counter()
     text = _check_input(services, client_id, body, attachment_ids)
+    named = check_mentions(services, viewer, mentions)
     if reply_to is not None and reply_to.conversation_id != conversation_id:
         raise BadUserInput("replyToId names a message of another conversation.")
     claim = None
@@ -120,6 +131,7 @@ async def send_message(
         sent_at=utcnow(),
         attachments=claim,
         reply_to=(reply_to.message_id, reply_to.sender_id) if reply_to is not None else None,
+        mentions=named,
     )
     if not outcome.device_known:
         raise Unauthenticated("This device has logged out.")
@@ -128,6 +140,8 @@ async def send_message(
     if outcome.message is None:
         if not outcome.attachments_ok and await services.inbox_store.earlier_send(viewer.user_id, client_id) is None:
             raise BadUserInput("An attachment is not yours, not uploaded and checked, or already in a message.")
+        if not outcome.mentions_ok and await services.inbox_store.earlier_send(viewer.user_id, client_id) is None:
+            raise BadUserInput(NOT_MEMBERS)
         return await _earlier_send(services, viewer, conversation_id, client_id, text)
     committed = time.perf_counter()
     services.telemetry.send_committed(committed - started)

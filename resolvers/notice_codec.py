@@ -42,6 +42,8 @@ class MessageEvent(TypedDict):
     a: NotRequired[str | None]  # attachments (their metadata as stored, JSON)
     r: NotRequired[int | None]  # reply_to_id
     rs: NotRequired[int | None]  # reply_to_sender_id
+    x: NotRequired[str | None]  # expires_at, ISO 8601
+    mn: NotRequired[list[int]]  # mentions (user ids)
 
 
 class ReceiptEvent(TypedDict):
@@ -69,6 +71,8 @@ def encode_message(message: StoredMessage) -> MessageEvent:
         "a": message.attachments,
         "r": message.reply_to_id,
         "rs": message.reply_to_sender_id,
+        "x": message.expires_at.isoformat() if message.expires_at is not None else None,
+        "mn": list(message.mentions),
     }
 
 
@@ -86,6 +90,8 @@ def decode_message(encoded: Mapping[str, Any]) -> StoredMessage:
         attachments=encoded.get("a"),
         reply_to_id=encoded.get("r"),
         reply_to_sender_id=encoded.get("rs"),
+        expires_at=datetime.fromisoformat(expires) if (expires := encoded.get("x")) is not None else None,
+        mentions=tuple(int(uid) for uid in encoded.get("mn") or ()),
     )
 
 

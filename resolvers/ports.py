@@ -94,11 +94,14 @@ class InboxStore(Protocol):
         sent_at: datetime,
         attachments: AttachmentClaim | None = None,
         reply_to: tuple[int, int] | None = None,
+        mentions: Sequence[int] = (),
     ) -> SendOutcome:
         """Stores the message, its idempotency key and one inbox entry per recipient, atomically.
 
         With `attachments`, it also claims those uploads for the message, or stores nothing.
         `reply_to` is the (message id, sender id) of the message this one replies to.
+        `mentions` (distinct user ids, not the sender) must all be members, or nothing is stored.
+        The recipients' unread counters (and mention counters) move in the same transaction.
         """
         ...
 

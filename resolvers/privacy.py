@@ -1,4 +1,4 @@
-"""Who may see whose presence (online, last seen), and the viewer's own privacy setting.
+"""Who may see whose presence (online, last seen), and the viewer's own privacy settings.
 
 A user's presence is visible only to people they have engaged with: those who share
 a conversation in which the user has sent a message or that the user created
@@ -15,14 +15,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import and_, exists, select, update
+from sqlalchemy import and_, exists, select
 from sqlalchemy.orm import aliased
 from sqlmodel import col
 
 from models import Block, Member, User
-from resolvers.accounts import Viewer
+from resolvers.accounts import Viewer, update_own_account
 from resolvers.batches import chunks
-from resolvers.errors import NotFound
+from resolvers.errors import BadUserInput
 from resolvers.services import Services
 
 
@@ -82,17 +82,19 @@ async def presence_visibility(
     return result
 
 
-async def set_privacy(services: Services, viewer: Viewer, *, hide_last_seen: bool) -> User:
-    """Stores the viewer's privacy setting; returns their account. Takes effect on the next read."""
-    async with services.db.session() as session:
-        await session.execute(
-            update(User)
-            .where(col(User.id) == viewer.user_id)
-            .values(hide_last_seen=hide_last_seen)
-            .execution_options(synchronize_session=False)
-        )
-        await session.commit()
-        user = await session.get(User, viewer.user_id, populate_existing=True)
-    if user is None:
-        raise NotFound("Your account no longer exists.")
-    return user
+async def set_privacy(
+    services: Services, viewer: Viewer, *, hide_last_seen: bool | None = None, read_receipts: bool | None = None
+) -> User:
+    """Stores the viewer's privacy settings given (None leaves one as it is); returns their account.
+
+    Takes effect on the next read, or for read receipts on the next `markRead`
+    (resolvers/read_privacy.py). Neither given is `BadUserInput`.
+    """
+    values: dict[str, bool] = {}
+    if hide_last_seen is not None:
+        values["hide_last_seen"] = hide_last_seen
+    if read_receipts is not None:
+        values["hide_read_receipts"] = not read_receipts
+    if not values:
+        raise BadUserInput("Give hideLastSeen, readReceipts or both.")
+    return await update_own_account(services, viewer, **values)

@@ -22,12 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from sqlalchemy import and_, delete, func, select
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from models import InboxEntry, Member, Message, PushPlatform, PushRegistration, SentKey
+from models import InboxEntry, Member, Mention, Message, PushPlatform, PushRegistration, SentKey, User
 from resolvers.accounts import Viewer
 from resolvers.batches import chunks
 from resolvers.errors import BadUserInput, Unauthenticated, Unavailable
@@ -248,15 +248,34 @@ class Notification:
 async def notifications_for(services: Services, job: PushJob, *, include_body: bool) -> list[Notification]:
     """Whom this job notifies, and through which registrations.
 
-    Nobody is notified of a message deleted for everyone meanwhile. A recipient is
-    skipped when: it is the sender; it muted the conversation; every device of it
-    already received the message (its inbox entry is pruned); a newer message of the
-    conversation is pending for it (that message's job notifies, with the count: a
-    burst becomes one notification); it is online; it has no registration.
+    Nobody is notified of a message deleted for everyone meanwhile, or of a disappearing
+    message past its expiry (nor counted in a later one's burst). A recipient is
+    skipped when: it is the sender; it muted the conversation (for good, or until a time
+    not yet passed) unless the message mentions it and it wants mentions pushed even
+    where muted; every device of it already received the message (its inbox entry is
+    pruned); a newer message of the conversation is pending for it (that message's job
+    notifies, with the count: a burst becomes one notification), unless it is muted and
+    mentioned here (the newer one would not notify it); it is online; it has no registration.
     """
+    now = services.clock()
+    unmuted = and_(col(Member.muted).is_(False), or_(col(Member.muted_until).is_(None), col(Member.muted_until) <= now))
     async with services.db.session() as session:
         if await _deleted(session, job):
             return []
+        mentioned = (
+            select(col(Mention.user_id))
+            .where(
+                col(Mention.user_id) == col(InboxEntry.user_id),
+                col(Mention.conversation_id) == job.conversation_id,
+                col(Mention.message_id) == job.message_id,
+            )
+            .exists()
+        )
+        wants_mentions = (
+            select(col(User.id))
+            .where(col(User.id) == col(InboxEntry.user_id), col(User.push_mentions_when_muted).is_(True))
+            .exists()
+        )
         recipients = (
             select(col(InboxEntry.user_id))
             .join(
@@ -268,7 +287,7 @@ async def notifications_for(services: Services, job: PushJob, *, include_body: b
             .where(
                 col(InboxEntry.message_id) == job.message_id,
                 col(InboxEntry.user_id) != job.sender_id,
-                col(Member.muted).is_(False),
+                or_(unmuted, and_(mentioned, wants_mentions)),
             )
             # Most recipients have no registration: they drop out before anything else is read.
             .where(
@@ -284,10 +303,15 @@ async def notifications_for(services: Services, job: PushJob, *, include_body: b
                 col(InboxEntry.user_id).in_(recipients),
                 col(Message.conversation_id) == job.conversation_id,
                 col(Message.deleted_at).is_(None),
+                or_(col(Message.expires_at).is_(None), col(Message.expires_at) > services.clock()),
             )
             .group_by(col(InboxEntry.user_id))
         )
-        counts = {uid: int(n) for uid, newest, n in pending if newest == job.message_id}
+        pending_rows = pending.all()
+        counts = {uid: int(n) for uid, newest, n in pending_rows if newest == job.message_id}
+        counts |= await _muted_but_mentioned(
+            session, job, [(uid, int(n)) for uid, newest, n in pending_rows if uid not in counts], unmuted
+        )
         if not counts:
             return []
         online = await services.presence.online(list(counts))
@@ -301,6 +325,38 @@ async def notifications_for(services: Services, job: PushJob, *, include_body: b
         if include_body and registrations:
             body = await session.scalar(select(col(Message.body)).where(col(Message.id) == job.message_id))
     return [Notification(uid, counts[uid], body, regs) for uid, regs in registrations.items()]
+
+
+async def _muted_but_mentioned(
+    session: AsyncSession, job: PushJob, superseded: list[tuple[int, int]], unmuted: ColumnElement[bool]
+) -> dict[int, int]:
+    """Of recipients with a newer message pending, those muted now and mentioned in this one, with their counts.
+
+    The newer message's job would not notify them (muted), so this mention's does.
+    """
+    if not superseded:
+        return {}
+    named = set(
+        (
+            await session.execute(
+                select(col(Mention.user_id))
+                .join(
+                    Member,
+                    and_(
+                        col(Member.user_id) == col(Mention.user_id),
+                        col(Member.conversation_id) == col(Mention.conversation_id),
+                    ),
+                )
+                .where(
+                    col(Mention.user_id).in_([uid for uid, _ in superseded]),
+                    col(Mention.conversation_id) == job.conversation_id,
+                    col(Mention.message_id) == job.message_id,
+                    ~unmuted,
+                )
+            )
+        ).scalars()
+    )
+    return {uid: n for uid, n in superseded if uid in named}
 
 
 async def _deleted(session: AsyncSession, job: PushJob) -> bool:

@@ -24,3 +24,11 @@ async def spend(
         return
     if count > limit:
         raise RateLimited(refusal)
+
+
+async def take_back(services: Services, key: str, *, window_seconds: int, amount: int = 1) -> None:
+    """Uncounts `amount` that `spend` counted against `key`; best effort, as the window ends anyway."""
+    try:
+        await services.rate_limiter.hit(key, window_seconds=window_seconds, amount=-amount)
+    except Exception:
+        log.warning("rate limit %s not taken back", key, exc_info=True)

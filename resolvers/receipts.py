@@ -3,6 +3,7 @@
 Receipts are watermarks per (conversation, sender, reader): one receipt covers
 every earlier message of that sender there (`resolvers/watermarks.py`). Each is a
 durable event in the sender's inbox, so a sender who is offline gets it later.
+markRead also moves the reader's own read position and unread badges (`resolvers/unread.py`).
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from models.columns import utcnow
 from resolvers.accounts import Viewer
-from resolvers.conversations import membership
 from resolvers.errors import BadUserInput, Unauthenticated
 from resolvers.ids import MessageIds, MessageRef, parse_cursor
 from resolvers.inbox import Appended
 from resolvers.notice_codec import encode_receipt
 from resolvers.publish import publish_entries_best_effort
 from resolvers.services import Services
+from resolvers.unread import ReadPosition, announce_read_state, has_other_device, read_up_to
 from resolvers.watermarks import advance_watermarks
 
 MAX_MARK_READ = 100
@@ -51,8 +52,15 @@ async def mark_read(
     *,
     conversation_id: int,
     message_ids: Sequence[str],
-) -> None:
-    """Emits READ watermarks to the senders of these messages (the newest per sender counts)."""
+) -> ReadPosition:
+    """The viewer has read up to the newest of these messages: READ watermarks, badges, other devices.
+
+    Emits READ watermarks to the senders (the newest per sender counts), moves the viewer's
+    read position (never back) and recounts their unread counters (resolvers/unread.py), and,
+    when that changed anything and the viewer has another device, appends a READ_STATE event
+    to their own inbox: every device of theirs gets it, the reading one included (it carries
+    absolute values, so applying it twice changes nothing).
+    """
     if not 1 <= len(message_ids) <= MAX_MARK_READ:
         raise BadUserInput(f"markRead takes 1 to {MAX_MARK_READ} message ids.")
     refs = [ids.decode(value) for value in message_ids]
@@ -63,13 +71,26 @@ async def mark_read(
         best = newest.get(ref.sender_id)
         if ref.sender_id != viewer.user_id and (best is None or ref.message_id > best.message_id):
             newest[ref.sender_id] = ref
+    read = max(refs, key=lambda ref: ref.message_id)
 
-    async def work(session: AsyncSession) -> list[tuple[Appended, str]]:
-        await membership(session, conversation_id, viewer.user_id)
-        return await advance_watermarks(session, viewer.user_id, list(newest.values()), "READ", at=utcnow())
+    async def work(session: AsyncSession) -> tuple[ReadPosition, list[tuple[Appended, str]], list[Appended]]:
+        now = utcnow()
+        # The member row first (the lock order: member rows, then inbox heads); NotFound for non-members.
+        position = await read_up_to(session, viewer, conversation_id, read)
+        tell_devices = position.changed and await has_other_device(session, viewer)
+        # Inbox heads in user id order, the reader's among the senders': each receipt's watermark
+        # is written before its sender's head, as an acknowledgement writes them.
+        lower = [ref for ref in newest.values() if ref.sender_id < viewer.user_id]
+        higher = [ref for ref in newest.values() if ref.sender_id > viewer.user_id]
+        receipts = await advance_watermarks(session, viewer.user_id, lower, "READ", at=now)
+        state = await announce_read_state(session, viewer, position, at=now) if tell_devices else []
+        receipts += await advance_watermarks(session, viewer.user_id, higher, "READ", at=now)
+        return position, receipts, state
 
-    appended = await services.db.transaction(work)
+    position, appended, state = await services.db.transaction(work)
     await _publish_receipts(services, [(entry.user_id, entry.seq, payload) for entry, payload in appended])
+    await publish_entries_best_effort(services, [(entry.user_id, entry.seq, 0) for entry in state], [None])
+    return position
 
 
 async def _publish_receipts(services: Services, receipts: Sequence[tuple[int, int, str]]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,6 +43,11 @@ class Signal:
     data: dict[str, Any]
 
 
+def mention_ids(stored: str | None) -> tuple[int, ...]:
+    """The mentioned user ids of a message as stored (`messages.mentions`, a JSON array), or none."""
+    return tuple(int(uid) for uid in json.loads(stored)) if stored else ()
+
+
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
     """A pending message with what its events show of the sender."""
@@ -59,6 +65,10 @@ class StoredMessage:
     # The message this one replies to (same conversation): its row id and sender, for its signed id.
     reply_to_id: int | None = None
     reply_to_sender_id: int | None = None
+    # Disappearing messages: never delivered after this time (resolvers/expiry.py removes it then).
+    expires_at: datetime | None = None
+    # The mentioned users' ids (stored as JSON with the message, so events need no lookup).
+    mentions: tuple[int, ...] = ()
 
     @classmethod
     def from_model(cls, message: Message, sender: User | None) -> StoredMessage:
@@ -76,6 +86,8 @@ class StoredMessage:
             attachments=message.attachments,
             reply_to_id=message.reply_to_id,
             reply_to_sender_id=message.reply_to_sender_id,
+            expires_at=message.expires_at,
+            mentions=mention_ids(message.mentions),
         )
 
     @classmethod
@@ -96,6 +108,8 @@ class StoredMessage:
             attachments=row["attachments"],
             reply_to_id=row["reply_to_id"],
             reply_to_sender_id=row["reply_to_sender_id"],
+            expires_at=row["expires_at"],
+            mentions=mention_ids(row.get("mentions")),
         )
 
 
@@ -135,6 +149,8 @@ class SendOutcome:
     attachments_ok: bool = True
     # The sender's first message in this conversation: their presence now shows to its members.
     newly_engaged: bool = False
+    # False when a mentioned user is not a member of the conversation: then nothing was stored.
+    mentions_ok: bool = True
 
 
 @dataclass(frozen=True, slots=True)

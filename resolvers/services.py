@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
+from models.columns import utcnow
 from resolvers.ports import (
     Bus,
     Database,
@@ -101,6 +104,20 @@ class Limits:
     delete_window_seconds: float
     max_reactions_per_user_per_message: int
     push_registrations_per_hour: int
+    conversation_settings_per_hour: int = 600
+    max_pinned_conversations: int = 5
+    disappearing_min_seconds: int = 30
+    disappearing_max_seconds: int = 90 * 86400
+    disappearing_timer_changes_per_hour: int = 30
+    invite_max_uses: int = 1000
+    invite_max_lifetime_seconds: int = 30 * 86400
+    invite_max_live_per_group: int = 20
+    invites_per_hour: int = 30
+    invite_joins_per_hour: int = 60
+    invite_failures_per_user: int = 10
+    invite_failures_per_address: int = 100
+    invite_failure_window_seconds: int = 900
+    data_exports_per_hour: int = 3
 
 
 @dataclass(frozen=True)
@@ -123,3 +140,5 @@ class Services:
     files: FileStorage | None = None
     thumbnailer: Thumbnailer | None = None
     telemetry: Telemetry = field(default_factory=NullTelemetry)
+    # The time expiries are judged by (disappearing messages): tests move it instead of waiting.
+    clock: Callable[[], datetime] = utcnow

@@ -22,6 +22,7 @@ from sqlmodel import col
 from models import EventKind, ReceiptWatermark, User
 from resolvers.ids import MessageRef
 from resolvers.inbox import Appended, append_events
+from resolvers.read_privacy import withheld_reads
 
 log = logging.getLogger("parley.receipts")
 
@@ -51,7 +52,13 @@ async def advance_watermarks(
     *,
     at: datetime,
 ) -> list[tuple[Appended, str]]:
-    """Raises each (conversation, sender, reader) watermark to `ref`; returns the receipts appended."""
+    """Raises each (conversation, sender, reader) watermark to `ref`; returns the receipts appended.
+
+    READ watermarks the reader's or a sender's privacy withholds (resolvers/read_privacy.py)
+    neither move nor emit a receipt.
+    """
+    if status == "READ" and (withheld := await withheld_reads(session, reader_id, refs)):
+        refs = [ref for ref in refs if ref not in withheld]
     appended: list[tuple[Appended, str]] = []
     column = col(ReceiptWatermark.delivered_upto) if status == "DELIVERED" else col(ReceiptWatermark.read_upto)
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert

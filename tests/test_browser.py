@@ -2,8 +2,10 @@
 
 The scripts in tests/browser/ run with Node against a real server: GraphiQL loads with every
 request beyond this machine refused and runs a query and a subscription; two people chat
-through the web chat at `/` and see each other's messages, ticks, typing and a picture
-(the screenshot in the README is taken there). The committed built pages are what web/
+through the web chat at `/` and see each other's messages, ticks, typing and a picture, unread
+badges raised and cleared (by opening, and by another device's read), highlighted mentions, a
+third person joining a group by its invite link, and disappearing messages leaving the page at
+expiry (the screenshot in the README is taken there). The committed built pages are what web/
 builds today. A missing browser or missing npm packages
 fail the test with what to install: these tests never skip and never download a browser.
 Over plain HTTP: both pages load only from this origin, and production serves neither
@@ -36,7 +38,9 @@ STATIC = ROOT / "infra" / "static"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:
-    with ThreadServer(embedded_settings(tmp_path_factory.mktemp("browser"))) as running:
+    # Disappearing timers from 1 s, so the chat test sees a message leave the page at expiry.
+    settings = embedded_settings(tmp_path_factory.mktemp("browser"), disappearing_min_seconds=1)
+    with ThreadServer(settings) as running:
         yield running
 
 
@@ -66,6 +70,7 @@ def test_graphiql_works_offline_with_a_query_and_a_subscription(server: ThreadSe
 
 
 def test_two_people_chat_in_the_web_chat_with_ticks_typing_and_a_picture(server: ThreadServer) -> None:
+    """The chat's features work in a real browser, as tests/browser/chat.mjs walks through them."""
     SCREENSHOT.parent.mkdir(exist_ok=True)
     assert "two users chatted" in _run("chat.mjs", server, SCREENSHOT=str(SCREENSHOT))
     assert SCREENSHOT.read_bytes().startswith(b"\x89PNG"), "the README's screenshot was taken"

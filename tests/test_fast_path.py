@@ -52,6 +52,7 @@ class CountingStore:
         sent_at: datetime,
         attachments: AttachmentClaim | None = None,
         reply_to: tuple[int, int] | None = None,
+        mentions: Sequence[int] = (),
     ) -> SendOutcome:
         return await self._inner.send(
             sender_id=sender_id,
@@ -62,6 +63,7 @@ class CountingStore:
             sent_at=sent_at,
             attachments=attachments,
             reply_to=reply_to,
+            mentions=mentions,
         )
 
     async def earlier_send(self, sender_id: int, client_id: str) -> EarlierSend | None:

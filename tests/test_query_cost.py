@@ -26,6 +26,7 @@ from graph.cost import VariableCosts, cost_limit_rule, operation_cost
 from graph.schema import build_schema
 from infra.app import Overrides
 from infra.db import Database, create_engine
+from models.columns import utcnow
 from resolvers import accounts, conversations
 from resolvers.services import Services
 from tests.support.helpers import CONVERSATION_FIELDS, EVENT_FIELDS, Api, Person
@@ -141,7 +142,7 @@ async def test_item_05_loaders_take_more_ids_than_one_statement_may_bind(migrate
     from resolvers import privacy  # noqa: PLC0415 - new with this fix; the other tests run without it
 
     db = Database(create_engine(migrated_postgres))
-    services = cast("Services", SimpleNamespace(db=db))
+    services = cast("Services", SimpleNamespace(db=db, clock=utcnow))
     try:
         ids = list(range(1_000_000, 1_040_000))
         assert await accounts.get_users(services, ids) == {}

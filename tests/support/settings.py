@@ -10,12 +10,14 @@ from tests.support.services import RedisTarget
 
 TEST_SECRET = "test-secret-key-for-parley-0123456789abcdef"
 # The whole suite registers its users from 127.0.0.1 on shared servers, up to 100 at once:
-# the per-address limit on login/register attempts and the bound on password hashes running
-# at once are tested on servers of their own (tests/test_abuse.py).
+# the per-address limits on login/register attempts and on invalid invite codes, and the bound
+# on password hashes running at once, are tested on servers of their own (tests/test_abuse.py,
+# tests/test_invites.py).
 # Small connection pools: parallel workers each run servers against one PostgreSQL, whose
 # max_connections (100 by default) must cover them all.
 SUITE_LIMITS: dict[str, object] = {
     "auth_attempts_per_address": 1_000_000,
+    "invite_failures_per_address": 1_000_000,
     "max_concurrent_password_hashes": 1000,
     "database_pool_size": 3,
     "database_max_overflow": 5,

@@ -1,13 +1,17 @@
 // Parley's example web chat, served at `/`: a working example for frontend teams, not a
 // product. Plain TypeScript and the DOM; every operation is one of frontend_schema/operations,
 // typed by its generated types. The server keeps no history: this page shows what arrives
-// while it is open (and what was pending for this device when it connected).
+// while it is open (and what was pending for this device when it connected). Unread counts
+// are the server's (Conversation.unreadCount): raised here as messages arrive, then set from
+// the server again, and by ReadStateEvents when another device of ours reads.
 import {
   AcknowledgeDocument,
   ConversationDetailDocument,
   ConversationListDocument,
   CreateGroupDocument,
+  CreateInviteDocument,
   EventsDocument,
+  JoinByInviteDocument,
   LoginDocument,
   LogoutDocument,
   MarkReadDocument,
@@ -16,6 +20,7 @@ import {
   RegisterDocument,
   SearchUsersDocument,
   SendMessageDocument,
+  SetDisappearingTimerDocument,
   SetTypingDocument,
   StartDirectConversationDocument,
   connect,
@@ -25,6 +30,7 @@ import {
   type ConversationFieldsFragment,
   type EventsSubscription,
   type MessageFieldsFragment,
+  type ReadStateEventFieldsFragment,
   type UserFieldsFragment,
 } from "./api";
 import type { Client } from "graphql-ws";
@@ -41,6 +47,22 @@ const TYPING_SHOWN_MS = 6000;
 const TYPING_IDLE_MS = 3000;
 const TYPING_REPEAT_MS = 2500;
 const STORAGE_KEY = "parley-chat-session";
+// Counts are fetched again this long after a burst of messages (they may have been counted already).
+const COUNTS_SETTLE_MS = 300;
+const MAX_MARK_READ = 100;
+const LIST_MEMBERS = 10; // ConversationList's membersFirst
+// setTimeout's longest delay; a later expiry is waited for in steps.
+const MAX_TIMER_MS = 2_147_483_647;
+const TIMERS: [number | null, string][] = [
+  [null, "off"],
+  [30, "30 s"],
+  [300, "5 min"],
+  [3600, "1 h"],
+  [86400, "1 day"],
+  [604800, "7 days"],
+];
+// A username (resolvers/accounts.py) after an @ that does not follow a word character (not an email).
+const MENTION = /(?<![\w@])@([a-z0-9_.]{3,32})/gi;
 
 // ---- a small DOM helper --------------------------------------------------------------------
 
@@ -73,6 +95,16 @@ const messages = new Map<string, Shown[]>();
 const presence = new Map<string, { online: boolean; lastSeen: string | null }>();
 const typing = new Map<string, Map<string, { name: string; timer: number }>>();
 const markedRead = new Set<string>();
+// Most recent activity first (a counter, not a clock): the server's order at start, then messages.
+const activity = new Map<string, number>();
+let activityTick = 0;
+// Bumped by every read and every fetch of a conversation: an older fetch's counts are dropped.
+const countsVersion = new Map<string, number>();
+const settleTimers = new Map<string, number>();
+const readStateAt = new Map<string, string>();
+const expiryTimers = new Map<string, number>();
+const inviteLinks = new Map<string, string>();
+let listedAt = 0; // when the list's counts were read (this clock)
 let current: string | undefined;
 let socket: Client | undefined;
 let stopPresence: (() => void) | undefined;
@@ -100,6 +132,7 @@ function showLogin(): void {
     { id: "login", class: "card" },
     h("h1", {}, "Parley"),
     h("p", { class: "hint" }, "An example chat on Parley's GraphQL API."),
+    inviteCode() ? h("p", { class: "hint", id: "invite-hint" }, "Log in or register to join the group.") : null,
     h("input", { name: "username", placeholder: "username", autocomplete: "username", required: true }),
     h("input", {
       name: "password",
@@ -175,13 +208,19 @@ async function start(): Promise<void> {
         ),
         newChatForm(),
         newGroupForm(),
+        joinForm(),
         h("ul", { id: "conversations" }),
         h("p", { id: "status", class: "error" }),
       ),
       h(
         "section",
         { id: "conversation" },
-        h("header", {}, h("div", { id: "title" }, "Pick or start a conversation"), h("div", { id: "presence" })),
+        h(
+          "header",
+          {},
+          h("div", {}, h("div", { id: "title" }, "Pick or start a conversation"), h("div", { id: "presence" })),
+          h("div", { id: "tools" }),
+        ),
         h("ol", { id: "messages" }),
         h("div", { id: "typing" }),
         composer(),
@@ -192,12 +231,91 @@ async function start(): Promise<void> {
     if (code === 4403) void logOut(); // logged out elsewhere or expired: log in again
   });
   const { conversations: list } = await request(ConversationListDocument, {}, token());
-  for (const conversation of list) conversations.set(conversation.id, conversation);
+  listedAt = Date.now();
+  // The server lists pinned ones first, then by activity: keep that order until messages move them.
+  activityTick = list.length;
+  list.forEach((conversation, index) => {
+    conversations.set(conversation.id, conversation);
+    activity.set(conversation.id, list.length - index);
+  });
   // Pending events first (after what this device acknowledged), then live ones.
   subscribe(client, EventsDocument, {}, (data) => void onEvent(data.events));
   watchPresence(client);
   renderList();
   window.addEventListener("focus", markVisibleRead);
+  window.addEventListener("hashchange", () => void joinFromLink());
+  await joinFromLink();
+}
+
+// ---- invite links --------------------------------------------------------------------------
+
+/** The code of an invite link (`<origin>/#invite=<code>`) this page was opened with, if any. */
+function inviteCode(): string | undefined {
+  return codeIn(window.location.hash);
+}
+
+/** The code in an invite link, or the text itself when it is a bare code. */
+function codeIn(text: string): string | undefined {
+  const match = /#invite=([^&\s]+)/.exec(text);
+  if (match?.[1]) return decodeURIComponent(match[1]);
+  return text.startsWith("#") ? undefined : text.trim() || undefined;
+}
+
+async function joinFromLink(): Promise<void> {
+  const code = inviteCode();
+  if (!code) return;
+  // The code leaves the address bar (and the history) once used.
+  history.replaceState(null, "", window.location.pathname + window.location.search);
+  await join(code);
+}
+
+async function join(code: string): Promise<boolean> {
+  try {
+    const { joinByInvite } = await request(JoinByInviteDocument, { code }, token());
+    upsert(joinByInvite, "server");
+    open(joinByInvite.id);
+    return true;
+  } catch (error) {
+    say((error as Error).message);
+    return false;
+  }
+}
+
+function joinForm(): HTMLElement {
+  const form = h(
+    "form",
+    { id: "join", class: "row" },
+    h("input", { name: "code", placeholder: "invite code or link", required: true, autocomplete: "off" }),
+    h("button", { type: "submit" }, "Join"),
+  ) as HTMLFormElement;
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const code = codeIn(formValues(form).code ?? "");
+    if (code) void join(code).then((joined) => joined && form.reset());
+  });
+  return form;
+}
+
+async function createInvite(conversationId: string): Promise<void> {
+  try {
+    const { createInvite: invite } = await request(CreateInviteDocument, { conversationId }, token());
+    // The only time the server shows the code: it keeps a hash.
+    const link = invite.code && `${window.location.origin}/#invite=${encodeURIComponent(invite.code)}`;
+    if (link) inviteLinks.set(conversationId, link);
+    renderHeader();
+  } catch (error) {
+    say((error as Error).message);
+  }
+}
+
+async function setTimer(conversationId: string, seconds: number | null): Promise<void> {
+  try {
+    const { setDisappearingTimer } = await request(SetDisappearingTimerDocument, { conversationId, seconds }, token());
+    upsert(setDisappearingTimer, "keep");
+  } catch (error) {
+    say((error as Error).message);
+    renderHeader(); // back to the timer as it is
+  }
 }
 
 function newChatForm(): HTMLElement {
@@ -218,7 +336,7 @@ function newChatForm(): HTMLElement {
           token(),
         );
         form.reset();
-        upsert(startDirectConversation);
+        upsert(startDirectConversation, "keep");
         open(startDirectConversation.id);
       } catch (error) {
         say((error as Error).message);
@@ -252,7 +370,7 @@ function newGroupForm(): HTMLElement {
           token(),
         );
         form.reset();
-        upsert(createGroup);
+        upsert(createGroup, "keep");
         open(createGroup.id);
       } catch (error) {
         say((error as Error).message);
@@ -271,7 +389,11 @@ async function findUser(username: string): Promise<UserFieldsFragment> {
 }
 
 function composer(): HTMLElement {
-  const text = h("input", { name: "body", placeholder: "Message", autocomplete: "off" }) as HTMLInputElement;
+  const text = h("input", {
+    name: "body",
+    placeholder: "Message (@username mentions a member)",
+    autocomplete: "off",
+  }) as HTMLInputElement;
   const file = h("input", { name: "file", type: "file", title: "Attach a file" }) as HTMLInputElement;
   const form = h("form", { id: "composer", class: "row" }, text, file, h("button", { type: "submit" }, "Send"));
   // While the user types (until a pause of TYPING_IDLE_MS), `typing: true` is repeated every
@@ -320,6 +442,7 @@ async function send(conversationId: string, body: string, file: File | undefined
   if (!me) return;
   // One clientId per message: a retry after a timeout returns the first message, never a copy.
   const clientId = crypto.randomUUID();
+  const mentions = mentioned(conversationId, body);
   const draft: Shown = {
     message: {
       id: `draft-${clientId}`,
@@ -328,20 +451,24 @@ async function send(conversationId: string, body: string, file: File | undefined
       sentAt: new Date().toISOString(),
       body,
       replyToId: null,
+      expiresAt: null,
       sender: me,
       attachments: [],
+      mentions: mentions.map((id) => ({ id })),
     },
     status: "sending",
   };
   add(draft);
+  touch(conversationId);
   try {
     const attachmentIds = file ? [await upload(file, token())] : [];
     const { sendMessage } = await request(
       SendMessageDocument,
-      { input: { conversationId, clientId, body: body || null, attachmentIds } },
+      { input: { conversationId, clientId, body: body || null, attachmentIds, mentions } },
       token(),
     );
     draft.message = sendMessage;
+    scheduleExpiry(sendMessage);
     draft.status = STATUS_RANK[draft.status] > STATUS_RANK.sent ? draft.status : "sent";
     dedupe(conversationId, sendMessage.id);
   } catch (error) {
@@ -355,6 +482,24 @@ async function send(conversationId: string, body: string, file: File | undefined
   renderMessages();
 }
 
+/** The members named as `@username` in `body` (the sender left out): the message's mentions. */
+function mentioned(conversationId: string, body: string): string[] {
+  const members = conversations.get(conversationId)?.members ?? [];
+  const byName = new Map(members.map((member) => [member.user.username, member.user.id]));
+  const ids = new Set<string>();
+  for (const [, name = ""] of body.matchAll(MENTION)) {
+    const lower = name.toLowerCase();
+    // "@bob." at the end of a sentence names bob, unless someone is called "bob.".
+    const id = byName.get(lower) ?? byName.get(lower.replace(/\.+$/, ""));
+    if (id && id !== session?.me.id) ids.add(id);
+  }
+  return [...ids];
+}
+
+function mentionsMe(message: MessageFieldsFragment): boolean {
+  return message.mentions.some((user) => user.id === session?.me.id);
+}
+
 // ---- receiving -----------------------------------------------------------------------------
 
 async function onEvent(event: EventsSubscription["events"]): Promise<void> {
@@ -363,18 +508,32 @@ async function onEvent(event: EventsSubscription["events"]): Promise<void> {
   switch (event.__typename) {
     case "MessageEvent": {
       const { message } = event;
-      if (!conversations.has(message.conversationId)) await refresh(message.conversationId);
+      acknowledge(event.cursor);
+      if (message.expiresAt && Date.parse(message.expiresAt) <= Date.now()) break; // gone already
+      // A conversation fetched now already counts this message.
+      const fetched = !conversations.has(message.conversationId);
+      if (fetched) await refresh(message.conversationId);
       const list = messages.get(message.conversationId) ?? [];
       const known = list.find(
         (s) =>
           s.message.id === message.id ||
           (s.message.clientId === message.clientId && s.message.sender.id === message.sender.id),
       );
-      if (known) known.message = message;
-      else add({ message, status: "sent" });
-      acknowledge(event.cursor);
+      if (known) {
+        known.message = message;
+        scheduleExpiry(message);
+      } else {
+        add({ message, status: "sent" });
+        if (!fetched) countArrival(message);
+      }
+      touch(message.conversationId);
       if (message.conversationId === current) markVisibleRead();
       else renderList();
+      break;
+    }
+    case "ReadStateEvent": {
+      applyReadState(event);
+      acknowledge(event.cursor);
       break;
     }
     case "ReceiptEvent": {
@@ -450,30 +609,81 @@ function showTyping(conversationId: string, userId: string, name: string, on: bo
   if (conversationId === current) renderTyping();
 }
 
-/** Marks the open conversation's messages from others read (the sender sees the READ ticks). */
+/**
+ * Marks the open conversation read up to the newest message held (the senders see the READ
+ * ticks, the badge clears). Messages the server counts but this page never got (it keeps no
+ * history) are covered too when a newer one is held.
+ */
 function markVisibleRead(): void {
   const conversationId = current;
-  if (!conversationId || !document.hasFocus()) {
+  const conversation = conversationId ? conversations.get(conversationId) : undefined;
+  if (!conversationId || !conversation || !document.hasFocus()) {
     renderMessages();
     return;
   }
-  const unread = (messages.get(conversationId) ?? [])
-    .map((shown) => shown.message)
-    .filter((message) => message.sender.id !== session?.me.id && !markedRead.has(message.id));
+  const held = (messages.get(conversationId) ?? []).filter((s) => s.status !== "sending").map((s) => s.message);
+  const unread = held.filter((message) => message.sender.id !== session?.me.id && !markedRead.has(message.id));
+  const newest = held.at(-1);
   for (const message of unread) markedRead.add(message.id);
-  if (unread.length) {
-    void request(MarkReadDocument, { conversationId, messageIds: unread.map((m) => m.id) }, token()).catch((error) =>
-      say((error as Error).message),
-    );
+  if (newest && (unread.length || conversation.unreadCount > 0)) {
+    const messageIds = [...new Set([...unread.map((m) => m.id), newest.id])].slice(-MAX_MARK_READ);
+    conversation.unreadCount = 0;
+    conversation.unreadMentions = 0;
+    // A fetch answered before the server applied this read would bring the old counts back.
+    bumpCounts(conversationId);
+    void request(MarkReadDocument, { conversationId, messageIds }, token())
+      .then(() => bumpCounts(conversationId))
+      .catch((error) => say((error as Error).message));
   }
   renderMessages();
 }
 
+function bumpCounts(conversationId: string): number {
+  const version = (countsVersion.get(conversationId) ?? 0) + 1;
+  countsVersion.set(conversationId, version);
+  return version;
+}
+
+/** A message from someone else raises the badge of a conversation not being read now. */
+function countArrival(message: MessageFieldsFragment): void {
+  const conversation = conversations.get(message.conversationId);
+  if (!conversation || message.sender.id === session?.me.id) return;
+  conversation.archived = false; // a message from someone else brings it back, on the server too
+  if (message.conversationId === current && document.hasFocus()) return;
+  // Pending messages replayed at connect were counted in the list already; clocks differ, so the
+  // server's count settles it either way.
+  if (Date.parse(message.sentAt) > listedAt) {
+    conversation.unreadCount += 1;
+    if (mentionsMe(message)) conversation.unreadMentions += 1;
+  }
+  window.clearTimeout(settleTimers.get(message.conversationId));
+  settleTimers.set(
+    message.conversationId,
+    window.setTimeout(() => void refresh(message.conversationId), COUNTS_SETTLE_MS),
+  );
+}
+
+/** Another device of ours (or this one) read: the counts it carries are exact; apply the newest. */
+function applyReadState(state: ReadStateEventFieldsFragment): void {
+  const conversation = conversations.get(state.conversationId);
+  const seen = readStateAt.get(state.conversationId);
+  if (!conversation || (seen && Date.parse(seen) > Date.parse(state.at))) return;
+  readStateAt.set(state.conversationId, state.at);
+  bumpCounts(state.conversationId);
+  conversation.unreadCount = state.unreadCount;
+  conversation.unreadMentions = state.unreadMentions;
+  const list = messages.get(state.conversationId) ?? [];
+  const upTo = list.findIndex((shown) => shown.message.id === state.readUpTo);
+  for (const shown of list.slice(0, upTo + 1)) markedRead.add(shown.message.id);
+  renderList();
+}
+
 async function refresh(conversationId: string): Promise<void> {
+  const version = bumpCounts(conversationId);
   try {
     const { conversation } = await request(ConversationDetailDocument, { id: conversationId }, token());
     if (!conversation) throw new Error("not a member");
-    upsert(conversation);
+    upsert(conversation, countsVersion.get(conversationId) === version ? "server" : "keep");
   } catch {
     // Left or removed: it is no longer ours.
     conversations.delete(conversationId);
@@ -482,7 +692,14 @@ async function refresh(conversationId: string): Promise<void> {
   }
 }
 
-function upsert(conversation: Conversation): void {
+/** Stores a conversation as the server sent it; "keep": with the counts held here (they are newer). */
+function upsert(conversation: Conversation, counts: "server" | "keep"): void {
+  const held = conversations.get(conversation.id);
+  if (held && counts === "keep") {
+    conversation.unreadCount = held.unreadCount;
+    conversation.unreadMentions = held.unreadMentions;
+  }
+  if (!held) touch(conversation.id);
   conversations.set(conversation.id, conversation);
   for (const member of conversation.members) {
     if (!presence.has(member.user.id)) presence.set(member.user.id, member.user);
@@ -518,7 +735,51 @@ function add(shown: Shown): void {
   const list = messages.get(shown.message.conversationId) ?? [];
   list.push(shown);
   messages.set(shown.message.conversationId, list);
+  scheduleExpiry(shown.message);
   if (shown.message.conversationId === current) renderMessages();
+}
+
+/** Moves a conversation to the top of its part of the list (pinned, or the rest). */
+function touch(conversationId: string): void {
+  activity.set(conversationId, ++activityTick);
+}
+
+/** A disappearing message leaves this page at its `expiresAt`, read or not (frontend_schema/README.md). */
+function scheduleExpiry(message: MessageFieldsFragment): void {
+  if (!message.expiresAt || expiryTimers.has(message.id)) return;
+  const wait = Date.parse(message.expiresAt) - Date.now();
+  const timer = window.setTimeout(
+    () => expire(message.conversationId, message.id),
+    Math.min(Math.max(wait, 0), MAX_TIMER_MS),
+  );
+  expiryTimers.set(message.id, timer);
+}
+
+function expire(conversationId: string, messageId: string): void {
+  expiryTimers.delete(messageId);
+  const list = messages.get(conversationId) ?? [];
+  const shown = list.find((s) => s.message.id === messageId);
+  if (!shown?.message.expiresAt) return;
+  if (Date.parse(shown.message.expiresAt) > Date.now()) return scheduleExpiry(shown.message);
+  messages.set(
+    conversationId,
+    list.filter((s) => s !== shown),
+  );
+  markedRead.delete(messageId);
+  if (conversationId === current) renderMessages();
+}
+
+function duration(seconds: number): string {
+  const named = TIMERS.find(([value]) => value === seconds);
+  if (named) return named[1];
+  if (seconds % 86400 === 0) return `${seconds / 86400} days`;
+  if (seconds % 3600 === 0) return `${seconds / 3600} h`;
+  if (seconds % 60 === 0) return `${seconds / 60} min`;
+  return `${seconds} s`;
+}
+
+function myRole(conversation: Conversation): string | undefined {
+  return conversation.members.find((member) => member.user.id === session?.me.id)?.role;
 }
 
 function dedupe(conversationId: string, messageId: string): void {
@@ -544,7 +805,11 @@ function isOnline(userId: string): boolean {
 }
 
 function open(conversationId: string): void {
+  if (current !== conversationId) inviteLinks.delete(current ?? "");
   current = conversationId;
+  // The list carries the first members only: mentions and roles need them all.
+  const conversation = conversations.get(conversationId);
+  if (conversation && conversation.members.length >= LIST_MEMBERS) void refresh(conversationId);
   renderList();
   renderHeader();
   renderTyping();
@@ -552,15 +817,20 @@ function open(conversationId: string): void {
   (document.querySelector("#composer input[name=body]") as HTMLInputElement | null)?.focus();
 }
 
+/** Pinned first, then by activity; archived ones are hidden (unless open). */
 function renderList(): void {
   const list = document.getElementById("conversations");
   if (!list) return;
+  const shown = [...conversations.values()]
+    .filter((conversation) => !conversation.archived || conversation.id === current)
+    .sort(
+      (a, b) =>
+        Number(b.pinned) - Number(a.pinned) || (activity.get(b.id) ?? 0) - (activity.get(a.id) ?? 0),
+    );
   list.replaceChildren(
-    ...[...conversations.values()].map((conversation) => {
+    ...shown.map((conversation) => {
       const online = others(conversation).some((user) => isOnline(user.id));
-      const unread = (messages.get(conversation.id) ?? []).filter(
-        (s) => s.message.sender.id !== session?.me.id && !markedRead.has(s.message.id),
-      ).length;
+      const { unreadCount: unread, unreadMentions: mentions, muted } = conversation;
       return h(
         "li",
         {},
@@ -569,11 +839,20 @@ function renderList(): void {
           {
             class: `conversation${conversation.id === current ? " current" : ""}`,
             "data-id": conversation.id,
+            "data-unread": String(unread),
             onclick: () => open(conversation.id),
           },
           h("span", { class: `dot${online ? " online" : ""}` }),
           h("span", { class: "name" }, nameOf(conversation)),
-          unread ? h("span", { class: "unread" }, String(unread)) : null,
+          conversation.pinned ? h("span", { class: "pinned", title: "pinned" }, "★") : null,
+          mentions ? h("span", { class: "mentions", title: `${mentions} unread mentions of you` }, "@") : null,
+          unread
+            ? h(
+                "span",
+                { class: `unread${muted ? " muted" : ""}`, title: `${unread} unread${muted ? " (muted)" : ""}` },
+                String(unread),
+              )
+            : null,
         ),
       );
     }),
@@ -584,8 +863,10 @@ function renderHeader(): void {
   const conversation = current ? conversations.get(current) : undefined;
   const title = document.getElementById("title");
   const state = document.getElementById("presence");
-  if (!conversation || !title || !state) return;
+  const tools = document.getElementById("tools");
+  if (!conversation || !title || !state || !tools) return;
   title.textContent = nameOf(conversation);
+  renderTools(conversation, tools);
   if (conversation.kind === "GROUP") {
     const people = others(conversation);
     state.textContent = `${people.length + 1} members, ${people.filter((u) => isOnline(u.id)).length + 1} online`;
@@ -594,6 +875,72 @@ function renderHeader(): void {
   const other = others(conversation)[0];
   const seen = other ? presence.get(other.id) : undefined;
   state.textContent = seen?.online ? "online" : seen?.lastSeen ? `last seen ${time(seen.lastSeen)}` : "offline";
+}
+
+/** The disappearing timer, and in a group an owner's or admin's invite link. */
+function renderTools(conversation: Conversation, tools: HTMLElement): void {
+  const role = myRole(conversation);
+  const manages = role === "OWNER" || role === "ADMIN";
+  const timer = conversation.disappearAfterSeconds;
+  const link = inviteLinks.get(conversation.id);
+  // Drawn again only when it changed, so an open menu or a selected link is not lost on a presence update.
+  const key = JSON.stringify([conversation.id, conversation.kind, timer, manages, link]);
+  if (tools.dataset.key === key) return;
+  tools.dataset.key = key;
+  const choices: [number | null, string][] = TIMERS.some(([value]) => value === timer)
+    ? TIMERS
+    : [...TIMERS, [timer, duration(timer ?? 0)]];
+  const select = h(
+    "select",
+    {
+      id: "timer",
+      title:
+        conversation.kind === "GROUP" && !manages
+          ? "Disappearing messages (set by the group's owners and admins)"
+          : "Disappearing messages",
+      disabled: conversation.kind === "GROUP" && !manages,
+    },
+    ...choices.map(([value, label]) =>
+      h("option", { value: value === null ? "" : String(value), selected: value === timer }, `◔ ${label}`),
+    ),
+  ) as HTMLSelectElement;
+  select.addEventListener("change", () => {
+    void setTimer(conversation.id, select.value ? Number(select.value) : null);
+  });
+  const linkField = link
+    ? (h("input", { id: "invite-link", readonly: true, value: link, title: "Share this link" }) as HTMLInputElement)
+    : null;
+  linkField?.addEventListener("focus", () => linkField.select());
+  const parts: (HTMLElement | null)[] = [
+    select,
+    conversation.kind === "GROUP" && manages
+      ? h(
+          "button",
+          { class: "secondary", id: "invite", onclick: () => void createInvite(conversation.id) },
+          "Invite link",
+        )
+      : null,
+    linkField,
+    linkField
+      ? h(
+          "button",
+          {
+            class: "secondary",
+            onclick: (event) => {
+              // Selected for a manual copy where the clipboard is not available (plain HTTP).
+              linkField.select();
+              const button = event.currentTarget as HTMLButtonElement;
+              void navigator.clipboard?.writeText(linkField.value).then(
+                () => (button.textContent = "Copied"),
+                () => undefined,
+              );
+            },
+          },
+          "Copy",
+        )
+      : null,
+  ];
+  tools.replaceChildren(...parts.filter((part) => part !== null));
 }
 
 function renderTyping(): void {
@@ -610,11 +957,16 @@ function renderMessages(): void {
   list.replaceChildren(
     ...(messages.get(conversation.id) ?? []).map(({ message, status }) => {
       const mine = message.sender.id === session?.me.id;
+      const forMe = mentionsMe(message);
       return h(
         "li",
-        { class: `message${mine ? " mine" : ""}`, "data-status": mine ? status : "" },
+        {
+          class: `message${mine ? " mine" : ""}${forMe ? " mentioned" : ""}`,
+          "data-id": message.id,
+          "data-status": mine ? status : "",
+        },
         !mine && conversation.kind === "GROUP" ? h("div", { class: "sender" }, message.sender.displayName) : null,
-        message.body ? h("div", { class: "body" }, message.body) : null,
+        message.body ? h("div", { class: "body" }, ...highlight(message, conversation)) : null,
         ...message.attachments.map((file) =>
           file.thumbnailUrl || file.contentType.startsWith("image/")
             ? h(
@@ -631,6 +983,13 @@ function renderMessages(): void {
         h(
           "div",
           { class: "meta" },
+          message.expiresAt
+            ? h(
+                "span",
+                { class: "timer", title: `disappears at ${new Date(message.expiresAt).toLocaleString()}` },
+                "◔ ",
+              )
+            : null,
           time(message.sentAt),
           mine
             ? h("span", { class: `ticks ${status.toLowerCase()}`, title: status.toLowerCase() }, ` ${TICKS[status]}`)
@@ -641,6 +1000,26 @@ function renderMessages(): void {
   );
   list.scrollTop = list.scrollHeight;
   renderList();
+}
+
+/** The body, with each `@username` of a member it mentions marked. */
+function highlight(message: MessageFieldsFragment, conversation: Conversation): (Node | string)[] {
+  const body = message.body ?? "";
+  const names = new Set(
+    conversation.members
+      .filter((member) => message.mentions.some((user) => user.id === member.user.id))
+      .map((member) => member.user.username),
+  );
+  const parts: (Node | string)[] = [];
+  let from = 0;
+  for (const match of body.matchAll(MENTION)) {
+    const name = (match[1] ?? "").toLowerCase();
+    if (!names.has(name) && !names.has(name.replace(/\.+$/, ""))) continue;
+    parts.push(body.slice(from, match.index), h("span", { class: "mention" }, match[0]));
+    from = match.index + match[0].length;
+  }
+  parts.push(body.slice(from));
+  return parts;
 }
 
 // ---- start ---------------------------------------------------------------------------------

@@ -39,7 +39,13 @@ def upgrade() -> None:
     with op.batch_alter_table("messages") as batch:
         batch.add_column(sa.Column("mentions", sqlmodel.sql.sqltypes.AutoString(), nullable=True))
         batch.add_column(sa.Column("expires_at", _TIME, nullable=True))
-        batch.create_index("ix_messages_expires_at", ["expires_at"])
+        # Partial: only disappearing messages are in it, so a plain send writes no entry.
+        batch.create_index(
+            "ix_messages_expires_at",
+            ["expires_at"],
+            postgresql_where=sa.text("expires_at IS NOT NULL"),
+            sqlite_where=sa.text("expires_at IS NOT NULL"),
+        )
     with op.batch_alter_table("sent_keys") as batch:
         # markRead recounts what is left unread after the message read: sends of the conversation by id.
         batch.create_index("ix_sent_keys_conversation_message", ["conversation_id", "message_id"])
