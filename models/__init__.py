@@ -5,6 +5,7 @@ from models.block import Block
 from models.conversation import Ban, Conversation, ConversationKind, Invite, Member, MemberRole
 from models.inbox import EventKind, InboxEntry, InboxHead, ReceiptWatermark
 from models.message import Mention, Message, Reaction, SentKey
+from models.moderation import Report, ReportKind, WebhookEndpoint
 from models.push import PushPlatform, PushRegistration
 from models.user import Device, User
 
@@ -27,8 +28,11 @@ __all__ = [
     "PushRegistration",
     "Reaction",
     "ReceiptWatermark",
+    "Report",
+    "ReportKind",
     "SentKey",
     "ThumbnailState",
     "UploadState",
     "User",
+    "WebhookEndpoint",
 ]

@@ -40,6 +40,12 @@ class Conversation(SQLModel, table=True):
     last_activity_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     # Disappearing messages: each message sent while set expires this many seconds after sending.
     disappear_after_seconds: int | None = None
+    # Moderation (updateConversationSettings): announcement groups, who edits, slow mode.
+    only_admins_send: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+    only_admins_edit: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+    slow_mode_seconds: int | None = None
+    # Frozen by an operator (admin API): nobody sends, reacts or changes anything until unfrozen.
+    frozen_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class Member(SQLModel, table=True):
@@ -66,6 +72,12 @@ class Member(SQLModel, table=True):
     muted_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     archived: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
     pinned_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Silenced by an owner/admin (muteMember): receives, but may not send, react or type, until
+    # unmuted (`silenced_until` null) or that time.
+    silenced: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+    silenced_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Slow mode: this member's last message here.
+    last_sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class Invite(SQLModel, table=True):

@@ -31,6 +31,8 @@ class User(SQLModel, table=True):
     push_mentions_when_muted: bool = Field(default=True, sa_column_kwargs={"server_default": true()})
     # Account deleted: the row stays (as "Deleted account") so conversations can still name it.
     deleted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Suspended by an operator (admin API): cannot log in, its tokens fail, others see it unavailable.
+    suspended_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
