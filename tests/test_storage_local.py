@@ -17,9 +17,11 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
+from starlette.types import Message
 
 from infra.body_limit import BodyLimit
 from infra.storage.local import LocalStorage
+from infra.storage.local_http import _RemovableFileResponse
 from resolvers.records import UploadForm
 from tests.support.clock import MovableClock
 from tests.support.processes import bound_socket, wait_healthy
@@ -441,3 +443,25 @@ async def test_body_limit_still_refuses_large_bodies_outside_uploads(served: Ser
     async with httpx.AsyncClient() as http:
         response = await http.post(f"{served.url}/healthz", content=b"x" * (ONE_MIB + 1))
     assert response.status_code == 413
+
+
+async def test_a_file_deleted_between_its_check_and_its_download_answers_404(tmp_path: Path) -> None:
+    """Retention or expiry can delete a file while its download starts: the client gets 404, not a dropped connection."""
+    path = tmp_path / "object"
+    path.write_bytes(b"%PDF-1.4\n")
+    response = _RemovableFileResponse(path, stat_result=path.stat(), filename="a.pdf")
+    path.unlink()  # after the endpoint's check, before Starlette opens it
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        await asyncio.Event().wait()  # the client stays connected
+        raise AssertionError("unreachable")
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/files/x", "headers": []}
+    await response(scope, receive, send)
+    assert sent[0]["type"] == "http.response.start"
+    assert sent[0]["status"] == 404
+    assert b"NoSuchKey" in b"".join(m.get("body", b"") for m in sent[1:])

@@ -9,6 +9,7 @@ import anyio.to_thread
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Message, Receive, Scope, Send
 
 from infra.storage.local_errors import Refused
 from infra.storage.local_upload import MultipartUpload
@@ -20,6 +21,39 @@ UPLOAD_PATH = "/uploads"
 DOWNLOAD_PATH = "/files"
 # Downloads are attachments, never pages: even a browser that ignored the disposition runs nothing.
 _DOWNLOAD_POLICY = "default-src 'none'; sandbox"
+
+
+class _RemovableFileResponse(FileResponse):
+    """A download whose file may be deleted (retention, expiry) between its stat and its open.
+
+    Starlette sends the status line before it opens the file; this holds it back until the
+    first body message, so a file gone by then is answered 404, as a missing key is, instead
+    of a 200 whose connection drops.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        held: Message | None = None
+
+        async def holding_send(message: Message) -> None:
+            nonlocal held
+            if message["type"] == "http.response.start":
+                held = message
+                return
+            if held is not None:
+                await send(held)
+                held = None
+            await send(message)
+
+        try:
+            await super().__call__(scope, receive, holding_send)
+        except FileNotFoundError:
+            if held is None:  # the body had begun: nothing else can be said
+                raise
+            await _missing().response()(scope, receive, send)
+
+
+def _missing() -> Refused:
+    return Refused(404, "NoSuchKey", "The specified key does not exist.")
 
 
 class LocalStorageEndpoints:
@@ -53,9 +87,9 @@ class LocalStorageEndpoints:
         path = self._storage._path(ticket.key)
         found = await anyio.to_thread.run_sync(self._storage._regular_file_stat, path)
         if found is None:
-            return Refused(404, "NoSuchKey", "The specified key does not exist.").response()
+            return _missing().response()
         remaining = max(0, ticket.expires - int(self._storage.clock()))
-        response = FileResponse(
+        response = _RemovableFileResponse(
             path,
             stat_result=found,
             filename=ticket.filename,  # RFC 6266 / 5987: filename*=utf-8''... when not plain ASCII
