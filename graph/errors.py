@@ -71,6 +71,8 @@ def _masked(error: GraphQLError) -> GraphQLError:
     code = error_code(error)
     if code not in {INTERNAL, UNAVAILABLE}:
         return error
+    if isinstance(error.original_error, Unavailable) and error.original_error.shown:
+        return error  # written for the client (e.g. "the change may have been stored")
     message = "Internal server error." if code == INTERNAL else UNAVAILABLE_MESSAGE
     # A new error with no original: nothing of the cause (SQL, hosts, traceback) reaches the client.
     return GraphQLError(

@@ -77,7 +77,8 @@ class CommitOutcomeUnknown(Unavailable):
 
     def __init__(self) -> None:
         super().__init__(
-            "The database connection was lost while saving; the change may have been stored. Check before trying again."
+            "The database connection was lost while saving; the change may have been stored. Check before trying again.",
+            shown=True,
         )
 
 

@@ -41,6 +41,14 @@ class RateLimited(ParleyError):
 
 
 class Unavailable(ParleyError):
-    """A backing service (database, broker, file storage) did not answer; nothing was stored."""
+    """A backing service (database, broker, file storage) did not answer; nothing was stored.
+
+    Clients see one generic message unless `shown`: adapters put driver details in theirs,
+    while a resolver's own message (written for the client) may be shown as it is.
+    """
 
     code = "UNAVAILABLE"
+
+    def __init__(self, message: str, *, shown: bool = False) -> None:
+        super().__init__(message)
+        self.shown = shown

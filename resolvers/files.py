@@ -69,7 +69,7 @@ class AttachmentView:
 def storage(services: Services) -> FileStorage:
     """The file storage, or `Unavailable` when this deployment has none."""
     if services.files is None:
-        raise Unavailable("File sharing is not configured on this server.")
+        raise Unavailable("File sharing is not configured on this server.", shown=True)
     return services.files
 
 
@@ -81,7 +81,7 @@ async def _storage_call(call: Awaitable[T]) -> T:
         raise
     except Exception as error:
         log.warning("file storage failed: %r", error)
-        raise Unavailable("File storage is unavailable; try again shortly.") from error
+        raise Unavailable("File storage is unavailable; try again shortly.", shown=True) from error
 
 
 async def create_upload(

@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from graph.errors import UNAVAILABLE_MESSAGE, error_code, shape_errors
-from infra.db import Database, create_engine
+from infra.db import CommitOutcomeUnknown, Database, create_engine
 from infra.migrate import migrate
 from infra.outages import is_outage, outage_boundary
 from infra.pg_inbox_store import PgInboxStore, StoreUnavailable
@@ -254,6 +254,15 @@ def test_graph_maps_the_ports_errors_and_knows_no_driver() -> None:
         "path": ["sendMessage"],
         "extensions": {"code": "UNAVAILABLE"},
     }
+
+
+def test_a_commit_of_unknown_outcome_says_so_to_the_client() -> None:
+    """A connection lost during COMMIT may have stored the change: the client is told to check, not "nothing was stored"."""
+    unknown = CommitOutcomeUnknown()
+    (shaped,) = shape_errors([GraphQLError(unknown.message, original_error=unknown, path=["createGroup"])])
+    assert shaped.formatted["extensions"] == {"code": "UNAVAILABLE"}
+    assert "may have been stored" in shaped.formatted["message"]
+    assert shaped.formatted["message"] != UNAVAILABLE_MESSAGE
 
 
 @pytest.fixture
