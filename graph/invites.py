@@ -1,4 +1,4 @@
-"""Invite links and bans: createInvite, joinByInvite, revokeInvite, invites, banMember, unbanMember."""
+"""Invite links: createInvite, joinByInvite, revokeInvite, invites (bans: graph/moderation.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import strawberry
 
 from graph.context import Info
 from graph.types import Conversation, User, load_user
-from resolvers import bans, invites
+from resolvers import invites
 from resolvers.errors import NotFound
 from resolvers.ids import parse_row_id
 from resolvers.invites import InviteView
@@ -117,33 +117,4 @@ class InviteMutation:
     async def revoke_invite(self, info: Info, invite_id: strawberry.ID) -> bool:
         viewer = await info.context.require_viewer()
         await invites.revoke_invite(info.context.services, viewer, invite_id=parse_row_id(invite_id, what="invite"))
-        return True
-
-    @strawberry.mutation(
-        description="Bans a user from a group (OWNER or ADMIN; only an owner bans an owner): removes them if they "
-        "are a member (MEMBER_REMOVED) and keeps them from being added or joining by invite (FORBIDDEN) until "
-        "`expiresIn` seconds pass (null: until unbanMember). Banning again sets the new expiry."
-    )
-    async def ban_member(
-        self, info: Info, conversation_id: strawberry.ID, user_id: strawberry.ID, expires_in: int | None = None
-    ) -> bool:
-        viewer = await info.context.require_viewer()
-        await bans.ban_member(
-            info.context.services,
-            viewer,
-            conversation_id=_conversation_id(conversation_id),
-            user_id=parse_row_id(user_id, what="user"),
-            expires_in=expires_in,
-        )
-        return True
-
-    @strawberry.mutation(description="Ends a user's ban from a group (OWNER or ADMIN). Idempotent.")
-    async def unban_member(self, info: Info, conversation_id: strawberry.ID, user_id: strawberry.ID) -> bool:
-        viewer = await info.context.require_viewer()
-        await bans.unban_member(
-            info.context.services,
-            viewer,
-            conversation_id=_conversation_id(conversation_id),
-            user_id=parse_row_id(user_id, what="user"),
-        )
         return True

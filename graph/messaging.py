@@ -8,7 +8,8 @@ import strawberry
 
 from graph.context import Info
 from graph.conversations import _conversation_id, _user_ids
-from graph.types import Event, Message, SendMessageInput, event_from_view
+from graph.reports import api_event
+from graph.types import Event, Message, SendMessageInput
 from resolvers import events, lifecycle, messages, receipts
 from resolvers import typing as typing_indicators
 
@@ -24,7 +25,7 @@ class MessagingQuery:
         views = await events.pending_events(
             info.context.services, viewer, after=after, first=100 if first is None else first
         )
-        return [event_from_view(view, info) for view in views]
+        return [api_event(view, info) for view in views]
 
 
 @strawberry.type
@@ -127,4 +128,4 @@ class MessagingSubscription:
     async def events(self, info: Info, after: str | None = None) -> AsyncGenerator[Event, None]:
         viewer = await info.context.require_viewer()
         async for view in events.stream_events(info.context.services, viewer, after=after):
-            yield event_from_view(view, info)
+            yield api_event(view, info)

@@ -31,6 +31,7 @@ from graph.files import FileMutation
 from graph.input_rules import OnePasswordFieldPerOperation, StorableStringLiterals
 from graph.invites import InviteMutation, InviteQuery
 from graph.messaging import MessagingMutation, MessagingQuery, MessagingSubscription
+from graph.moderation import ModerationMutation, ModerationQuery
 from graph.notifications import NotificationMutation
 from graph.operation_log import OperationLog
 from graph.operation_metrics import MeasuredRunner
@@ -39,10 +40,20 @@ from graph.policy import OperationPolicy
 from graph.presence import PresenceSubscription
 from graph.privacy import PrivacyMutation
 from graph.push import PushMutation, PushQuery
+from graph.reports import ReportMutation
 
 Query = merge_types(
     "Query",
-    (AccountQuery, ConversationQuery, MessagingQuery, BlockQuery, PushQuery, InviteQuery, AccountDataQuery),
+    (
+        AccountQuery,
+        ConversationQuery,
+        MessagingQuery,
+        BlockQuery,
+        PushQuery,
+        InviteQuery,
+        AccountDataQuery,
+        ModerationQuery,
+    ),
 )
 Mutation = merge_types(
     "Mutation",
@@ -58,6 +69,8 @@ Mutation = merge_types(
         InviteMutation,
         AccountDataMutation,
         NotificationMutation,
+        ModerationMutation,
+        ReportMutation,
     ),
 )
 Subscription = merge_types("Subscription", (MessagingSubscription, PresenceSubscription))

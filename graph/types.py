@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 from enum import Enum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
 import strawberry
 
 from graph.context import Info
 from graph.unread_types import NotificationPreferences, ReadStateEvent, UnreadTotal
+from models import Conversation as ConversationRow
 from models import ConversationKind as ConversationKindModel
 from models import Member as MemberRow
 from models import MemberRole as MemberRoleModel
@@ -40,6 +41,9 @@ from resolvers.messages import MessageView
 from resolvers.privacy import SELF, PresenceVisibility
 from resolvers.records import DELETED_DISPLAY_NAME, DELETED_USERNAME
 
+if TYPE_CHECKING:
+    from graph.reports import ReportEvent
+
 ConversationKind = strawberry.enum(ConversationKindModel, name="ConversationKind")
 MemberRole = strawberry.enum(MemberRoleModel, name="MemberRole")
 
@@ -64,6 +68,37 @@ class ConversationChange(Enum):
         "`disappearAfterSeconds` is the new value.",
     )
     JOINED = strawberry.enum_value("JOINED", description="A user joined by an invite link (joinByInvite).")
+    SETTINGS_CHANGED = strawberry.enum_value(
+        "SETTINGS_CHANGED",
+        description="The group's settings changed (updateConversationSettings); the conversation's `settings` are the "
+        "new ones.",
+    )
+    MEMBER_MUTED = strawberry.enum_value(
+        "MEMBER_MUTED", description="An owner or admin muted the member in `users` (muteMember)."
+    )
+    MEMBER_UNMUTED = strawberry.enum_value(
+        "MEMBER_UNMUTED", description="The member in `users` may send again (unmuteMember)."
+    )
+    FROZEN = strawberry.enum_value(
+        "FROZEN",
+        description="The operators froze the conversation: nobody sends, reacts or types there. `actor` is no user.",
+    )
+    UNFROZEN = strawberry.enum_value("UNFROZEN", description="The operators unfroze the conversation.")
+
+
+@strawberry.type(description="A group's rules for sending and editing (updateConversationSettings).")
+class ConversationSettings:
+    only_admins_send: bool = strawberry.field(
+        default=False, description="Announcement group: only owners and admins send messages."
+    )
+    only_admins_edit: bool = strawberry.field(
+        default=True,
+        description="Only owners and admins change the title and the disappearing timer; false: every member may.",
+    )
+    slow_mode_seconds: int | None = strawberry.field(
+        default=None,
+        description="Each member (not owners and admins) sends at most one message per this many seconds; null: off.",
+    )
 
 
 @strawberry.type
@@ -90,6 +125,17 @@ class User:
         row = await info.context.loaders(info).users.load(int(self.id))
         return row is not None and row.deleted_at is not None
 
+    async def _suspended(self, info: Info) -> bool:
+        row = await info.context.loaders(info).users.load(int(self.id))
+        return row is not None and row.suspended_at is not None
+
+    @strawberry.field(
+        description="Suspended by the operators: the account cannot log in or be reached; it is never online and "
+        "has no last seen while suspended."
+    )
+    async def suspended(self, info: Info) -> bool:
+        return await self._suspended(info)
+
     @strawberry.field(
         description='A deleted account (deleteAccount): its displayName is "Deleted account", it is never online '
         "and has no last seen, and it cannot be added to conversations."
@@ -102,7 +148,7 @@ class User:
         "share a conversation with this user that this user created or sent a message in (false for anyone else)."
     )
     async def online(self, info: Info) -> bool:
-        if not (await self._visibility(info)).online or await self._deleted(info):
+        if not (await self._visibility(info)).online or await self._deleted(info) or await self._suspended(info):
             return False
         return await info.context.loaders(info).online.load(int(self.id))
 
@@ -112,7 +158,7 @@ class User:
         "hides it (setPrivacy)."
     )
     async def last_seen(self, info: Info) -> datetime | None:
-        if not (await self._visibility(info)).last_seen or await self._deleted(info):
+        if not (await self._visibility(info)).last_seen or await self._deleted(info) or await self._suspended(info):
             return None
         return await info.context.loaders(info).last_seen.load(int(self.id))
 
@@ -247,6 +293,14 @@ async def _members(
     return [Member(user_id=m.user_id, role=m.role, joined_at=m.joined_at) for m in rows]
 
 
+def _settings(row: ConversationRow) -> ConversationSettings:
+    return ConversationSettings(
+        only_admins_send=row.only_admins_send,
+        only_admins_edit=row.only_admins_edit,
+        slow_mode_seconds=row.slow_mode_seconds,
+    )
+
+
 def _own_state(state: MemberState) -> dict[str, Any]:
     """The viewer's own fields of a conversation (resolvers/member_state.py)."""
     return {
@@ -289,6 +343,10 @@ class Conversation:
         description="Messages sent while this is set disappear this many seconds after they were sent "
         "(`Message.expiresAt`); null: off. Changed by setDisappearingTimer.",
     )
+    settings: ConversationSettings = strawberry.field(default_factory=ConversationSettings)
+    frozen: bool = strawberry.field(
+        default=False, description="Frozen by the operators: nobody sends, reacts or types here until unfrozen."
+    )
     # Every member, when the use case had them already (mutation results): pages are cut from it.
     all_members: strawberry.Private[list[MemberRow] | None] = None
     # False for a conversation the viewer has left (an event names it): no members shown.
@@ -305,6 +363,8 @@ class Conversation:
             created_at=c.created_at,
             muted=view.muted,
             disappear_after_seconds=c.disappear_after_seconds,
+            settings=_settings(c),
+            frozen=c.frozen_at is not None,
             all_members=list(view.members),
             **_own_state(view.state),
         )
@@ -320,6 +380,8 @@ class Conversation:
             created_at=c.created_at,
             muted=header.muted,
             disappear_after_seconds=c.disappear_after_seconds,
+            settings=_settings(c),
+            frozen=c.frozen_at is not None,
             members_visible=header.is_member,
             **_own_state(header.state),
         )
@@ -533,17 +595,6 @@ class ReactionEvent:
     at: datetime
 
 
-Event = Annotated[
-    MessageEvent
-    | ReceiptEvent
-    | ConversationEvent
-    | TypingEvent
-    | MessageEditedEvent
-    | MessageDeletedEvent
-    | ReactionEvent
-    | ReadStateEvent,
-    strawberry.union("Event"),
-]
 EventType = (
     MessageEvent
     | ReceiptEvent
@@ -554,6 +605,15 @@ EventType = (
     | ReactionEvent
     | ReadStateEvent
 )
+# ReportEvent (graph/reports.py) builds on this module's types, so the union names it lazily:
+# graph/reports.py is imported when the schema is built. `api_event` there renders every member.
+if TYPE_CHECKING:
+    Event = Annotated[EventType | ReportEvent, strawberry.union("Event")]
+else:
+    Event = Annotated[
+        Union[EventType, strawberry.LazyType("ReportEvent", "graph.reports")],  # noqa: UP007 - no `|` for a LazyType
+        strawberry.union("Event"),
+    ]
 
 
 def _lifecycle_event(view: LifecycleEventView, info: Info) -> MessageEditedEvent | MessageDeletedEvent | ReactionEvent:

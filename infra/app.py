@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -23,6 +23,8 @@ from starlette.staticfiles import StaticFiles
 from graph.persisted_queries import Allowlist, PersistedQueries
 from graph.schema import build_schema
 from graph.view import ParleyGraphQL
+from infra.admin_api import admin_exposed
+from infra.before_send_hook import before_send_hook
 from infra.body_limit import BodyLimit
 from infra.bus import BroadcastBus
 from infra.db import Database, create_engine
@@ -40,7 +42,8 @@ from infra.presence_redis import RedisPresence
 from infra.push.runtime import embedded_worker, push_config, push_queue
 from infra.rate_limit import MemoryRateLimiter, RedisRateLimiter
 from infra.redis_batch import RedisBatch
-from infra.redis_cluster import ClusterBus, cluster_client, hash_tagged
+from infra.redis_clients import redis_client, redis_endpoint
+from infra.redis_cluster import ClusterBus, hash_tagged
 from infra.security_headers import SecurityHeaders
 from infra.settings import Settings, settings_record
 from infra.sql_inbox_store import SqlInboxStore
@@ -48,6 +51,7 @@ from infra.storage.local import LocalStorage
 from infra.storage.s3 import S3Storage
 from infra.thumbnails import PillowThumbnailer
 from infra.tracing import TracingMiddleware, tracing
+from infra.webhooks.runtime import webhooks_for, webhooks_running
 from models.columns import utcnow
 from resolvers.errors import Unavailable
 from resolvers.expiry import sweep_expired
@@ -161,18 +165,16 @@ async def _connected_services(settings: Settings, overrides: Overrides) -> Async
     redis: Redis | RedisCluster | None = None
     batch: RedisBatch | None = None
     node_id = uuid.uuid4().hex[:12]
-    if settings.redis_url and settings.redis_cluster:
-        redis = cluster_client(settings.redis_url)  # the client owns its per-node pools and closes them
+    endpoint = redis_endpoint(settings)
+    if endpoint is not None:
+        # One server, a cluster or a Sentinel-named master (infra/redis_clients.py). Its pool blocks:
+        # a burst waits briefly for a connection instead of failing at once. The client owns its pools.
+        redis = redis_client(endpoint)
         batch = RedisBatch(redis)
-    elif settings.redis_url:
-        # Blocking pool: a burst waits briefly for a connection instead of failing at once.
-        pool = BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=64, timeout=5, socket_timeout=5, socket_connect_timeout=5
-        )
-        redis = Redis.from_pool(pool)  # the client owns the pool and closes it
-        batch = RedisBatch(redis)
-    bus = (ClusterBus if isinstance(redis, RedisCluster) else BroadcastBus)(
-        settings.redis_url or "memory://", channel_prefix=settings.redis_prefix if redis else ""
+    bus = (
+        ClusterBus(endpoint.url, channel_prefix=settings.redis_prefix)
+        if endpoint is not None and endpoint.cluster
+        else BroadcastBus(endpoint or "memory://", channel_prefix=settings.redis_prefix if endpoint else "")
     )
     await bus.connect()
     # The hot path runs on asyncpg directly on PostgreSQL (infra/pg_inbox_store.py says why).
@@ -186,6 +188,7 @@ async def _connected_services(settings: Settings, overrides: Overrides) -> Async
             connect_timeout=settings.database_connect_timeout_seconds,
         )
     files = await stack.enter_async_context(_file_storage(settings, overrides.now))
+    before_send = await stack.enter_async_context(before_send_hook(settings, MessageIds(settings.secret_key)))
     hub = PresenceHub(bus)
     presence = (
         RedisPresence(
@@ -216,12 +219,14 @@ async def _connected_services(settings: Settings, overrides: Overrides) -> Async
         ),
         limits=settings_record(Limits, settings),
         push_queue=push_queue(settings, redis, batch),
+        webhooks=webhooks_for(settings, redis, batch),
         push=push_config(settings),
         files=files,
         file_config=_file_config(settings),
         thumbnailer=PillowThumbnailer(size=settings.thumbnail_size, max_pixels=settings.thumbnail_max_pixels),
         telemetry=telemetry_for(settings),
         clock=overrides.now,
+        before_send=before_send,
     )
     if overrides.wrap:
         services = overrides.wrap(services)
@@ -232,7 +237,7 @@ async def _connected_services(settings: Settings, overrides: Overrides) -> Async
         node_id,
         settings.env or "default",  # PARLEY_ENV unset: the production defaults
         settings.database_url.split("://")[0],
-        ("redis cluster" if isinstance(redis, RedisCluster) else "redis") if redis else "in-process",
+        f"redis ({endpoint.kind})" if endpoint else "in-process",
     )
     try:
         # Registers this node and sweeps dead ones; on the way out removes its users (before the bus closes).
@@ -319,7 +324,11 @@ def create_app(settings: Settings, overrides: Overrides | None = None) -> Starle
             tracing(settings),
             _connected_services(settings, overrides) as services,
             embedded_worker(settings, services),
+            # Keeps the webhook endpoints fresh (and delivers, in the embedded mode).
+            webhooks_running(settings, services),
             metrics_exposed(settings, services),
+            # The operators' API, on its own port: the routes below never include /admin.
+            admin_exposed(settings, services),
             persisted_query_store(settings) as persisted.store,
         ):
             runtime.services = services

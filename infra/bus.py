@@ -21,14 +21,12 @@ from typing import Any, Generic, Protocol, Self, TypeVar
 from urllib.parse import urlparse
 
 from broadcaster import Broadcast, BroadcastBackend, Event
-from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from infra.coalesce import Coalescer
 from infra.metrics import bus_reconnected, bus_resync, notices_dropped
+from infra.redis_clients import RedisEndpoint, server_client
 from resolvers.errors import Unavailable
 
 logger = logging.getLogger("parley.bus")
@@ -38,6 +36,9 @@ logger = logging.getLogger("parley.bus")
 _CONNECT_TIMEOUT = 2.0
 _COMMAND_TIMEOUT = 2.0
 _FIRST_RECONNECT_DELAY = 0.1
+# With Sentinels a failover's new master is there within seconds, and an attempt costs one Sentinel
+# query: the subscriber tries at least this often, so notices resume soon after the promotion.
+_SENTINEL_RECONNECT_MAX_DELAY = 1.0
 
 
 @dataclass(frozen=True)
@@ -157,26 +158,19 @@ class _RedisBackend(RedisBroadcastBackend):
     _MESSAGE = "message"
     _SUBSCRIBED = "subscribe"
 
-    def __init__(self, url: str, *, reconnect_max_delay: float) -> None:
+    def __init__(self, url: str, *, reconnect_max_delay: float, endpoint: RedisEndpoint | None = None) -> None:
         # No super().__init__(): broadcaster's base class raises NotImplementedError there.
+        # `endpoint` names Sentinels when there are any: each reconnect then asks them for the master.
+        endpoint = endpoint or RedisEndpoint(url)
         # One retry for commands: the first one after a Redis restart meets a dead pooled
         # connection, and the retry reconnects. (A retried pipeline may publish twice; notices
         # are idempotent wake-ups.) When Redis is down the reconnect fails at once.
-        self._client = Redis.from_url(
-            url,
-            retry=Retry(NoBackoff(), 1),
-            socket_connect_timeout=_CONNECT_TIMEOUT,
-            socket_timeout=_COMMAND_TIMEOUT,
-        )
+        self._client = server_client(endpoint, retries=1, connect_timeout=_CONNECT_TIMEOUT, timeout=_COMMAND_TIMEOUT)
         # No retries on the pub/sub connection (from_url's default, Redis()'s is 10; explicit so a
         # URL option cannot turn them on): with retries redis-py reconnects and resubscribes on
         # its own, and subscribers would never learn that messages were lost in between.
-        self._sub_client = Redis.from_url(
-            url,
-            retry=Retry(NoBackoff(), 0),
-            socket_connect_timeout=_CONNECT_TIMEOUT,
-            socket_timeout=_COMMAND_TIMEOUT,
-            decode_responses=True,
+        self._sub_client = server_client(
+            endpoint, retries=0, connect_timeout=_CONNECT_TIMEOUT, timeout=_COMMAND_TIMEOUT, decode_responses=True
         )
         self._reconnect_max_delay = reconnect_max_delay
         self._pubsub: PubSub | None = None  # None while Redis is unreachable
@@ -395,7 +389,7 @@ class _Channel:
 
 
 class BroadcastBus:
-    """`Bus` on broadcaster: `memory://` within one process, `redis://host:port/db` across them.
+    """`Bus` on broadcaster: `memory://` within one process, `redis://host:port/db` (or a `RedisEndpoint`) across them.
 
     Each channel holds one `Broadcast` subscription, whose events a task copies into every
     subscriber's bounded queue. Broadcast's own per-subscriber queues are unbounded and its
@@ -405,12 +399,15 @@ class BroadcastBus:
 
     def __init__(
         self,
-        url: str,
+        url: str | RedisEndpoint,
         *,
         channel_prefix: str = "",
         max_queue: int = 1000,
         reconnect_max_delay: float = 5.0,
     ) -> None:
+        # An endpoint (infra/redis_clients.py) may name Sentinels; a URL is one server's (or memory://).
+        self._endpoint = url if isinstance(url, RedisEndpoint) else None
+        url = url.url if isinstance(url, RedisEndpoint) else url
         scheme = urlparse(url).scheme
         if scheme not in {"memory", "redis", "rediss"}:
             raise ValueError(f"unsupported bus URL {url!r}: use memory:// or redis://")
@@ -422,6 +419,8 @@ class BroadcastBus:
         self._is_redis = scheme != "memory"
         self._prefix = channel_prefix
         self._max_queue = max_queue
+        if self._endpoint is not None and self._endpoint.sentinels:
+            reconnect_max_delay = min(reconnect_max_delay, _SENTINEL_RECONNECT_MAX_DELAY)
         self._reconnect_max_delay = reconnect_max_delay
         # Built in connect(): asyncio objects belong to the event loop that uses them.
         self._broadcast: Broadcast | None = None
@@ -442,7 +441,7 @@ class BroadcastBus:
 
     def _redis_backend(self, url: str, *, reconnect_max_delay: float) -> RedisBroadcastBackend:
         """The backend for a redis:// URL (a subclass serves Redis Cluster)."""
-        return _RedisBackend(url, reconnect_max_delay=reconnect_max_delay)
+        return _RedisBackend(url, reconnect_max_delay=reconnect_max_delay, endpoint=self._endpoint)
 
     async def disconnect(self) -> None:
         """Ends every subscriber's iteration and closes the connections."""

@@ -1,4 +1,4 @@
-"""The `parley` command: serve, migrate, export-schema, worker, vapid-keys."""
+"""The `parley` command: serve, migrate, export-schema, worker, vapid-keys, admin."""
 
 from __future__ import annotations
 
@@ -189,6 +189,9 @@ def main(argv: list[str] | None = None) -> None:
     worker.add_argument("--port", type=int, help="serve GET /healthz (liveness) on this port")
     worker.add_argument("--fd", type=int, help="serve the liveness endpoint on this inherited, bound TCP socket")
     commands.add_parser("vapid-keys", help="print a new VAPID key pair for WebPush")
+    from infra import admin_client  # noqa: PLC0415 - keep `parley --help` fast
+
+    admin_client.add_parser(commands)
     args = parser.parse_args(argv)
 
     if args.command == "serve":
@@ -201,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
         worker_command(args.host, args.port, args.fd)
     elif args.command == "vapid-keys":
         vapid_keys()
+    elif args.command == "admin":
+        admin_client.run(args)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy import event, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -17,7 +18,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from infra.outages import outage_boundary
+from infra.database_url import sqlalchemy_url
+from infra.outages import READ_ONLY_SQLSTATE, outage_boundary
 from resolvers.after_commit import AFTER_COMMIT
 from resolvers.errors import Unavailable
 
@@ -58,10 +60,11 @@ def create_engine(
             cursor.close()
 
         return engine
-    # No pool_pre_ping: it costs a round trip per checkout. After a database restart the
-    # first failing statement invalidates the whole pool, and `transaction` runs again.
-    return create_async_engine(
-        url,
+    # No pool_pre_ping: it costs a round trip per checkout. A connection whose server closed it
+    # is replaced at checkout (`_closed_is_stale`); one that breaks in use invalidates the whole
+    # pool, and `transaction` runs again.
+    engine = create_async_engine(
+        sqlalchemy_url(url),
         echo=echo,
         pool_size=pool_size,
         max_overflow=max_overflow,
@@ -70,6 +73,30 @@ def create_engine(
         pool_timeout=pool_timeout,
         connect_args={"timeout": connect_timeout},
     )
+    event.listen(engine.sync_engine, "handle_error", _read_only_is_a_disconnect)
+    event.listen(engine.sync_engine.pool, "checkout", _closed_is_stale)
+    return engine
+
+
+def _closed_is_stale(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """A pooled connection its server already closed (a stopped or failed-over primary) is replaced before use.
+
+    asyncpg knows without a round trip, as its own pool does; the pool then opens a new one,
+    which finds the writable server, instead of failing the request that drew the dead one.
+    """
+    if dbapi_connection.driver_connection.is_closed():
+        raise DisconnectionError()
+
+
+def _read_only_is_a_disconnect(context: ExceptionContext) -> None:
+    """A server that refuses writes (a demoted primary, a standby) is left like a dropped one.
+
+    Marked a disconnect, the error invalidates the pool, so every pooled connection to that
+    server is replaced; new ones go to the writable server (`target_session_attrs`), and
+    `Database.transaction` runs the work again, since nothing was written.
+    """
+    if _sqlstate_of(context.original_exception) == READ_ONLY_SQLSTATE:
+        context.is_disconnect = True
 
 
 class CommitOutcomeUnknown(Unavailable):
@@ -86,7 +113,11 @@ AfterCommit = Callable[[AsyncSession], Awaitable[object]]
 
 
 def _sqlstate(error: DBAPIError) -> str | None:
-    code = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
+    return _sqlstate_of(error.orig)
+
+
+def _sqlstate_of(error: BaseException | None) -> str | None:
+    code = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
     return code if isinstance(code, str) else None
 
 

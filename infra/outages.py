@@ -10,14 +10,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
+from asyncpg.exceptions import TargetServerAttributeNotMatched
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from resolvers.errors import ParleyError, Unavailable
 
+# read_only_sql_transaction: a write reached a standby or a demoted (or fenced) primary, as
+# during a failover; the adapters drop such connections and the next ones find the new primary.
+READ_ONLY_SQLSTATE = "25006"
 # PostgreSQL refusing because it is shutting down, crashed, starting up (57P01-57P03: the
-# "starting up" window right after a restart) or full (53300); and class 08, connection exceptions.
-_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+# "starting up" window right after a restart, also a standby not yet accepting connections),
+# full (53300) or read-only; and class 08, connection exceptions.
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300", READ_ONLY_SQLSTATE})
 
 
 def is_outage(error: BaseException | None) -> bool:
@@ -67,6 +72,9 @@ def _service_down(error: BaseException) -> bool:
     if isinstance(error, (OperationalError, InterfaceError, PoolTimeout)):
         return True
     if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    # Every server of a multi-host URL is down or none is writable (a standby not yet promoted).
+    if isinstance(error, TargetServerAttributeNotMatched):
         return True
     # By SQLSTATE, raw asyncpg errors or wrapped ones: one rule for both drivers.
     state = _sqlstate(error)

@@ -6,12 +6,13 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from graph.persisted_queries import MemoryPersistedQueries
 from infra.outages import outage_boundary
-from infra.redis_cluster import cluster_client, hash_tagged
+from infra.redis_clients import redis_client, redis_endpoint
+from infra.redis_cluster import hash_tagged
 from infra.settings import Settings
 from resolvers.ports import PersistedQueryStore
 
@@ -111,19 +112,12 @@ class RedisPersistedQueries:
 @contextlib.asynccontextmanager
 async def persisted_query_store(settings: Settings) -> AsyncIterator[PersistedQueryStore]:
     """Redis when configured (every process shares what clients registered), else an in-process LRU."""
-    if not settings.redis_url or settings.persisted_queries == "off":
+    endpoint = redis_endpoint(settings)
+    if endpoint is None or settings.persisted_queries == "off":
         yield MemoryPersistedQueries(max_entries=settings.persisted_query_max_entries)
         return
     # A small pool of its own: a lookup waits briefly for a connection rather than failing.
-    redis: Redis | RedisCluster = (
-        cluster_client(settings.redis_url, max_connections=16)
-        if settings.redis_cluster
-        else Redis.from_pool(
-            BlockingConnectionPool.from_url(
-                settings.redis_url, max_connections=16, timeout=2, socket_timeout=2, socket_connect_timeout=2
-            )
-        )
-    )
+    redis = redis_client(endpoint, max_connections=16, timeout=2, pool_wait=2)
     # On a Redis Cluster the texts and their index share one slot (the script changes both).
     prefix = hash_tagged(settings.redis_prefix, "apq") if settings.redis_cluster else f"{settings.redis_prefix}apq:"
     try:

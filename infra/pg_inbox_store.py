@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from infra.coalesce import Coalescer
+from infra.database_url import asyncpg_dsn
 from resolvers.errors import Unavailable
 from resolvers.records import AckOutcome, AttachmentClaim, EarlierSend, SendOutcome, StoredEntry, StoredMessage
 
@@ -49,6 +50,9 @@ _CONNECTION_LOST = (
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.TooManyConnectionsError,
+    # Failover: a write reached a demoted or fenced server (25006), or no server is writable yet.
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
+    asyncpg.exceptions.TargetServerAttributeNotMatched,
     ConnectionError,
     OSError,
 )
@@ -74,10 +78,19 @@ class StoreUnavailable(Unavailable):
 # $6 sending device, $7 and $8 the replied-to message and its sender (NULL when not a reply); with
 # attachments also $9 their metadata (JSON) and $10 their ids; with mentions then the mentioned
 # user ids (distinct, not the sender), as the next parameter.
+#
+# Moderation (resolvers/moderation.py) is decided here too, before anything is stored: `verdict`
+# names why not ('frozen', 'silenced', 'admins_only', 'slow_mode') and until when. Every send
+# takes the conversation row first, so sends of one conversation run one after another; the
+# conversation's rules are read from that locked (hence current) row. A KEY SHARE lock yields
+# the snapshot's version of a row another send changed meanwhile, so in slow mode `paced` locks
+# the sender's row FOR NO KEY UPDATE, which reads the version the previous send committed; only
+# then (and only for a MEMBER) is `last_sent_at` written, in `engaged`.
 _SEND = """
 WITH conv AS (
     -- only a member (as of the snapshot) may lock the conversation; the member CTE then decides
-    SELECT c.id, c.kind, c.disappear_after_seconds FROM conversations c
+    SELECT c.id, c.kind, c.disappear_after_seconds, c.only_admins_send, c.slow_mode_seconds, c.frozen_at
+    FROM conversations c
     WHERE c.id = $1 AND EXISTS (SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $2)
     FOR NO KEY UPDATE OF c
 ),
@@ -85,13 +98,35 @@ device AS (
     SELECT 1 FROM devices WHERE id = $6 AND user_id = $2
 ),
 member AS (
-    SELECT 1 FROM members m
+    SELECT m.role, m.silenced, m.silenced_until FROM members m
     WHERE m.conversation_id = $1 AND m.user_id = $2 AND EXISTS (SELECT 1 FROM conv)
     FOR KEY SHARE OF m
+),
+paced AS (
+    -- empty (no scan, no lock) unless slow mode is on
+    SELECT m.last_sent_at, m.engaged FROM members m
+    WHERE m.conversation_id = $1 AND m.user_id = $2 AND m.role = 'MEMBER'
+      AND (SELECT slow_mode_seconds FROM conv) IS NOT NULL AND EXISTS (SELECT 1 FROM member)
+    FOR NO KEY UPDATE OF m
+),
+verdict AS (
+    SELECT CASE
+               WHEN c.frozen_at IS NOT NULL THEN 'frozen'
+               WHEN m.silenced AND (m.silenced_until IS NULL OR m.silenced_until > $5) THEN 'silenced'
+               WHEN c.only_admins_send AND m.role = 'MEMBER' THEN 'admins_only'
+               WHEN p.last_sent_at > $5 - make_interval(secs => c.slow_mode_seconds) THEN 'slow_mode'
+           END AS refusal,
+           CASE
+               WHEN m.silenced AND (m.silenced_until IS NULL OR m.silenced_until > $5) THEN m.silenced_until
+               -- a concurrent send may have stored a time a moment after this one's
+               ELSE LEAST(p.last_sent_at, $5) + make_interval(secs => c.slow_mode_seconds)
+           END AS refused_until
+    FROM conv c CROSS JOIN member m LEFT JOIN paced p ON true
 ),{files}{mentioned}
 sent_key AS (
     INSERT INTO sent_keys (sender_id, client_id, message_id, conversation_id, sent_at)
-    SELECT $2, $3, nextval('messages_id_seq'), $1, $5 FROM member WHERE EXISTS (SELECT 1 FROM device){all_files}{all_mentioned}
+    SELECT $2, $3, nextval('messages_id_seq'), $1, $5 FROM member
+    WHERE EXISTS (SELECT 1 FROM device) AND (SELECT refusal FROM verdict) IS NULL{all_files}{all_mentioned}
     ON CONFLICT DO NOTHING
     RETURNING message_id
 ),
@@ -118,13 +153,16 @@ recipients AS (
 ),
 engaged AS (
     -- From the sender's first message here their presence shows to its members
-    -- (resolvers/privacy.py); later sends find the row engaged and write nothing. The counts
-    -- order the writes: this runs after `recipients` has locked the member rows (a row this
-    -- statement had already updated, it would skip) and before `locked` takes any head.
-    UPDATE members m SET engaged = true
-    WHERE m.conversation_id = $1 AND m.user_id = $2 AND NOT m.engaged
+    -- (resolvers/privacy.py); later sends find the row engaged and write nothing, unless slow
+    -- mode (`paced`) has this send's time recorded. The counts order the writes: this runs
+    -- after `recipients` has locked the member rows (a row this statement had already updated,
+    -- it would skip) and before `locked` takes any head.
+    UPDATE members m SET engaged = true,
+                         last_sent_at = CASE WHEN EXISTS (SELECT 1 FROM paced) THEN $5 ELSE m.last_sent_at END
+    WHERE m.conversation_id = $1 AND m.user_id = $2 AND (NOT m.engaged OR EXISTS (SELECT 1 FROM paced))
       AND EXISTS (SELECT 1 FROM message) AND (SELECT count(*) FROM recipients) >= 0
-    RETURNING 1
+    -- `paced` read the row as locked: engaged before this send or not
+    RETURNING NOT COALESCE((SELECT engaged FROM paced), false) AS newly
 ),
 counted AS (
     -- Badges: every recipient but the sender has one more unread message here (and one more
@@ -171,7 +209,9 @@ SELECT EXISTS (SELECT 1 FROM member) AS is_member,
        ) AS may_push,
        {files_ok} AS files_ok,
        {mentions_ok} AS mentions_ok,
-       EXISTS (SELECT 1 FROM engaged) AS newly_engaged
+       EXISTS (SELECT 1 FROM engaged WHERE newly) AS newly_engaged,
+       (SELECT refusal FROM verdict) AS refusal,
+       (SELECT refused_until FROM verdict) AS refused_until
 FROM users u WHERE u.id = $2
 """
 
@@ -367,7 +407,11 @@ LIMIT $4
 
 # $1 the hash of a bearer token, $2 now, $3 record activity only if last recorded before this.
 SESSION_DEVICE = """
-WITH found AS (SELECT id, user_id, last_active_at FROM devices WHERE token_hash = $1),
+WITH found AS (
+    -- A suspended (or deleted) account's devices stay, but their tokens are refused.
+    SELECT d.id, d.user_id, d.last_active_at FROM devices d JOIN users u ON u.id = d.user_id
+    WHERE d.token_hash = $1 AND u.suspended_at IS NULL AND u.deleted_at IS NULL
+),
 touched AS (
     UPDATE devices d SET last_active_at = $2 FROM found WHERE d.id = found.id AND found.last_active_at < $3
 )
@@ -397,12 +441,12 @@ class PgInboxStore:
     async def connect(
         cls, url: str, *, max_size: int = 10, pool_timeout: float = 30.0, connect_timeout: float = 60.0
     ) -> PgInboxStore:
-        """A store with its own pool, for a SQLAlchemy-style `postgresql+asyncpg://` URL.
+        """A store with its own pool, for a SQLAlchemy-style `postgresql+asyncpg://` URL naming one server or several.
 
         An operation waits at most `pool_timeout` seconds for a pooled connection and
         `connect_timeout` for a new one, then answers UNAVAILABLE.
         """
-        dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        dsn = asyncpg_dsn(url)  # every server of a multi-host URL, so that a promoted standby is found
         # No connection at start: the service comes up (and says UNAVAILABLE) while PostgreSQL is down.
         pool = await asyncpg.create_pool(dsn, min_size=0, max_size=max_size, reset=_no_reset, timeout=connect_timeout)
         return cls(pool, pool_timeout=pool_timeout)
@@ -430,6 +474,8 @@ class PgInboxStore:
                     raise
                 await asyncio.sleep(0.001 * attempt)
             except _CONNECTION_LOST as error:
+                if isinstance(error, asyncpg.exceptions.ReadOnlySQLTransactionError):
+                    await self._pool.expire_connections()  # all may lead to that server: reconnect each
                 if attempt >= 2:
                     raise StoreUnavailable(f"PostgreSQL is unavailable: {error}") from error
                 log.warning("lost a PostgreSQL connection (%s); trying again", error)
@@ -485,6 +531,8 @@ class PgInboxStore:
                 message=None,
                 attachments_ok=bool(row["files_ok"]),
                 mentions_ok=bool(row["mentions_ok"]),
+                refusal=row["refusal"],
+                refused_until=row["refused_until"],
             )
         message = StoredMessage(
             id=row["message_id"],

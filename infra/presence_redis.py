@@ -13,9 +13,11 @@ atomic script (so concurrent sweepers announce each transition once), its users
 left with no entry are announced offline, and their last seen becomes the node's
 last refresh. A clean shutdown removes the node's entries the same way. A node
 counts its sockets locally and writes the *absolute* count, so writes are
-idempotent and the latest one wins; when a write fails, or its liveness key had
-expired (a long pause, a Redis restart, a sweep), it registers its whole local
-state again.
+idempotent and the latest one wins; when a write fails, its liveness key had
+expired (a long pause, a Redis restart, a sweep), or another Redis process
+answers its refresh (a Sentinel failover or a restart: replication is
+asynchronous, so the new master may lack the last writes), it registers its
+whole local state again.
 
 The scripts build keys from the prefix and ids. On a Redis Cluster the registry
 gets a prefix with a hash tag (`{parley:presence}:`, infra/redis_cluster.py), so all
@@ -78,6 +80,7 @@ class RedisPresence(HubWatchers):
         self._ttl = last_seen_ttl
         self._local: Counter[int] = Counter()  # this node's sockets per user: the truth Redis is repaired from
         self._dirty = False  # a write failed: register the local state again
+        self._server = ""  # run id of the Redis process that answered the last refresh
         self._closed = False
         self._writes: set[asyncio.Task[None]] = set()
 
@@ -206,8 +209,9 @@ class RedisPresence(HubWatchers):
                 log.warning("presence sweep failed", exc_info=True)
 
     async def refresh(self) -> None:
-        """Refreshes the liveness key; registers the whole local state again if it had expired or a write failed."""
-        alive = await self._batch.call(
+        """Refreshes the liveness key; registers the whole local state again if it had expired, a write failed, or
+        a Redis process other than last time's answers (a failover or a restart)."""
+        alive, server = await self._batch.call(
             "EVAL",
             REFRESH,
             2,
@@ -217,10 +221,15 @@ class RedisPresence(HubWatchers):
             int(self._node_ttl * 1000),
             f"{time.time():.3f}",
         )
-        if not int(alive) or self._dirty:
+        server = server.decode() if isinstance(server, bytes) else str(server)
+        switched = server != self._server
+        if not int(alive) or self._dirty or switched:
             if not int(alive):
                 log.warning("node %s had dropped out of the presence registry; registering again", self._node)
+            elif switched and self._server:
+                log.warning("node %s: another Redis answers (a failover?); registering its users again", self._node)
             await self._register()
+        self._server = server
 
     async def _register(self) -> None:
         # The snapshot is taken as the script is submitted: writes queued before it land first, later ones after.

@@ -28,14 +28,15 @@ return seq
 """
 
 # Atomically: tells whether this node's liveness key still existed, sets it again and records the
-# refresh time, so a sweep between the check and the refresh cannot go unnoticed.
+# refresh time, so a sweep between the check and the refresh cannot go unnoticed; and which server
+# process answered (its run id), so a failover or restart, which may have lost recent writes, shows.
 # KEYS: node:<node>, nodes. ARGV: node, TTL ms, now.
-# Returns 0 when the key had expired: the node's entries may have been swept.
+# Returns {alive, run id}: alive 0 when the key had expired (the node's entries may have been swept).
 REFRESH = """
 local alive = redis.call('EXISTS', KEYS[1])
 redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-return alive
+return {alive, string.match(redis.call('INFO', 'server'), 'run_id:(%w+)') or ''}
 """
 
 # Atomically: makes this node's entries its whole local state (absolute counts), removing entries it

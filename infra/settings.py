@@ -31,7 +31,10 @@ class Settings(BaseSettings):
     private push endpoints); `production` also refuses the development secret. unset: each of those is off as in
     production, and `parley serve` refuses a non-loopback `--host` with the development secret."""
     database_url: str = "sqlite+aiosqlite:///./parley.db"
-    """The database: SQLite (the embedded mode), or `postgresql+asyncpg://…` for production."""
+    """The database: SQLite (the embedded mode), or `postgresql+asyncpg://…` for production. A primary with standbys:
+    name every server, `postgresql+asyncpg://user:password@/parley?host=db1:5432&host=db2:5432` (or
+    `…@db1:5432,db2:5432/parley`); each connection goes to the one that takes writes (`target_session_attrs=read-write`
+    unless the URL says otherwise), so a promoted standby is followed without a restart."""
     redis_url: str | None = None
     """Redis, through which several processes share the bus, presence, rate limits and job queues. unset: all of those
     in process, for one process only."""
@@ -76,6 +79,16 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     """Address the metrics port listens on; `0.0.0.0` only on a network Prometheus alone can reach (no
     authentication)."""
+    # The operators' API (docs/operations.md, "Admin API and `parley admin`"): a port of its own,
+    # never routed by the public app. Off unless both the port and the token are set.
+    admin_port: int | None = Field(default=None, ge=1, le=65535)
+    """Port of the admin API (suspend, delete, reports, freeze, webhooks; `parley admin` calls it). unset: no admin
+    API."""
+    admin_host: str = "127.0.0.1"
+    """Address the admin port listens on; keep it on a network only operators reach."""
+    admin_token: str | None = None
+    """The operators' bearer token for the admin API (at least 32 characters outside `PARLEY_ENV=development`, e.g.
+    `python -c 'import secrets; print(secrets.token_urlsafe(32))'`). unset: no admin API."""
     otlp_endpoint: str | None = None
     """OpenTelemetry: spans are exported over OTLP/HTTP to this collector (e.g. `http://collector:4318`). unset: no
     tracing, at no cost."""
@@ -97,6 +110,17 @@ class Settings(BaseSettings):
     """Database connections per process of the send/acknowledge path (an asyncpg pool of its own)."""
     redis_cluster: bool = False
     """`PARLEY_REDIS_URL` names one node of a Redis Cluster (sharded pub/sub, hash-tagged keys)."""
+    # Sentinel (docs/operations.md, "Redis with Sentinel"): every Redis client is built in infra/redis_clients.py.
+    redis_sentinels: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Comma-separated `host:port` of the Redis Sentinels (`10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379`), asked where
+    the master `PARLEY_REDIS_SENTINEL_MASTER` is; after a failover every process follows the new master. Then
+    `PARLEY_REDIS_URL` gives only the password, database number and `rediss` (TLS), not the host (unset:
+    `redis://<master name>/0`). unset: no Sentinel."""
+    redis_sentinel_master: str = "mymaster"
+    """The master's name in the Sentinels' configuration (`sentinel monitor <name> …`)."""
+    redis_sentinel_password: str | None = None
+    """Password of the Sentinels themselves (their `requirepass`), if they have one; the master's goes in
+    `PARLEY_REDIS_URL`."""
 
     # Limits on what one request, message or user may do.
     max_group_members: int = Field(default=100, ge=2, le=10_000)
@@ -136,6 +160,8 @@ class Settings(BaseSettings):
     """Shortest disappearing-message timer `setDisappearingTimer` accepts, in seconds."""
     disappearing_max_seconds: int = Field(default=90 * 86400, ge=1)
     """Longest disappearing-message timer `setDisappearingTimer` accepts, in seconds."""
+    max_report_excerpt_length: int = Field(default=4000, ge=1, le=100_000)
+    """Characters of the reported text a `reportMessage` excerpt (or a `reportUser`'s details) may carry."""
 
     # Brute-force protection. The window ends, so a stranger cannot lock a user out for good.
     login_max_failures: int = Field(default=10, ge=1)
@@ -186,8 +212,18 @@ class Settings(BaseSettings):
     """The same per client address (IPv6 per /64): more than per user, as many users may share an address (NAT)."""
     invite_failure_window_seconds: int = Field(default=900, ge=1)
     """The window of those two counts."""
+
+    # Group moderation (banMember, muteMember, updateConversationSettings; docs/security.md).
+    moderation_max_seconds: int = Field(default=366 * 86400, ge=60)
+    """The furthest ahead a ban's or a mute's `until` may be; null `until` lasts until lifted."""
+    slow_mode_max_seconds: int = Field(default=21600, ge=1, le=86400)
+    """The longest slow mode (`slowModeSeconds`: one message per member per this many seconds) a group may have."""
+    moderation_actions_per_hour: int = Field(default=300, ge=1)
+    """Bans, unbans, mutes, unmutes and conversation settings changes one user may make per hour."""
     data_exports_per_hour: int = Field(default=3, ge=1, le=100)
     """`exportMyData` calls one user may make per hour (each reads every row the server holds about them)."""
+    reports_per_hour: int = Field(default=20, ge=1, le=10_000)
+    """Reports (`reportMessage`, `reportUser`) one user may file per hour; a repeated report does not count."""
 
     # The client kit's operations at the largest pages the server allows (a pendingEvents page
     # of 500 events costs about 160,000) pass (tests/test_frontend_kit.py checks).
@@ -325,12 +361,78 @@ class Settings(BaseSettings):
     push_fcm_token_url: str = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL, not a password
     """FCM's OAuth token endpoint."""
 
+    # Outgoing webhooks (docs/operations.md, "Webhooks"). Endpoints also live in the `webhook_endpoints` table.
+    webhooks: str | None = None
+    """Webhook endpoints as a JSON list of `{"url": …, "secret": "whsec_…", "events": ["message.sent", …]}` (events
+    `["*"]` or left out: all), beside those of the admin API. unset: only the admin API's."""
+    webhook_include_body: bool = False
+    """Put message bodies in `message.sent` and `message.edited` webhook payloads (the receivers then see them)."""
+    # An operator's endpoint on an internal host would let a stolen admin token probe the network (SSRF).
+    webhook_allow_private_endpoints: bool | None = None
+    """Allow plain `http` and private/loopback webhook endpoints. unset: allowed with `PARLEY_ENV=development` only."""
+    webhook_max_attempts: int = Field(default=15, ge=1, le=100)
+    """Delivery attempts of one event to one endpoint before it goes to the dead-letter stream."""
+    webhook_retry_base_seconds: float = Field(default=2.0, gt=0)
+    """The first retry's delay; it doubles with each attempt (with jitter)."""
+    webhook_retry_max_seconds: float = Field(default=600.0, gt=0)
+    """The longest delay between retries."""
+    webhook_retry_after_max_seconds: float = Field(default=300.0, gt=0)
+    """The longest `Retry-After` of a receiver that is honoured; a longer one waits this long."""
+    webhook_request_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    """Timeout of one delivery (connecting, sending and reading at most 16 KiB of the answer)."""
+    webhook_endpoint_concurrency: int = Field(default=4, ge=1, le=100)
+    """Deliveries one worker has in flight to one endpoint; a slow endpoint holds only these."""
+    webhook_claim_idle_seconds: float = Field(default=60.0, gt=0)
+    """A delivery a worker has held unacknowledged this long (the worker died) is taken over by another."""
+    webhook_stream_max_length: int = Field(default=100_000, ge=1000)
+    """Approximate cap of each endpoint's job stream (`XADD MAXLEN ~`)."""
+    webhook_refresh_seconds: float = Field(default=30.0, gt=0)
+    """How often each process re-reads the endpoints table (changes through the admin API apply at once where made)."""
+
+    # The before-send hook (docs/operations.md, "Before-send hook"): synchronous moderation of each send.
+    hook_before_send_url: str | None = None
+    """The operator's hook every new message is POSTed to (signed) before it is stored; it answers allow, reject or
+    replace. unset: no hook, at no cost to sends."""
+    hook_secret: str | None = None
+    """The Standard Webhooks secret (`whsec_` + base64) the hook's requests are signed with; needed with a hook."""
+    hook_before_send_timeout_ms: int = Field(default=300, ge=10, le=10_000)
+    """How long a send waits for the hook's answer (connecting included), in milliseconds."""
+    # Closed by default: the hook is there to keep messages out, and UNAVAILABLE makes clients
+    # retry with the same clientId, so a hook outage delays messages instead of passing them unchecked.
+    hook_before_send_fail_open: bool = False
+    """When the hook gives no usable answer (timeout, error, non-2xx, malformed): `true` stores the message unchanged;
+    `false` refuses the send with `UNAVAILABLE` (clients retry)."""
+    # Operators often run the hook beside Parley on a private network: allowing that is their explicit choice.
+    hook_before_send_allow_private: bool | None = None
+    """Allow a plain `http` hook URL on a private/loopback address. unset: allowed with `PARLEY_ENV=development`
+    only."""
+
     @field_validator("allowed_origins", "trusted_proxies", "allowed_content_types", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
+
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _split_sentinels(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [entry.strip() for entry in value.split(",") if entry.strip()]
+        if isinstance(value, list):
+            for entry in value:
+                host, _, port = str(entry).rpartition(":")
+                if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                    raise ValueError(f"{entry!r} is not host:port")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sentinel_url(cls, data: Any) -> Any:
+        # With Sentinels, PARLEY_REDIS_URL only carries credentials and the database: the mode still keys off it.
+        if isinstance(data, dict) and data.get("redis_sentinels") and not data.get("redis_url"):
+            return {**data, "redis_url": f"redis://{data.get('redis_sentinel_master') or 'mymaster'}/0"}
+        return data
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -344,10 +446,19 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:
+        if self.redis_sentinels and self.redis_cluster:
+            raise ValueError("PARLEY_REDIS_SENTINELS and PARLEY_REDIS_CLUSTER exclude each other")
+        if self.redis_sentinels and not self.redis_sentinel_master.strip():
+            raise ValueError("PARLEY_REDIS_SENTINEL_MASTER must name the master the Sentinels monitor")
         if self.env == "production" and (self.secret_key == DEFAULT_SECRET_KEY or len(self.secret_key) < 32):
             raise ValueError(
                 "PARLEY_SECRET_KEY must be set to a random value of at least 32 characters "
                 "in production (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`)"
+            )
+        if self.admin_token is not None and not self.is_development and len(self.admin_token.strip()) < 32:
+            raise ValueError(
+                "PARLEY_ADMIN_TOKEN must be a random value of at least 32 characters outside development "
+                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
             )
         return self
 
@@ -387,10 +498,24 @@ class Settings(BaseSettings):
         return self.introspection if self.introspection is not None else self.graphiql_enabled
 
     @property
+    def webhook_private_endpoints_allowed(self) -> bool:
+        """Whether webhook endpoints may be plain http or private addresses (in development by default)."""
+        if self.webhook_allow_private_endpoints is not None:
+            return self.webhook_allow_private_endpoints
+        return self.is_development
+
+    @property
     def push_private_endpoints_allowed(self) -> bool:
         """Whether WebPush endpoints may be plain http or private addresses (in development by default)."""
         if self.push_allow_private_endpoints is not None:
             return self.push_allow_private_endpoints
+        return self.is_development
+
+    @property
+    def hook_before_send_private_allowed(self) -> bool:
+        """Whether the before-send hook may be plain http on a private address (in development by default)."""
+        if self.hook_before_send_allow_private is not None:
+            return self.hook_before_send_allow_private
         return self.is_development
 
     @property

@@ -23,6 +23,8 @@ GROUPS = {
     "device_inactivity_days": "Devices and presence",
     "s3_bucket": "File sharing",
     "push_vapid_private_key": "Push notifications",
+    "webhooks": "Webhooks",
+    "hook_before_send_url": "Before-send hook",
 }
 
 INTRO = f"""\

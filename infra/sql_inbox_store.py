@@ -34,6 +34,7 @@ from resolvers.blocks import blockers_among
 from resolvers.file_store import claim_uploads
 from resolvers.ids import MessageRef
 from resolvers.inbox import append_events, delete_orphaned_messages, prune_inbox, read_entries
+from resolvers.moderation import paced, refusal_of
 from resolvers.ports import Database
 from resolvers.records import AckOutcome, AttachmentClaim, EarlierSend, SendOutcome, StoredEntry, StoredMessage
 from resolvers.unread import count_sent, members_among, store_mentions
@@ -62,8 +63,13 @@ class SqlInboxStore:
         async with self._db.session() as session:
             row = (
                 await session.execute(
-                    select(col(Device.id), col(Device.user_id), col(Device.last_active_at)).where(
-                        col(Device.token_hash) == token_hash
+                    select(col(Device.id), col(Device.user_id), col(Device.last_active_at))
+                    .join(User, col(User.id) == col(Device.user_id))
+                    # A suspended (or deleted) account's devices stay, but their tokens are refused.
+                    .where(
+                        col(Device.token_hash) == token_hash,
+                        col(User.suspended_at).is_(None),
+                        col(User.deleted_at).is_(None),
                     )
                 )
             ).one_or_none()
@@ -105,6 +111,12 @@ class SqlInboxStore:
             member = await session.get(Member, (conversation_id, sender_id))
             if member is None:
                 return SendOutcome(is_member=False, message=None)
+            # The moderation rules, as the PostgreSQL statement applies them (resolvers/moderation.py).
+            conversation = await session.get(Conversation, conversation_id)
+            assert conversation is not None  # a member's conversation exists
+            refusal, refused_until = refusal_of(conversation, member, sent_at)
+            if refusal is not None:
+                return SendOutcome(is_member=True, message=None, refusal=refusal, refused_until=refused_until)
             if await session.get(SentKey, (sender_id, client_id)) is not None:
                 return SendOutcome(is_member=True, message=None, attachments_ok=attachments is None)
             if await members_among(session, conversation_id, mentions) != len(mentions):
@@ -146,6 +158,8 @@ class SqlInboxStore:
                 # From their first message here, the sender's presence shows to its members
                 # (resolvers/privacy.py); written once, with the message or not at all.
                 member.engaged = True
+            if paced(conversation, member):
+                member.last_sent_at = sent_at
             await session.flush()
             recipients = list(
                 (

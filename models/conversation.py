@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import Column, Enum, UniqueConstraint, false
+from sqlalchemy import Column, Enum, UniqueConstraint, false, true
 from sqlmodel import Field, SQLModel
 
 from models.columns import BigId, UTCDateTime, utcnow
@@ -40,9 +40,10 @@ class Conversation(SQLModel, table=True):
     last_activity_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     # Disappearing messages: each message sent while set expires this many seconds after sending.
     disappear_after_seconds: int | None = None
-    # Moderation (updateConversationSettings): announcement groups, who edits, slow mode.
+    # Moderation (updateConversationSettings): announcement groups, who edits, slow mode. Only
+    # owners and admins edit a group's title and timer unless `only_admins_edit` is turned off.
     only_admins_send: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
-    only_admins_edit: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+    only_admins_edit: bool = Field(default=True, sa_column_kwargs={"server_default": true()})
     slow_mode_seconds: int | None = None
     # Frozen by an operator (admin API): nobody sends, reacts or changes anything until unfrozen.
     frozen_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -26,6 +26,8 @@ class EventKind(enum.StrEnum):
     REACTION = "REACTION"
     # The reader's own other devices: how far they read a conversation and what is left unread there.
     READ_STATE = "READ_STATE"
+    # A report in a group, for its owners and admins (resolvers/reports.py).
+    REPORT = "REPORT"
 
 
 class InboxHead(SQLModel, table=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
+from sqlalchemy import Index, text
 from sqlmodel import Field, SQLModel
 
 from models.columns import BigId, UTCDateTime, utcnow
@@ -23,7 +24,27 @@ class Report(SQLModel, table=True):
     """
 
     __tablename__ = "reports"
-    __table_args__ = {"sqlite_autoincrement": True}
+    __table_args__ = (
+        # A repeat stores nothing (resolvers/reports.py inserts with ON CONFLICT DO NOTHING): one
+        # report per reporter and message, and one open report per reporter and reported user.
+        Index(
+            "uq_reports_message",
+            "reporter_id",
+            "message_id",
+            unique=True,
+            postgresql_where=text("message_id IS NOT NULL"),
+            sqlite_where=text("message_id IS NOT NULL"),
+        ),
+        Index(
+            "uq_reports_open_user",
+            "reporter_id",
+            "reported_user_id",
+            unique=True,
+            postgresql_where=text("kind = 'USER' AND resolved_at IS NULL"),
+            sqlite_where=text("kind = 'USER' AND resolved_at IS NULL"),
+        ),
+        {"sqlite_autoincrement": True},
+    )
 
     id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
     reporter_id: int = Field(foreign_key="users.id", index=True, sa_type=BigId, ondelete="CASCADE")

@@ -10,7 +10,8 @@ ROLE_CHANGED events; a group left empty is deleted), their pending messages and 
 inbox, watermarks, blocks both ways, reactions, send records, mentions, invites, bans and
 uploads (the stored objects are deleted after the commit, else by the retention sweep). A
 direct conversation stays, with the deleted account in it, for the other person; its member
-row loses the user's own state (mute, archive, pin, counters).
+row loses the user's own state (mute, archive, pin, counters). Reports stay, those they filed and
+those about them: the operator's record of abuse, naming the account only by id (docs/security.md).
 
 Receipts, deletes and reactions of theirs still pending in others' inboxes carry their names as
 JSON (resolvers/watermarks.py, resolvers/lifecycle.py): those payloads are rewritten to the
@@ -55,11 +56,11 @@ from models import (
     User,
 )
 from models.columns import utcnow
-from resolvers import auth_limits, file_store
+from resolvers import auth_limits, file_store, webhooks
 from resolvers.accounts import MAX_PASSWORD, Viewer, announce_revoked
 from resolvers.batches import chunks
 from resolvers.conversations import Change, announce, member_ids, pass_ownership
-from resolvers.errors import Unauthenticated
+from resolvers.errors import NotFound, Unauthenticated
 from resolvers.file_retention import DELETE_BATCH
 from resolvers.inbox import Appended
 from resolvers.publish import commit_then_publish
@@ -104,10 +105,10 @@ async def delete_account(services: Services, viewer: Viewer, *, password: str) -
     if len(password) > MAX_PASSWORD or not await services.passwords.verify(current, password):
         log.info("user %s: account deletion refused, wrong password", viewer.user_id)
         raise Unauthenticated("The password is wrong.")
-    deletion = await commit_then_publish(services, functools.partial(_delete, viewer=viewer, now=utcnow()))
+    deletion = await erase_account(services, viewer.user_id, device_id=viewer.device_id)
+    # Here, not in erase_account: the operator's deletion (resolvers/admin.py) emits its own.
+    await webhooks.emit(services, "user.deleted", {"user_id": viewer.user_id, "at": services.clock().isoformat()})
     await auth_limits.password_check_succeeded(services, viewer.user_id)
-    await announce_revoked(services, [(device_id, viewer.user_id) for device_id in deletion.devices])
-    await _delete_uploads(services, viewer.user_id)
     log.info(
         "user %s deleted their account: %d devices revoked, %d groups left (%d deleted as empty)",
         viewer.user_id,
@@ -118,9 +119,24 @@ async def delete_account(services: Services, viewer: Viewer, *, password: str) -
     return deletion.devices
 
 
-async def _delete(session: AsyncSession, *, viewer: Viewer, now: datetime) -> tuple[Deletion, list[Appended]]:
-    uid = viewer.user_id
-    old_name = await _claim(session, viewer, now)
+async def erase_account(services: Services, user_id: int, *, device_id: int | None = None) -> Deletion:
+    """Deletes an account, with no password check (deleteAccount checks it; an operator needs none).
+
+    `device_id`: the caller's own device, which must still exist. `NotFound` when the account
+    is deleted already (or never existed).
+    """
+    deletion = await commit_then_publish(
+        services, functools.partial(_delete, uid=user_id, device_id=device_id, now=utcnow())
+    )
+    await announce_revoked(services, [(revoked, user_id) for revoked in deletion.devices])
+    await _delete_uploads(services, user_id)
+    return deletion
+
+
+async def _delete(
+    session: AsyncSession, *, uid: int, device_id: int | None, now: datetime
+) -> tuple[Deletion, list[Appended]]:
+    old_name = await _claim(session, uid, device_id, now)
     deletion = Deletion()
     await session.execute(delete(PushRegistration).where(col(PushRegistration.user_id) == uid))
     revoked = await session.execute(delete(Device).where(col(Device.user_id) == uid).returning(col(Device.id)))
@@ -166,23 +182,26 @@ async def _delete(session: AsyncSession, *, viewer: Viewer, now: datetime) -> tu
     return deletion, appended
 
 
-async def _claim(session: AsyncSession, viewer: Viewer, now: datetime) -> str:
+async def _claim(session: AsyncSession, uid: int, device_id: int | None, now: datetime) -> str:
     """Marks the account deleted, as the transaction's first lock; returns its username.
 
     A row lock that leaves foreign keys alone (sends to the account's conversations go on), but
     that the share locks of `login` and of adding users to conversations wait for: after the
     commit they see the account deleted, and whatever they did before is seen here.
     """
-    uid = viewer.user_id
     old_name = (
         await session.execute(select(col(User.username)).where(col(User.id) == uid, col(User.deleted_at).is_(None)))
     ).scalar_one_or_none()
-    device = (
-        await session.execute(
-            select(col(Device.id)).where(col(Device.id) == viewer.device_id, col(Device.user_id) == uid)
-        )
-    ).scalar_one_or_none()
-    if old_name is None or device is None:
+    if device_id is None:  # an operator's deletion: no device of theirs to check
+        if old_name is None:
+            raise NotFound("No such account (or it is deleted already).")
+    elif (
+        old_name is None
+        or (
+            await session.execute(select(col(Device.id)).where(col(Device.id) == device_id, col(Device.user_id) == uid))
+        ).scalar_one_or_none()
+        is None
+    ):
         raise Unauthenticated("This token is not valid (logged out or expired).")
     claimed = await session.execute(
         update(User)

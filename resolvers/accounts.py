@@ -18,7 +18,7 @@ from sqlmodel import col
 
 from models import Device, InboxHead, User
 from models.columns import utcnow
-from resolvers import auth_limits
+from resolvers import auth_limits, webhooks
 from resolvers.batches import chunks
 from resolvers.errors import BadUserInput, Conflict, NotFound, Unauthenticated
 from resolvers.inbox import prune_inbox
@@ -31,6 +31,7 @@ log = logging.getLogger("parley.accounts")
 
 USERNAME = re.compile(r"^[a-z0-9_.]{3,32}$")
 MIN_PASSWORD, MAX_PASSWORD = 8, 256
+ACCOUNT_SUSPENDED = "This account is suspended."
 MAX_DISPLAY_NAME = MAX_DEVICE_NAME = 64
 # Device activity is written at most this often, so each request is not a database write.
 ACTIVITY_WRITE_INTERVAL = timedelta(minutes=5)
@@ -127,6 +128,7 @@ async def register(
         token, device = await _new_device(session, user.id, device_name)
         await session.commit()
     log.info("registered user %s (%s) with device %s", user.id, name, device.id)
+    await webhooks.emit(services, "user.registered", {"user_id": user.id, "username": name})
     return Session(token=token, user=user, device=device)
 
 
@@ -157,6 +159,10 @@ async def login(
     if user is None or not valid or user.deleted_at is not None:
         log.info("failed login for %r", name)
         raise Unauthenticated("Wrong username or password.")
+    # Said only to whoever knows the password: the owner learns why, a guesser learns nothing.
+    if user.suspended_at is not None:
+        log.info("refused login for %r: the account is suspended", name)
+        raise Unauthenticated(ACCOUNT_SUSPENDED)
     assert user.id is not None
     async with services.db.session() as session:
         # FOR SHARE: an account deletion in flight (resolvers/account_deletion.py) either sees this
@@ -402,7 +408,12 @@ async def existing_devices(services: Services, device_ids: Sequence[int]) -> set
     found: set[int] = set()
     async with services.db.session() as session:
         for chunk in chunks(ids, _ID_CHUNK):
-            rows = await session.execute(select(col(Device.id)).where(col(Device.id).in_(chunk)))
+            # A suspended account's devices stay, but count as revoked (their tokens are refused too).
+            rows = await session.execute(
+                select(col(Device.id))
+                .join(User, col(User.id) == col(Device.user_id))
+                .where(col(Device.id).in_(chunk), col(User.suspended_at).is_(None))
+            )
             found.update(device_id for (device_id,) in rows.all() if device_id is not None)
     return found
 

@@ -1,7 +1,8 @@
 """Bans: a group's owners and admins bar a user from it, for a while or until unbanned.
 
-A ban removes the user if they are a member (the usual MEMBER_REMOVED event) and keeps
-them out: neither addMembers nor an invite link lets them back in until the ban ends
+A ban removes the user if they are a member (the usual MEMBER_REMOVED event, after which
+their sends are NOT_FOUND) and keeps them out: neither addMembers nor an invite link lets
+them back in until the ban ends
 (`banned_among` in resolvers/conversations.py is the rule both apply). Like removing,
 only an owner bans an owner. Changes run under the conversation row's lock, as every
 membership change does, so a join cannot slip in beside a ban.
@@ -10,36 +11,49 @@ membership change does, so a join cannot slip in beside a ban.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from models import Ban, Member, MemberRole, User
 from resolvers.accounts import Viewer
-from resolvers.conversations import Change, _announce, _group, _require_manager
+from resolvers.conversations import Change, _announce, _group, _require_manager, membership
 from resolvers.errors import BadUserInput, Forbidden, NotFound
 from resolvers.inbox import Appended
+from resolvers.moderation import check_until, spend_moderation
 from resolvers.publish import commit_then_publish
 from resolvers.services import Services
+from resolvers.webhooks import stage
 
 log = logging.getLogger("parley.bans")
 
-MAX_BAN_SECONDS = 10 * 366 * 86400
+# The `bans` list: a group's bans in force, newest first.
+MAX_LISTED = 500
+
+
+@dataclass(frozen=True, slots=True)
+class BanView:
+    """A ban in force, as `bans` lists it."""
+
+    user_id: int
+    banned_by: int | None
+    created_at: datetime
+    until: datetime | None
 
 
 async def ban_member(
-    services: Services, viewer: Viewer, *, conversation_id: int, user_id: int, expires_in: int | None
+    services: Services, viewer: Viewer, *, conversation_id: int, user_id: int, until: datetime | None
 ) -> None:
-    """Bans a user from a group (OWNER or ADMIN), removing them if present; `expires_in` None: until unbanned.
+    """Bans a user from a group (OWNER or ADMIN), removing them if present; `until` None: until unbanned.
 
-    Banning again only sets the new expiry.
+    `until` is in the future, at most `moderation_max_seconds` ahead. Banning again only sets the new end.
     """
     if user_id == viewer.user_id:
         raise BadUserInput("You cannot ban yourself; to go, use leaveGroup.")
-    if expires_in is not None and not 1 <= expires_in <= MAX_BAN_SECONDS:
-        raise BadUserInput(f"expiresIn is between 1 and {MAX_BAN_SECONDS} seconds, or null.")
+    expires_at = check_until(services, until, what="until")
 
     async def work(session: AsyncSession) -> tuple[None, list[Appended]]:
         _, me = await _group(session, conversation_id, viewer)
@@ -50,13 +64,19 @@ async def ban_member(
         if target is not None and target.role is MemberRole.OWNER and me.role is not MemberRole.OWNER:
             raise Forbidden("Only an owner can ban an owner.")
         now = services.clock()
-        expires_at = None if expires_in is None else now + timedelta(seconds=expires_in)
+        await spend_moderation(services, viewer)
         ban = await session.get(Ban, (conversation_id, user_id))
         if ban is None:
             ban = Ban(conversation_id=conversation_id, user_id=user_id, created_at=now)
         ban.banned_by = viewer.user_id
         ban.expires_at = expires_at
         session.add(ban)
+        until = expires_at.isoformat() if expires_at is not None else None
+        stage(
+            session,
+            "member.banned",
+            {"conversation_id": conversation_id, "user_id": user_id, "actor_id": viewer.user_id, "until": until},
+        )
         if target is None:
             await session.flush()
             return None, []
@@ -82,9 +102,33 @@ async def unban_member(services: Services, viewer: Viewer, *, conversation_id: i
     async def work(session: AsyncSession) -> None:
         _, me = await _group(session, conversation_id, viewer)
         _require_manager(me)
+        if await session.get(Ban, (conversation_id, user_id)) is None:
+            return
+        await spend_moderation(services, viewer)
         await session.execute(
             delete(Ban).where(col(Ban.conversation_id) == conversation_id, col(Ban.user_id) == user_id)
         )
 
     await services.db.transaction(work)
     log.info("user %s unbanned user %s from group %s", viewer.user_id, user_id, conversation_id)
+
+
+async def list_bans(services: Services, viewer: Viewer, *, conversation_id: int) -> list[BanView]:
+    """A group's bans in force (OWNER or ADMIN), newest first; at most `MAX_LISTED`."""
+
+    async with services.db.session() as session:
+        # A read: no lock on the conversation row (which every send takes).
+        _require_manager(await membership(session, conversation_id, viewer.user_id))
+        now = services.clock()
+        rows = (
+            await session.execute(
+                select(Ban)
+                .where(
+                    col(Ban.conversation_id) == conversation_id,
+                    col(Ban.expires_at).is_(None) | (col(Ban.expires_at) > now),
+                )
+                .order_by(col(Ban.created_at).desc(), col(Ban.user_id))
+                .limit(MAX_LISTED)
+            )
+        ).scalars()
+        return [BanView(b.user_id, b.banned_by, b.created_at, b.expires_at) for b in rows]

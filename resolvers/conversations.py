@@ -40,6 +40,7 @@ from resolvers.publish import commit_then_publish
 from resolvers.rate_limits import spend
 from resolvers.services import Services
 from resolvers.text import check_visible_text
+from resolvers.webhooks import stage
 
 log = logging.getLogger("parley.conversations")
 
@@ -67,6 +68,16 @@ class Change:
     DISAPPEARING_TIMER_CHANGED = "DISAPPEARING_TIMER_CHANGED"
     # resolvers/invites.py
     JOINED = "JOINED"
+
+
+# The webhook event of each change (any other is `conversation.changed`, with the change named).
+_WEBHOOK_EVENTS = {
+    Change.CREATED: "conversation.created",
+    Change.MEMBERS_ADDED: "member.added",
+    Change.JOINED: "member.added",
+    Change.MEMBER_REMOVED: "member.removed",
+    Change.LEFT: "member.removed",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +215,12 @@ def _require_manager(me: Member) -> None:
         raise Forbidden("Only the group's owner or an admin can do that.")
 
 
+def require_editor(conversation: Conversation, me: Member) -> None:
+    """A group's title and disappearing timer: owners and admins, or every member once `only_admins_edit` is off."""
+    if conversation.only_admins_edit:
+        _require_manager(me)
+
+
 async def _announce(
     session: AsyncSession,
     conversation_id: int,
@@ -221,6 +238,12 @@ async def _announce(
         "actor_id": actor_id,
         "at": utcnow().isoformat(),
     }
+    # The one place conversation changes are announced: integrations hear of them here too.
+    stage(
+        session,
+        _WEBHOOK_EVENTS.get(change, "conversation.changed"),
+        {"conversation_id": conversation_id, "change": change, "actor_id": actor_id, "user_ids": list(users)},
+    )
     return await append_events(session, recipients, EventKind.CONVERSATION, payload=payload)
 
 
@@ -507,12 +530,12 @@ async def set_member_role(
 
 
 async def rename_group(services: Services, viewer: Viewer, *, conversation_id: int, title: str) -> ConversationView:
-    """Renames a group (OWNER or ADMIN); a rename that changes the title counts against an hourly limit."""
+    """Renames a group (OWNER or ADMIN, any member once onlyAdminsEdit is off); a change counts against an hourly limit."""
     name = _title(title)
 
     async def work(session: AsyncSession) -> tuple[ConversationView, list[Appended]]:
         conversation, me = await _group(session, conversation_id, viewer)
-        _require_manager(me)
+        require_editor(conversation, me)
         if conversation.title == name:
             return await _view(session, conversation_id, viewer.user_id), []
         await _spend(services, f"renames:{viewer.user_id}", limit=services.limits.renames_per_hour, what="renames")

@@ -33,6 +33,7 @@ from models import (
     UploadState,
     User,
 )
+from models.moderation import Report
 from resolvers.accounts import Viewer
 from resolvers.errors import Unauthenticated
 from resolvers.rate_limits import spend
@@ -78,6 +79,7 @@ async def export_my_data(services: Services, viewer: Viewer) -> str:
             "invitesCreated": await _paged(session, _invite_page(viewer.user_id)),
             "bans": await _paged(session, _ban_page(viewer.user_id)),
             "uploads": await _paged(session, _upload_page(viewer.user_id)),
+            "reportsFiled": await _paged(session, _report_page(viewer.user_id)),
             "pending": {
                 "messagesSent": await session.scalar(
                     select(func.count())
@@ -294,6 +296,36 @@ def _upload_page(user_id: int) -> PageReader:
                 },
             )
             for upload in rows.scalars()
+        ]
+
+    return read
+
+
+def _report_page(user_id: int) -> PageReader:
+    """Reports the user filed (never those about them: reporting is not revealed); not the operator's notes."""
+
+    async def read(session: AsyncSession, after: int) -> list[tuple[int, Row]]:
+        rows = await session.execute(
+            select(Report)
+            .where(col(Report.reporter_id) == user_id, col(Report.id) > after)
+            .order_by(col(Report.id))
+            .limit(PAGE)
+        )
+        return [
+            (
+                row.id or 0,
+                {
+                    "id": str(row.id),
+                    "kind": row.kind,
+                    "reason": row.reason,
+                    "reportedUserId": str(row.reported_user_id),
+                    "conversationId": str(row.conversation_id) if row.conversation_id is not None else None,
+                    "excerpt": row.excerpt,
+                    "createdAt": _time(row.created_at),
+                    "resolvedAt": _time(row.resolved_at),
+                },
+            )
+            for row in rows.scalars()
         ]
 
     return read

@@ -5,7 +5,8 @@ message carries exactly the timer that was on when it was stored: a change waits
 sends in flight and the other way round (the lock order of every writer: conversation
 row, member rows, inbox heads). Messages sent before a change keep what they had.
 
-Who may change it: either member of a direct conversation, an OWNER or ADMIN of a group.
+Who may change it: either member of a direct conversation, an OWNER or ADMIN of a group (any
+member once the group's onlyAdminsEdit is off, resolvers/moderation.py).
 The change is a durable `ConversationEvent` (DISAPPEARING_TIMER_CHANGED) for every
 member; in a direct conversation a member who blocked the actor is not told (the rule of
 every other event there, resolvers/blocks.py). Expiry itself is resolvers/expiry.py.
@@ -21,8 +22,8 @@ from models import Conversation, ConversationKind, EventKind
 from models.columns import utcnow
 from resolvers.accounts import Viewer
 from resolvers.blocks import blockers_among
-from resolvers.conversations import MANAGERS, Change, ConversationHeader, member_ids, membership
-from resolvers.errors import BadUserInput, Forbidden
+from resolvers.conversations import Change, ConversationHeader, member_ids, membership, require_editor
+from resolvers.errors import BadUserInput
 from resolvers.inbox import Appended, append_events
 from resolvers.member_state import MemberState
 from resolvers.publish import commit_then_publish
@@ -69,8 +70,8 @@ async def set_disappearing_timer(
         conversation = await session.get(Conversation, conversation_id, with_for_update={"key_share": True})
         me = await membership(session, conversation_id, viewer.user_id)
         assert conversation is not None  # a member's conversation exists
-        if conversation.kind is ConversationKind.GROUP and me.role not in MANAGERS:
-            raise Forbidden("Only the group's owner or an admin can do that.")
+        if conversation.kind is ConversationKind.GROUP:
+            require_editor(conversation, me)
         state = MemberState.of(me, services.clock())
         header = ConversationHeader(conversation, muted=state.muted, is_member=True, state=state)
         if conversation.disappear_after_seconds == timer:

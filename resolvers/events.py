@@ -27,6 +27,7 @@ from resolvers.lifecycle import LIFECYCLE_KINDS, LifecycleChange, change_of
 from resolvers.messages import MessageView
 from resolvers.notice_codec import MESSAGE_KIND, RECEIPT_KIND, decode_message, decode_receipt, decode_typing, revokes
 from resolvers.records import DELETED_DISPLAY_NAME, DELETED_USERNAME, EntryNotice, SharedEvent, Signal, StoredEntry
+from resolvers.reports import ReportEventView, report_event_of
 from resolvers.services import Services
 from resolvers.unread import READ_STATE, ReadPosition, read_state_at, read_state_of
 
@@ -100,7 +101,14 @@ class ReadStateEventView:
     at: datetime
 
 
-DurableEvent = MessageEventView | ReceiptEventView | ConversationEventView | LifecycleEventView | ReadStateEventView
+DurableEvent = (
+    MessageEventView
+    | ReceiptEventView
+    | ConversationEventView
+    | LifecycleEventView
+    | ReadStateEventView
+    | ReportEventView
+)
 Event = DurableEvent | TypingEventView
 
 
@@ -132,6 +140,8 @@ def _render_entry(entry: StoredEntry) -> DurableEvent | None:
     data: dict[str, Any] = json.loads(entry.payload or "{}")
     if entry.kind == "RECEIPT":
         return ReceiptEventView(cursor, _receipt(data))
+    if entry.kind == "REPORT":
+        return report_event_of(cursor, data)
     return ConversationEventView(
         cursor,
         data["change"],

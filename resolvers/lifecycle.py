@@ -56,9 +56,11 @@ from resolvers.expiry import is_expired
 from resolvers.ids import MessageRef
 from resolvers.inbox import Appended, append_events
 from resolvers.messages import check_body, check_send_rate
+from resolvers.moderation import require_voice
 from resolvers.publish import commit_then_publish
 from resolvers.records import DELETED_DISPLAY_NAME, DELETED_USERNAME
 from resolvers.services import Services
+from resolvers.webhooks import message_payload, stage
 
 log = logging.getLogger("parley.lifecycle")
 
@@ -226,6 +228,7 @@ async def edit_message(services: Services, viewer: Viewer, ref: MessageRef, body
             )
         actor = await _actor(session, viewer)
         change = LifecycleChange(ref, viewer.user_id, actor.username, actor.display_name, now, body=text)
+        stage(session, "message.edited", message_payload(ref, body=text, actor_id=viewer.user_id))
         return await _append(session, EventKind.EDIT, change, recipients)
 
     await check_send_rate(services, viewer)
@@ -291,6 +294,7 @@ async def delete_message(services: Services, viewer: Viewer, ref: MessageRef) ->
         change = LifecycleChange(ref, viewer.user_id, actor.username, actor.display_name, now)
         recipients, _blocked = await _recipients(session, ref, viewer.user_id)
         appended = await _append(session, EventKind.DELETE, change, recipients)
+        stage(session, "message.deleted", message_payload(ref, actor_id=viewer.user_id))
         # After the inbox heads are locked (the lock order of every writer), so no acknowledgement
         # pruning these entries can hold a head this transaction waits for.
         await _erase_pending_edits(session, ref.message_id)
@@ -344,6 +348,8 @@ async def react(services: Services, viewer: Viewer, ref: MessageRef, value: str,
         key = (ref.message_id, viewer.user_id, emoji)
         existing = await session.get(Reaction, key)
         now = services.clock()
+        # A frozen conversation, or a member muted there: no reactions (resolvers/moderation.py).
+        await require_voice(session, ref.conversation_id, viewer.user_id, now)
         if added:
             if existing is not None:
                 return None, []
@@ -380,6 +386,11 @@ async def react(services: Services, viewer: Viewer, ref: MessageRef, value: str,
         actor = await _actor(session, viewer)
         change = LifecycleChange(ref, viewer.user_id, actor.username, actor.display_name, now, emoji=emoji, added=added)
         recipients, _blocked = await _recipients(session, ref, viewer.user_id)
+        stage(
+            session,
+            "reaction.added" if added else "reaction.removed",
+            {"message_id": ref, "conversation_id": ref.conversation_id, "user_id": viewer.user_id, "emoji": emoji},
+        )
         return await _append(session, EventKind.REACTION, change, recipients)
 
     await check_send_rate(services, viewer)

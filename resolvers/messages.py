@@ -10,15 +10,17 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from models.columns import utcnow
+from resolvers import before_send, webhooks
 from resolvers.accounts import Viewer, get_users
 from resolvers.errors import BadUserInput, Conflict, NotFound, Unauthenticated
 from resolvers.files import AttachmentView, announce_thumbnail_work, attachments_of, prepare_attachments
 from resolvers.ids import MessageRef
 from resolvers.mentions import NOT_MEMBERS, check_mentions
+from resolvers.moderation import refusal_error
 from resolvers.notice_codec import encode_message
 from resolvers.publish import publish_entries_best_effort
 from resolvers.rate_limits import spend
-from resolvers.records import DELETED_DISPLAY_NAME, DELETED_USERNAME, PushJob, StoredMessage
+from resolvers.records import DELETED_DISPLAY_NAME, DELETED_USERNAME, PushJob, SendOutcome, StoredMessage
 from resolvers.services import Services
 
 log = logging.getLogger("parley.messages")
@@ -116,19 +118,35 @@ async def send_message(
     if reply_to is not None and reply_to.conversation_id != conversation_id:
         raise BadUserInput("replyToId names a message of another conversation.")
     claim = None
-    if attachment_ids:
-        # A retry must find its first send before the uploads (attached by then) are checked.
+    hook = services.before_send  # None: the hook costs a send nothing but this
+    if attachment_ids or hook is not None:
+        # A retry must find its first send before the uploads (attached by then) are checked,
+        # and before the hook is asked again about a message it already let through.
         if await services.inbox_store.earlier_send(viewer.user_id, client_id) is not None:
             return await _earlier_send(services, viewer, conversation_id, client_id, text)
-        claim = await prepare_attachments(services, viewer, attachment_ids)
+        if attachment_ids:
+            claim = await prepare_attachments(services, viewer, attachment_ids)
     await check_send_rate(services, viewer)
+    if hook is not None:
+        text = await before_send.screen(
+            services,
+            hook,
+            viewer,
+            conversation_id=conversation_id,
+            client_id=client_id,
+            body=text,
+            mentions=named,
+            attachment_count=len(attachment_ids),
+            reply_to=reply_to,
+        )
+    sent_at = utcnow()
     outcome = await services.inbox_store.send(
         sender_id=viewer.user_id,
         device_id=viewer.device_id,
         conversation_id=conversation_id,
         client_id=client_id,
         body=text,
-        sent_at=utcnow(),
+        sent_at=sent_at,
         attachments=claim,
         reply_to=(reply_to.message_id, reply_to.sender_id) if reply_to is not None else None,
         mentions=named,
@@ -138,21 +156,21 @@ async def send_message(
     if not outcome.is_member:
         raise NotFound("No such conversation.")
     if outcome.message is None:
-        if not outcome.attachments_ok and await services.inbox_store.earlier_send(viewer.user_id, client_id) is None:
-            raise BadUserInput("An attachment is not yours, not uploaded and checked, or already in a message.")
-        if not outcome.mentions_ok and await services.inbox_store.earlier_send(viewer.user_id, client_id) is None:
-            raise BadUserInput(NOT_MEMBERS)
-        return await _earlier_send(services, viewer, conversation_id, client_id, text)
+        return await _not_stored(
+            services, viewer, outcome, conversation_id=conversation_id, client_id=client_id, body=text, now=sent_at
+        )
     committed = time.perf_counter()
     services.telemetry.send_committed(committed - started)
 
     # The notice carries the message itself: streams expecting it yield it without a read.
     # The push job is queued at the same time: its round trip overlaps the publish's.
-    publishing = _publish_notices(services, outcome.appended, outcome.message, committed)
+    # A webhook is queued alongside too, only when an endpoint is configured (one flag read otherwise).
+    after = [_publish_notices(services, outcome.appended, outcome.message, committed)]
     if outcome.may_push and any(uid != viewer.user_id for uid, _seq in outcome.appended):
-        await asyncio.gather(publishing, _queue_push(services, outcome.message))
-    else:
-        await publishing
+        after.append(_queue_push(services, outcome.message))
+    if webhooks.enabled(services):
+        after.append(_emit_sent(services, outcome.message))
+    await (asyncio.gather(*after) if len(after) > 1 else after[0])
     if outcome.newly_engaged:
         # Watchers who could not see the sender until this first message read again.
         await services.presence.reveal([viewer.user_id])
@@ -163,12 +181,47 @@ async def send_message(
     return view
 
 
+async def _not_stored(
+    services: Services,
+    viewer: Viewer,
+    outcome: SendOutcome,
+    *,
+    conversation_id: int,
+    client_id: str,
+    body: str | None,
+    now: datetime,
+) -> MessageView:
+    """A send that stored nothing: a retry gets its first message; otherwise the refusal's error."""
+    refused = outcome.refusal is not None or not outcome.attachments_ok or not outcome.mentions_ok
+    # A retry of a message stored before (a mute or slow mode began since, its uploads are attached) gets it.
+    if not refused or await services.inbox_store.earlier_send(viewer.user_id, client_id) is not None:
+        return await _earlier_send(services, viewer, conversation_id, client_id, body)
+    if outcome.refusal is not None:
+        raise refusal_error(outcome.refusal, outcome.refused_until, now)
+    if not outcome.attachments_ok:
+        raise BadUserInput("An attachment is not yours, not uploaded and checked, or already in a message.")
+    raise BadUserInput(NOT_MEMBERS)
+
+
 async def _publish_notices(
     services: Services, appended: list[tuple[int, int]], message: StoredMessage, committed: float
 ) -> None:
     """Publishes a committed message's entry notices (best effort), timing commit → publish."""
     await publish_entries_best_effort(services, [(uid, seq, 0) for uid, seq in appended], [encode_message(message)])
     services.telemetry.notices_published(time.perf_counter() - committed)
+
+
+async def _emit_sent(services: Services, message: StoredMessage) -> None:
+    """The `message.sent` webhook of a committed message (resolvers/webhooks.py; never fails the send)."""
+    ref = MessageRef(message.id, message.conversation_id, message.sender_id)
+    payload = webhooks.message_payload(
+        ref,
+        mentions=message.mentions,
+        attachment_count=len(message.attachments or ()),
+        body=message.body,
+        sent_at=message.sent_at.isoformat(),
+    )
+    await webhooks.emit(services, "message.sent", payload)
 
 
 async def _queue_push(services: Services, message: StoredMessage) -> None:

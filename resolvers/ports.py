@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from resolvers.ids import MessageRef
 from resolvers.records import (
     AckOutcome,
     AttachmentClaim,
@@ -225,6 +227,42 @@ class PushQueue(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class WebhookJob:
+    """One event for one endpoint: the endpoint's key, the event's id (`webhook-id`) and its JSON body."""
+
+    endpoint: str
+    event_id: str
+    event_type: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeadWebhook:
+    """A delivery that failed for good, kept for an operator to inspect or replay."""
+
+    id: str
+    job: WebhookJob
+    reason: str
+    at: float
+
+
+class WebhookQueue(Protocol):
+    """Durable webhook deliveries, one job per (event, endpoint), at-least-once (infra/webhooks/queue.py)."""
+
+    async def enqueue(self, jobs: Sequence[WebhookJob]) -> None:
+        """Queues the jobs (one round trip); raises when the queue is unreachable."""
+        ...
+
+    async def dead_letters(self, limit: int) -> list[DeadWebhook]:
+        """The newest dead letters, newest first."""
+        ...
+
+    async def replay(self, dead_id: str) -> bool:
+        """Queues a dead letter again (its attempts start over) and removes it; False if there is no such one."""
+        ...
+
+
 class FileStorage(Protocol):
     """Where attachments' bytes live: an S3 bucket, or a folder the app serves (infra/storage/).
 
@@ -314,4 +352,30 @@ class PersistedQueryStore(Protocol):
 
     async def put(self, sha256: str, query: str) -> None:
         """Stores a query whose hash the caller has verified."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """A message about to be stored, as the before-send hook is asked about it."""
+
+    conversation_id: int
+    sender_id: int
+    sender_username: str
+    client_id: str
+    body: str | None
+    mentions: tuple[int, ...]
+    attachment_count: int
+    reply_to: MessageRef | None
+
+
+class HookFailed(Exception):
+    """The before-send hook gave no answer to go by: refused address, timeout, connection error, non-2xx, not JSON."""
+
+
+class BeforeSendHook(Protocol):
+    """The operator's synchronous moderation hook (infra/before_send_hook.py), asked before a send is stored."""
+
+    async def ask(self, message: OutgoingMessage) -> Mapping[str, Any]:
+        """The hook's answer, a JSON object (not yet judged); `HookFailed` when there is none within the timeout."""
         ...

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.inbox import Appended
 from resolvers.services import Services
+from resolvers.webhooks import Payload, emit_many, take_staged
 
 log = logging.getLogger("parley.publish")
 
@@ -29,10 +30,20 @@ async def commit_then_publish(
 ) -> T:
     """Runs `work` in one transaction, then publishes entry notices for the entries it appended.
 
-    The order is the delivery guarantee: nothing is announced that is not committed.
+    The order is the delivery guarantee: nothing is announced that is not committed. Webhook
+    events `work` staged (resolvers/webhooks.py) are emitted then too, those of its last run only.
     """
-    result, appended = await services.db.transaction(work)
+    staged: list[tuple[str, Payload]] = []
+
+    async def run(session: AsyncSession) -> tuple[T, list[Appended]]:
+        outcome = await work(session)
+        staged[:] = take_staged(session)
+        return outcome
+
+    result, appended = await services.db.transaction(run)
     await publish_entries_best_effort(services, [(entry.user_id, entry.seq, 0) for entry in appended], [None])
+    if staged:
+        await emit_many(services, staged)
     return result
 
 

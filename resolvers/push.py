@@ -1,26 +1,18 @@
 """Push channels: registering them, checking untrusted WebPush endpoints, and what a push job notifies.
 
-A WebPush endpoint comes from a client and the worker POSTs to it: unless private
-endpoints are allowed (development), it must be `https` and every address its
-host resolves to must be public (`is_public_address`), checked at registration and
-again before each send (DNS can change), and the sender connects to the address
-that was checked. The name is looked up on threads of its own (`_Resolver`), with a
-timeout: the client chooses it, and its lookup may hang.
+A WebPush endpoint comes from a client and the worker POSTs to it: it passes the
+checks of `resolvers/outbound.py` (no private addresses outside development) at
+registration and again before each send, and the sender connects to the address
+that was checked.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import ipaddress
-import socket
 import string
-import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from sqlalchemy import ColumnElement, and_, delete, func, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -30,27 +22,14 @@ from sqlmodel import col
 from models import InboxEntry, Member, Mention, Message, PushPlatform, PushRegistration, SentKey, User
 from resolvers.accounts import Viewer
 from resolvers.batches import chunks
-from resolvers.errors import BadUserInput, Unauthenticated, Unavailable
+from resolvers.errors import BadUserInput, Unauthenticated
+from resolvers.outbound import MAX_URL, check_url
 from resolvers.rate_limits import spend
 from resolvers.records import PushJob
 from resolvers.services import Services
 
-MAX_ENDPOINT = 2048
+MAX_ENDPOINT = MAX_URL
 MAX_TOKEN = 4096
-# An endpoint's name is the client's choice: a slow resolver must not hold a request long.
-RESOLVE_TIMEOUT_SECONDS = 3.0
-# Lookups running at once per process; more are refused (UNAVAILABLE) rather than queued.
-RESOLVER_THREADS = 8
-# Prefixes that reach an IPv4 address through a translator or relay (NAT64, RFC 6052 and
-# RFC 8215; 6to4, RFC 3056; IPv4-compatible, RFC 4291), which `is_global` takes as public
-# whatever IPv4 they embed. The well-known NAT64 prefix is judged by its IPv4 address
-# (DNS64 networks reach every host through it); the others are refused.
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-_REFUSED_IPV6 = (
-    ipaddress.IPv6Network("64:ff9b:1::/48"),
-    ipaddress.IPv6Network("2002::/16"),
-    ipaddress.IPv6Network("::/96"),
-)
 _TOKEN_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-_:.")
 
 
@@ -61,84 +40,9 @@ def _b64url(value: str, *, what: str) -> bytes:
         raise BadUserInput(f"{what} is not base64url.") from None
 
 
-def is_public_address(address: str) -> bool:
-    """Whether an address is globally routable, and so is whatever IPv4 address it leads to."""
-    ip = ipaddress.ip_address(address.split("%", maxsplit=1)[0])
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return ip.ipv4_mapped.is_global
-        if ip in _NAT64:
-            return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF).is_global
-        if any(ip in network for network in _REFUSED_IPV6):
-            return False
-    return ip.is_global
-
-
-class _Resolver:
-    """getaddrinfo on a small pool of its own threads.
-
-    The event loop's getaddrinfo runs on the default executor (asyncio), which password
-    hashing and thumbnails share, or on libuv's four threads (uvloop), which every other
-    name lookup shares: hanging lookups of names a client chose would hold those. An
-    async resolver library (aiodns on c-ares) would need no threads, but it reads DNS
-    itself, while the push senders connect through getaddrinfo, which follows the
-    system's configuration (/etc/hosts, nsswitch): the check must see the addresses
-    the connection will use, so it uses getaddrinfo too, on threads bounded here.
-    Per process, so shared by every event loop in it (thread-safe, bound to none).
-    """
-
-    def __init__(self, threads: int) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="parley-resolve")
-        # A lookup that times out keeps its thread until getaddrinfo returns: counted until then.
-        self._free = threading.BoundedSemaphore(threads)
-
-    async def resolve(self, host: str, port: int) -> list[str]:
-        """The addresses of `host`; `Unavailable` when every thread is busy (callers bound the wait)."""
-        if not self._free.acquire(blocking=False):
-            raise Unavailable("Too many push endpoints are being checked; try again in a moment.")
-        try:
-            lookup = self._pool.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
-        except BaseException:
-            self._free.release()
-            raise
-        # Runs when the lookup ends, or when it is cancelled before it started.
-        lookup.add_done_callback(lambda _done: self._free.release())
-        infos = await asyncio.wrap_future(lookup)
-        return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-_resolver = _Resolver(RESOLVER_THREADS)
-
-
 async def check_endpoint(url: str, *, allow_private: bool) -> list[str]:
-    """The addresses a WebPush endpoint resolves to; `BadUserInput` if it may not be used.
-
-    Refused unless private endpoints are allowed: other schemes than https, and a
-    host with any address that is not globally routable (loopback, private, link-local,
-    the cloud metadata address…). The caller connects to one of the returned addresses.
-    """
-    if len(url) > MAX_ENDPOINT:
-        raise BadUserInput(f"endpoint is at most {MAX_ENDPOINT} characters.")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise BadUserInput("endpoint is not a URL.") from None
-    schemes = ("https", "http") if allow_private else ("https",)
-    if parts.scheme not in schemes:
-        raise BadUserInput(f"endpoint must be an {' or '.join(schemes)} URL.")
-    if not parts.hostname or parts.username is not None or parts.password is not None:
-        raise BadUserInput("endpoint must name a host (and no user or password).")
-    try:
-        async with asyncio.timeout(RESOLVE_TIMEOUT_SECONDS):
-            addresses = await _resolver.resolve(parts.hostname, port or (443 if parts.scheme == "https" else 80))
-    except (socket.gaierror, UnicodeError, TimeoutError):
-        raise BadUserInput("endpoint's host does not resolve.") from None
-    if not addresses:
-        raise BadUserInput("endpoint's host does not resolve.")
-    if not allow_private and not all(is_public_address(address) for address in addresses):
-        raise BadUserInput("endpoint must be a public address.")
-    return addresses
+    """The addresses a WebPush endpoint resolves to; `BadUserInput` if it may not be used (`check_url`)."""
+    return await check_url(url, allow_private=allow_private, what="endpoint")
 
 
 def _check_token(token: str | None, platform: PushPlatform) -> str:

@@ -151,6 +151,10 @@ class SendOutcome:
     newly_engaged: bool = False
     # False when a mentioned user is not a member of the conversation: then nothing was stored.
     mentions_ok: bool = True
+    # Why the moderation rules refused the send (resolvers/moderation.py: Refusal), nothing stored;
+    # `refused_until` is when that ends (a mute's end, the next slot in slow mode), None if unknown.
+    refusal: str | None = None
+    refused_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ from datetime import datetime
 
 from models.columns import utcnow
 from resolvers.ports import (
+    BeforeSendHook,
     Bus,
     Database,
     Fanout,
@@ -20,6 +21,7 @@ from resolvers.ports import (
     Telemetry,
     Thumbnailer,
 )
+from resolvers.webhook_endpoints import Webhooks
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,14 @@ class PushConfig:
 
     web_push_public_key: str | None = None
     allow_private_endpoints: bool = True
+
+
+@dataclass(frozen=True)
+class BeforeSend:
+    """The operator's before-send hook, and whether a send it gives no answer about is stored (fail-open)."""
+
+    hook: BeforeSendHook
+    fail_open: bool
 
 
 class NullTelemetry:
@@ -117,7 +127,12 @@ class Limits:
     invite_failures_per_user: int = 10
     invite_failures_per_address: int = 100
     invite_failure_window_seconds: int = 900
+    moderation_max_seconds: int = 366 * 86400
+    slow_mode_max_seconds: int = 21600
+    moderation_actions_per_hour: int = 300
     data_exports_per_hour: int = 3
+    max_report_excerpt_length: int = 4000
+    reports_per_hour: int = 20
 
 
 @dataclass(frozen=True)
@@ -142,3 +157,7 @@ class Services:
     telemetry: Telemetry = field(default_factory=NullTelemetry)
     # The time expiries are judged by (disappearing messages): tests move it instead of waiting.
     clock: Callable[[], datetime] = utcnow
+    # None: no webhooks (tools that wire services by hand); see resolvers/webhooks.py.
+    webhooks: Webhooks | None = None
+    # None: no before-send hook, and a send pays nothing for it (resolvers/before_send.py).
+    before_send: BeforeSend | None = None

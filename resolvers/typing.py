@@ -19,6 +19,7 @@ from models import Block, Conversation, ConversationKind, Member
 from models.columns import utcnow
 from resolvers.accounts import Viewer
 from resolvers.errors import NotFound
+from resolvers.moderation import require_voice
 from resolvers.notice_codec import typing_signal
 from resolvers.publish import publish_signal_best_effort
 from resolvers.services import Services
@@ -45,6 +46,8 @@ async def set_typing(services: Services, viewer: Viewer, *, conversation_id: int
                 .where(col(Member.conversation_id) == conversation_id)
             )
         ).all()
+        # Nobody types in a frozen conversation, nor a member muted there (resolvers/moderation.py).
+        await require_voice(session, conversation_id, viewer.user_id, services.clock())
     if all(user_id != viewer.user_id for user_id, _ in rows):
         raise NotFound("No such conversation.")
     if not await _first_in_interval(services, viewer, conversation_id, typing):

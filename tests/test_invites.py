@@ -29,7 +29,7 @@ CREATE = (
 JOIN = "mutation J($code: String!) { joinByInvite(code: $code) { id kind title members { role user { id } } } }"
 REVOKE = "mutation R($i: ID!) { revokeInvite(inviteId: $i) }"
 LIST = "query I($c: ID!) { invites(conversationId: $c) { id code maxUses uses revoked createdBy { id } } }"
-BAN = "mutation B($c: ID!, $u: ID!, $e: Int) { banMember(conversationId: $c, userId: $u, expiresIn: $e) }"
+BAN = "mutation B($c: ID!, $u: ID!, $e: DateTime) { banMember(conversationId: $c, userId: $u, until: $e) }"
 UNBAN = "mutation U($c: ID!, $u: ID!) { unbanMember(conversationId: $c, userId: $u) }"
 ADD = "mutation A($c: ID!, $u: [ID!]!) { addMembers(conversationId: $c, userIds: $u) { id } }"
 ROLE = (
@@ -220,7 +220,8 @@ async def test_bans_and_blocks_refuse_a_join(clocked: tuple[ThreadServer, Movabl
     group = await owner.create_group(members=[admin, bystander, banned])
     await owner.data(ROLE, c=group, u=admin.user_id, r="ADMIN")
     code = (await invite(admin, group))["code"]
-    assert (await owner.data(BAN, c=group, u=banned.user_id, e=3600))["banMember"] is True
+    ends = (clock.now() + timedelta(seconds=3600)).isoformat()
+    assert (await owner.data(BAN, c=group, u=banned.user_id, e=ends))["banMember"] is True
     await owner.data(BLOCK, u=shunned.user_id)
     await admin.data(BLOCK, u=disliked.user_id)
     await bystander.data(BLOCK, u=joiner.user_id)

@@ -20,8 +20,9 @@ from infra.push.senders import Sender
 from infra.push.webpush import WebPushSender, load_vapid, public_key_of
 from infra.push.worker import PushWorker, WorkerConfig
 from infra.redis_batch import RedisBatch
-from infra.redis_cluster import cluster_client
+from infra.redis_clients import redis_client, redis_endpoint
 from infra.settings import Settings, settings_record
+from infra.webhooks.runtime import run_webhook_worker
 from models import PushPlatform
 from resolvers.ids import MessageIds
 from resolvers.ports import PushQueue
@@ -176,24 +177,21 @@ async def _serve_liveness(worker: PushWorker, host: str, port: int | None, sock:
 
 
 async def run_worker(settings: Settings, *, host: str, port: int | None, sock: socket | None = None) -> None:
-    """`parley worker`: sends pushes from the Redis Stream and makes thumbnails until SIGTERM/SIGINT.
+    """`parley worker`: sends pushes and webhooks from the Redis Streams and makes thumbnails until SIGTERM/SIGINT.
 
     Serves liveness on `port`, or on the bound socket `sock`.
     """
     from infra.app import Overrides, connected_services  # noqa: PLC0415 - the app module is heavy
 
-    if not settings.redis_url:
+    endpoint = redis_endpoint(settings)
+    if endpoint is None:
         raise SystemExit("parley worker: needs PARLEY_REDIS_URL (the embedded mode sends pushes from `parley serve`)")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     # Blocking reads get a connection of their own, with a timeout longer than the block.
-    redis: Redis | RedisCluster = (
-        cluster_client(settings.redis_url, timeout=30)
-        if settings.redis_cluster
-        else Redis.from_url(settings.redis_url, socket_timeout=30, socket_connect_timeout=5)
-    )
+    redis = redis_client(endpoint, timeout=30, connect_timeout=5, max_connections=None, pool_wait=None)
     queue = RedisPushQueue(
         redis,
         prefix=settings.redis_prefix,
@@ -216,6 +214,8 @@ async def run_worker(settings: Settings, *, host: str, port: int | None, sock: s
                 await asyncio.gather(
                     worker.run(stop),
                     run_thumbnail_worker(services, stop, poll_seconds=settings.thumbnail_poll_seconds),
+                    # And delivers webhooks (infra/webhooks/), one lane per endpoint.
+                    run_webhook_worker(settings, services, redis, stop),
                 )
             finally:
                 if server is not None:

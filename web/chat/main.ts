@@ -571,6 +571,12 @@ async function onEvent(event: EventsSubscription["events"]): Promise<void> {
       acknowledge(event.cursor);
       break;
     }
+    case "ReportEvent": {
+      // For group owners and admins; this example chat has no moderation screen.
+      say(`A message in a group you manage was reported (${event.report.reason.toLowerCase()}).`);
+      acknowledge(event.cursor);
+      break;
+    }
   }
 }
 

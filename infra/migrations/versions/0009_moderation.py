@@ -34,7 +34,8 @@ def upgrade() -> None:
         batch.add_column(sa.Column("last_sent_at", _TIME, nullable=True))
     with op.batch_alter_table("conversations") as batch:
         batch.add_column(sa.Column("only_admins_send", sa.Boolean(), nullable=False, server_default=sa.false()))
-        batch.add_column(sa.Column("only_admins_edit", sa.Boolean(), nullable=False, server_default=sa.false()))
+        # True: only owners and admins edit a group's title and timer, as before these settings.
+        batch.add_column(sa.Column("only_admins_edit", sa.Boolean(), nullable=False, server_default=sa.true()))
         batch.add_column(sa.Column("slow_mode_seconds", sa.Integer(), nullable=True))
         batch.add_column(sa.Column("frozen_at", _TIME, nullable=True))
     with op.batch_alter_table("users") as batch:
@@ -56,6 +57,23 @@ def upgrade() -> None:
     )
     op.create_index("ix_reports_created_at", "reports", ["created_at"])
     op.create_index("ix_reports_reporter_id", "reports", ["reporter_id"])
+    # A repeat stores nothing: one report per reporter and message, one open one per reporter and user.
+    op.create_index(
+        "uq_reports_message",
+        "reports",
+        ["reporter_id", "message_id"],
+        unique=True,
+        postgresql_where=sa.text("message_id IS NOT NULL"),
+        sqlite_where=sa.text("message_id IS NOT NULL"),
+    )
+    op.create_index(
+        "uq_reports_open_user",
+        "reports",
+        ["reporter_id", "reported_user_id"],
+        unique=True,
+        postgresql_where=sa.text("kind = 'USER' AND resolved_at IS NULL"),
+        sqlite_where=sa.text("kind = 'USER' AND resolved_at IS NULL"),
+    )
     op.create_table(
         "webhook_endpoints",
         sa.Column("id", _ID, primary_key=True, autoincrement=True),
@@ -71,6 +89,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("webhook_endpoints")
+    op.drop_index("uq_reports_open_user", table_name="reports")
+    op.drop_index("uq_reports_message", table_name="reports")
     op.drop_index("ix_reports_reporter_id", table_name="reports")
     op.drop_index("ix_reports_created_at", table_name="reports")
     op.drop_table("reports")
