@@ -4,6 +4,7 @@ from models.attachment import Attachment, ThumbnailState, UploadState
 from models.block import Block
 from models.conversation import Ban, Conversation, ConversationKind, Invite, Member, MemberRole
 from models.inbox import EventKind, InboxEntry, InboxHead, ReceiptWatermark
+from models.keys import DeviceKey, OneTimeKey
 from models.message import Mention, Message, Reaction, SentKey
 from models.moderation import Report, ReportKind, WebhookEndpoint
 from models.push import PushPlatform, PushRegistration
@@ -16,6 +17,7 @@ __all__ = [
     "Conversation",
     "ConversationKind",
     "Device",
+    "DeviceKey",
     "EventKind",
     "InboxEntry",
     "InboxHead",
@@ -24,6 +26,7 @@ __all__ = [
     "MemberRole",
     "Mention",
     "Message",
+    "OneTimeKey",
     "PushPlatform",
     "PushRegistration",
     "Reaction",

@@ -47,6 +47,8 @@ class Conversation(SQLModel, table=True):
     slow_mode_seconds: int | None = None
     # Frozen by an operator (admin API): nobody sends, reacts or changes anything until unfrozen.
     frozen_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # End-to-end encrypted (set at creation, never turned off): messages carry ciphertext only.
+    encrypted: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
 
 
 class Member(SQLModel, table=True):

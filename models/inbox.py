@@ -53,6 +53,8 @@ class InboxEntry(SQLModel, table=True):
     )
     # JSON for RECEIPT and CONVERSATION entries (they outlive any row they speak of).
     payload: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # Set for an entry meant for one device of the user only (to-device messages); the others skip it.
+    device_id: int | None = Field(default=None, sa_type=BigId)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 

@@ -43,6 +43,8 @@ class Message(SQLModel, table=True):
     mentions: str | None = None
     # Disappearing messages: never delivered after this time, and removed then.
     expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # An encrypted conversation's message: opaque to the server (base64), instead of a body.
+    ciphertext: str | None = None
 
 
 class Mention(SQLModel, table=True):
