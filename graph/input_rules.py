@@ -6,7 +6,6 @@ client's fault, graph/errors.py) before any resolver runs.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from graphql import (
@@ -21,21 +20,13 @@ from graphql import (
     ValidationRule,
 )
 
+from resolvers.text import unstorable
+
 # Each costs an argon2 hash (64 MiB, ~0.1 s) and needs no token: aliases must not multiply them.
 PASSWORD_FIELDS = frozenset({"login", "register"})
 MAX_PASSWORD_FIELDS = 1
 
-# NUL and unpaired UTF-16 surrogates: PostgreSQL refuses both in text, and UTF-8 cannot encode
-# a surrogate at all. Refused in every string input rather than failing deep in a database call.
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 UNSTORABLE_MESSAGE = "Text may not contain NUL characters or unpaired surrogates."
-
-
-def unstorable(text: str) -> bool:
-    """Whether `text` holds a character no text column can store."""
-    if text.isascii():
-        return "\x00" in text
-    return _UNSTORABLE.search(text) is not None
 
 
 def unstorable_in(value: object) -> bool:

@@ -18,6 +18,7 @@ from resolvers.errors import Forbidden, Unavailable
 from resolvers.ids import MessageRef
 from resolvers.ports import HookFailed, OutgoingMessage
 from resolvers.services import BeforeSend, Services
+from resolvers.text import unstorable
 
 log = logging.getLogger("parley.before_send")
 
@@ -45,6 +46,8 @@ def _replacement(services: Services, answer: Mapping[str, Any], *, has_attachmen
     body = answer.get("body")
     if not isinstance(body, str) or len(body) > services.limits.max_body_length:
         raise _Malformed("replace needs a body of at most the maximum length")
+    if unstorable(body):
+        raise _Malformed("replace with a body holding NUL or unpaired surrogates")
     if not body.strip():
         if not has_attachments:
             raise _Malformed("replace with a blank body on a message without attachments")
