@@ -60,24 +60,29 @@ class ConversationQuery:
 class ConversationMutation:
     @strawberry.mutation(
         description="Returns the existing DIRECT conversation with that user, or creates it. Creating one "
-        "counts against an hourly limit (RATE_LIMITED); FORBIDDEN when that user does not accept it."
+        "counts against an hourly limit (RATE_LIMITED); FORBIDDEN when that user does not accept it. "
+        "`encrypted`: the pair's end-to-end encrypted conversation, another one than the plaintext one."
     )
-    async def start_direct_conversation(self, info: Info, user_id: strawberry.ID) -> Conversation:
+    async def start_direct_conversation(
+        self, info: Info, user_id: strawberry.ID, encrypted: bool | None = False
+    ) -> Conversation:
         viewer = await info.context.require_viewer()
         view = await conversations.start_direct_conversation(
-            info.context.services, viewer, user_id=parse_row_id(user_id, what="user")
+            info.context.services, viewer, user_id=parse_row_id(user_id, what="user"), encrypted=bool(encrypted)
         )
         return Conversation.from_view(view)
 
     @strawberry.mutation(
         description="Creates a GROUP with the viewer as OWNER; at most 100 members in all. Counts as a new "
         "conversation and its members as users added (hourly limits, RATE_LIMITED); FORBIDDEN when one of "
-        "them does not accept it."
+        "them does not accept it. `encrypted`: end-to-end encrypted, for good (Conversation.encrypted)."
     )
-    async def create_group(self, info: Info, title: str, member_ids: list[strawberry.ID]) -> Conversation:
+    async def create_group(
+        self, info: Info, title: str, member_ids: list[strawberry.ID], encrypted: bool | None = False
+    ) -> Conversation:
         viewer = await info.context.require_viewer()
         view = await conversations.create_group(
-            info.context.services, viewer, title=title, member_ids=_user_ids(member_ids)
+            info.context.services, viewer, title=title, member_ids=_user_ids(member_ids), encrypted=bool(encrypted)
         )
         return Conversation.from_view(view)
 

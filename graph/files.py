@@ -32,6 +32,12 @@ class CreateUploadInput:
     filename: str
     content_type: str
     size: int = strawberry.field(description="Bytes, as the client will upload them; enforced by the storage.")
+    encrypted: bool | None = strawberry.field(
+        default=False,
+        description="A file the client encrypted for an end-to-end encrypted conversation: stored as "
+        "application/octet-stream whatever contentType says, never checked or previewed. Only such uploads "
+        "attach to an encrypted conversation's messages, and only there.",
+    )
 
 
 @strawberry.type
@@ -49,6 +55,7 @@ class FileMutation:
             content_type=input.content_type,
             size=input.size,
             base_url=info.context.public_base_url,
+            encrypted=bool(input.encrypted),
         )
         return UploadTicket(
             attachment_id=strawberry.ID(str(ticket.attachment_id)),

@@ -43,17 +43,21 @@ class MessagingMutation:
             # A forged id is BAD_USER_INPUT here; one of another conversation in the use case.
             reply_to=info.context.ids.decode(str(input.reply_to_id)) if input.reply_to_id is not None else None,
             mentions=_user_ids(input.mentions or []),
+            ciphertext=input.ciphertext,
         )
         return Message.from_view(view, info)
 
     @strawberry.mutation(
         description="Changes the text of your own message within the edit window; every member's devices "
-        "get a MessageEditedEvent."
+        "get a MessageEditedEvent. In an end-to-end encrypted conversation the new content is `ciphertext` "
+        "(and no body); elsewhere `body` (and no ciphertext)."
     )
-    async def edit_message(self, info: Info, message_id: strawberry.ID, body: str) -> bool:
+    async def edit_message(
+        self, info: Info, message_id: strawberry.ID, body: str | None = None, ciphertext: str | None = None
+    ) -> bool:
         viewer = await info.context.require_viewer()
         ref = info.context.ids.decode(str(message_id))
-        await lifecycle.edit_message(info.context.services, viewer, ref, body)
+        await lifecycle.edit_message(info.context.services, viewer, ref, body, ciphertext=ciphertext)
         return True
 
     @strawberry.mutation(

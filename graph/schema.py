@@ -30,6 +30,7 @@ from graph.executor import ProjectingExecutionContext, cost_limited
 from graph.files import FileMutation
 from graph.input_rules import OnePasswordFieldPerOperation, StorableStringLiterals
 from graph.invites import InviteMutation, InviteQuery
+from graph.keys import KeyMutation, KeyQuery
 from graph.messaging import MessagingMutation, MessagingQuery, MessagingSubscription
 from graph.moderation import ModerationMutation, ModerationQuery
 from graph.notifications import NotificationMutation
@@ -41,6 +42,7 @@ from graph.presence import PresenceSubscription
 from graph.privacy import PrivacyMutation
 from graph.push import PushMutation, PushQuery
 from graph.reports import ReportMutation
+from graph.to_device import ToDeviceMutation
 
 Query = merge_types(
     "Query",
@@ -53,6 +55,7 @@ Query = merge_types(
         InviteQuery,
         AccountDataQuery,
         ModerationQuery,
+        KeyQuery,
     ),
 )
 Mutation = merge_types(
@@ -71,6 +74,8 @@ Mutation = merge_types(
         NotificationMutation,
         ModerationMutation,
         ReportMutation,
+        KeyMutation,
+        ToDeviceMutation,
     ),
 )
 Subscription = merge_types("Subscription", (MessagingSubscription, PresenceSubscription))

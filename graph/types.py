@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 import strawberry
 
 from graph.context import Info
+from graph.keys import DeviceListEvent, OneTimeKeysLowEvent
 from graph.unread_types import NotificationPreferences, ReadStateEvent, UnreadTotal
 from models import Conversation as ConversationRow
 from models import ConversationKind as ConversationKindModel
@@ -25,6 +26,8 @@ from resolvers.conversations import (
     ConversationView,
     page_of,
 )
+from resolvers.device_keys import KeysLowEventView
+from resolvers.device_lists import DeviceListEventView
 from resolvers.errors import BadUserInput, NotFound
 from resolvers.events import (
     ConversationEventView,
@@ -40,6 +43,7 @@ from resolvers.member_state import MemberState
 from resolvers.messages import MessageView
 from resolvers.privacy import SELF, PresenceVisibility
 from resolvers.records import DELETED_DISPLAY_NAME, DELETED_USERNAME
+from resolvers.to_device import ToDeviceEventView
 
 if TYPE_CHECKING:
     from graph.reports import ReportEvent
@@ -347,6 +351,11 @@ class Conversation:
     frozen: bool = strawberry.field(
         default=False, description="Frozen by the operators: nobody sends, reacts or types here until unfrozen."
     )
+    encrypted: bool = strawberry.field(
+        default=False,
+        description="End-to-end encrypted (chosen at creation, for good): messages and edits carry `ciphertext`, "
+        "never a body, and attachments are opaque uploads (CreateUploadInput.encrypted).",
+    )
     # Every member, when the use case had them already (mutation results): pages are cut from it.
     all_members: strawberry.Private[list[MemberRow] | None] = None
     # False for a conversation the viewer has left (an event names it): no members shown.
@@ -365,6 +374,7 @@ class Conversation:
             disappear_after_seconds=c.disappear_after_seconds,
             settings=_settings(c),
             frozen=c.frozen_at is not None,
+            encrypted=c.encrypted,
             all_members=list(view.members),
             **_own_state(view.state),
         )
@@ -382,6 +392,7 @@ class Conversation:
             disappear_after_seconds=c.disappear_after_seconds,
             settings=_settings(c),
             frozen=c.frozen_at is not None,
+            encrypted=c.encrypted,
             members_visible=header.is_member,
             **_own_state(header.state),
         )
@@ -446,6 +457,11 @@ class Message:
         description="A disappearing message's end: no device receives it after this time, the server removes it "
         "then, and clients delete their copy then. Null: it does not disappear.",
     )
+    ciphertext: str | None = strawberry.field(
+        default=None,
+        description="An end-to-end encrypted conversation's message, opaque to the server (base64, as the sender "
+        "sent it); its body is null. Null in a plaintext conversation.",
+    )
     mention_ids: strawberry.Private[tuple[int, ...]] = ()
 
     @strawberry.field(description="The users the message mentions (SendMessageInput.mentions).")
@@ -475,6 +491,7 @@ class Message:
             sent_at=view.sent_at,
             reply_to_id=strawberry.ID(ids.encode(view.reply_to)) if view.reply_to is not None else None,
             expires_at=view.expires_at,
+            ciphertext=view.ciphertext,
             mention_ids=view.mentions,
         )
         if len(_MESSAGES) >= _MESSAGE_CACHE_SIZE:
@@ -570,6 +587,11 @@ class MessageEditedEvent:
     body: str | None = strawberry.field(description="The new text; null once the message was deleted.")
     edited_at: datetime
     editor: User
+    ciphertext: str | None = strawberry.field(
+        default=None,
+        description="The new content in an end-to-end encrypted conversation (opaque base64); null elsewhere "
+        "and once the message was deleted.",
+    )
 
 
 @strawberry.type(
@@ -595,6 +617,34 @@ class ReactionEvent:
     at: datetime
 
 
+@strawberry.type(
+    description="Durable, for this device only: an opaque message a device of `sender` sent it with sendToDevice "
+    "(how Olm sessions and group-session keys travel). Acknowledge it like any event; once acknowledged it is "
+    "deleted. The user's other devices never see it."
+)
+class ToDeviceEvent:
+    cursor: str
+    sender: User
+    sender_device_id: strawberry.ID
+    type: str = strawberry.field(description="What the payload is, as the sender named it (1 to 64 visible ASCII).")
+    payload: str = strawberry.field(description="Exactly what the sender sent; the server never reads it.")
+
+    @classmethod
+    def of(cls, view: ToDeviceEventView) -> ToDeviceEvent:
+        """The API event of a to-device message."""
+        m = view.message
+        return cls(
+            cursor=view.cursor,
+            # A plain attribute: the sender's names are stored with the message, so no lookup per event.
+            sender=User(
+                id=strawberry.ID(str(m.sender_id)), username=m.sender_username, display_name=m.sender_display_name
+            ),
+            sender_device_id=strawberry.ID(str(m.sender_device_id)),
+            type=m.type,
+            payload=m.payload,
+        )
+
+
 EventType = (
     MessageEvent
     | ReceiptEvent
@@ -604,6 +654,9 @@ EventType = (
     | MessageDeletedEvent
     | ReactionEvent
     | ReadStateEvent
+    | DeviceListEvent
+    | OneTimeKeysLowEvent
+    | ToDeviceEvent
 )
 # ReportEvent (graph/reports.py) builds on this module's types, so the union names it lazily:
 # graph/reports.py is imported when the schema is built. `api_event` there renders every member.
@@ -630,6 +683,7 @@ def _lifecycle_event(view: LifecycleEventView, info: Info) -> MessageEditedEvent
             message_id=message_id,
             conversation_id=conversation_id,
             body=change.body,
+            ciphertext=change.ciphertext,
             edited_at=change.at,
             editor=actor,
         )
@@ -658,10 +712,31 @@ def event_from_view(
     | ConversationEventView
     | TypingEventView
     | LifecycleEventView
-    | ReadStateEventView,
+    | ReadStateEventView
+    | DeviceListEventView
+    | KeysLowEventView
+    | ToDeviceEventView,
     info: Info,
 ) -> EventType:
     """The API type of a domain event."""
+    if isinstance(view, ToDeviceEventView):
+        return ToDeviceEvent.of(view)
+    if isinstance(view, DeviceListEventView):
+        return DeviceListEvent.of(view)
+    if isinstance(view, KeysLowEventView):
+        return OneTimeKeysLowEvent.of(view)
+    return _user_event(view, info)
+
+
+def _user_event(
+    view: MessageEventView
+    | ReceiptEventView
+    | ConversationEventView
+    | TypingEventView
+    | LifecycleEventView
+    | ReadStateEventView,
+    info: Info,
+) -> EventType:
     if isinstance(view, LifecycleEventView):
         return _lifecycle_event(view, info)
     if isinstance(view, ReadStateEventView):
@@ -707,6 +782,11 @@ class SendMessageInput:
         description="Unique per sender; resending the same clientId returns the first message and stores nothing new."
     )
     body: str | None = None
+    ciphertext: str | None = strawberry.field(
+        default=None,
+        description="In an end-to-end encrypted conversation, the message as the client encrypted it (base64, at "
+        "most the server's limit) instead of a body; BAD_USER_INPUT in a plaintext conversation.",
+    )
     attachment_ids: list[strawberry.ID] | None = strawberry.field(default_factory=list)
     reply_to_id: strawberry.ID | None = strawberry.field(
         default=None, description="A message of the same conversation this one replies to."

@@ -76,8 +76,10 @@ class StoreUnavailable(Unavailable):
 # commit; and a member removed while this statement waited for the conversation is skipped,
 # although its snapshot is older. $1 conversation, $2 sender, $3 clientId, $4 body, $5 sent at,
 # $6 sending device, $7 and $8 the replied-to message and its sender (NULL when not a reply); with
-# attachments also $9 their metadata (JSON) and $10 their ids; with mentions then the mentioned
-# user ids (distinct, not the sender), as the next parameter.
+# $9 the ciphertext (NULL but in an encrypted conversation); with attachments also $10 their metadata
+# (JSON) and $11 their ids; with mentions then the mentioned user ids (distinct, not the sender), as
+# the next parameter. Content of the wrong kind for the conversation (a body where it is encrypted,
+# ciphertext where it is not: resolvers/encryption.py) is a refusal of `verdict` too.
 #
 # Moderation (resolvers/moderation.py) is decided here too, before anything is stored: `verdict`
 # names why not ('frozen', 'silenced', 'admins_only', 'slow_mode') and until when. Every send
@@ -89,7 +91,8 @@ class StoreUnavailable(Unavailable):
 _SEND = """
 WITH conv AS (
     -- only a member (as of the snapshot) may lock the conversation; the member CTE then decides
-    SELECT c.id, c.kind, c.disappear_after_seconds, c.only_admins_send, c.slow_mode_seconds, c.frozen_at
+    SELECT c.id, c.kind, c.disappear_after_seconds, c.only_admins_send, c.slow_mode_seconds, c.frozen_at,
+           c.encrypted
     FROM conversations c
     WHERE c.id = $1 AND EXISTS (SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $2)
     FOR NO KEY UPDATE OF c
@@ -111,6 +114,8 @@ paced AS (
 ),
 verdict AS (
     SELECT CASE
+               WHEN c.encrypted AND ($4::text IS NOT NULL OR $9::text IS NULL) THEN 'needs_ciphertext'
+               WHEN NOT c.encrypted AND $9::text IS NOT NULL THEN 'refuses_ciphertext'
                WHEN c.frozen_at IS NOT NULL THEN 'frozen'
                WHEN m.silenced AND (m.silenced_until IS NULL OR m.silenced_until > $5) THEN 'silenced'
                WHEN c.only_admins_send AND m.role = 'MEMBER' THEN 'admins_only'
@@ -132,9 +137,9 @@ sent_key AS (
 ),
 message AS (
     INSERT INTO messages (id, conversation_id, sender_id, client_id, body, sent_at, reply_to_id, reply_to_sender_id,
-                          expires_at{metadata_column}{mention_column})
+                          ciphertext, expires_at{metadata_column}{mention_column})
     -- a disappearing conversation's timer as of this send, read under the conversation's lock
-    SELECT message_id, $1, $2, $3, $4, $5, $7, $8,
+    SELECT message_id, $1, $2, $3, $4, $5, $7, $8, $9,
            $5 + make_interval(secs => (SELECT disappear_after_seconds FROM conv)){metadata}{mention_list} FROM sent_key
     RETURNING id, expires_at
 ),{claimed}
@@ -262,7 +267,7 @@ def _mentions(parameter: str) -> dict[str, str]:
 
 
 SEND = _SEND.format(**_NO_FILES, **_NO_MENTIONS)
-SEND_WITH_MENTIONS = _SEND.format(**_NO_FILES, **_mentions("$9"))
+SEND_WITH_MENTIONS = _SEND.format(**_NO_FILES, **_mentions("$10"))
 
 # A send with attachments claims them in the same statement: the uploads are locked after the
 # conversation and its members (the one lock order), and the message is stored only when every
@@ -271,27 +276,28 @@ _WITH_FILES = {
     "files": """
 files AS (
     SELECT a.id FROM attachments a
-    WHERE a.id = ANY($10::bigint[]) AND a.uploader_id = $2 AND a.state = 'READY' AND a.message_id IS NULL
-      AND EXISTS (SELECT 1 FROM member)
+    WHERE a.id = ANY($11::bigint[]) AND a.uploader_id = $2 AND a.state = 'READY' AND a.message_id IS NULL
+      -- opaque uploads (client-encrypted) go to an encrypted conversation, and only there
+      AND a.opaque = (SELECT encrypted FROM conv) AND EXISTS (SELECT 1 FROM member)
     ORDER BY a.id FOR UPDATE OF a
 ),""",
-    "all_files": "\n      AND (SELECT count(*) FROM files) = cardinality($10::bigint[])",
+    "all_files": "\n      AND (SELECT count(*) FROM files) = cardinality($11::bigint[])",
     "metadata_column": ", attachments",
-    "metadata": ", $9",
+    "metadata": ", $10",
     "claimed": """
 claimed AS (
     UPDATE attachments a SET message_id = message.id, conversation_id = $1
     FROM message WHERE a.id IN (SELECT id FROM files)
 ),""",
-    "files_ok": "(SELECT count(*) FROM files) = cardinality($10::bigint[])",
+    "files_ok": "(SELECT count(*) FROM files) = cardinality($11::bigint[])",
 }
 SEND_WITH_FILES = _SEND.format(**_WITH_FILES, **_NO_MENTIONS)
-SEND_WITH_FILES_AND_MENTIONS = _SEND.format(**_WITH_FILES, **_mentions("$11"))
+SEND_WITH_FILES_AND_MENTIONS = _SEND.format(**_WITH_FILES, **_mentions("$12"))
 
 EARLIER_SEND = """
 SELECT k.message_id, k.conversation_id, k.sent_at,
        m.id AS stored_id, m.client_id, m.body, m.attachments, m.sent_at AS stored_at, u.username, u.display_name,
-       m.reply_to_id, m.reply_to_sender_id, m.expires_at, m.mentions,
+       m.reply_to_id, m.reply_to_sender_id, m.expires_at, m.mentions, m.ciphertext,
        (SELECT array_agg(e.user_id ORDER BY e.user_id) FROM inbox_entries e WHERE e.message_id = m.id) AS users,
        (SELECT array_agg(e.seq ORDER BY e.user_id) FROM inbox_entries e WHERE e.message_id = m.id) AS seqs
 FROM sent_keys k
@@ -393,14 +399,16 @@ SELECT d.acked_seq, h.last_seq FROM devices d JOIN inbox_heads h ON h.user_id = 
 """
 
 READ_AFTER = """
-SELECT e.seq, e.kind, e.payload,
+SELECT e.seq, e.kind, e.payload, e.device_id,
        m.id, m.conversation_id, m.sender_id, m.client_id, m.body, m.attachments, m.sent_at, u.username,
-       u.display_name, m.reply_to_id, m.reply_to_sender_id, m.expires_at, m.mentions
+       u.display_name, m.reply_to_id, m.reply_to_sender_id, m.expires_at, m.mentions, m.ciphertext
 FROM inbox_entries e
 -- a message deleted for everyone before delivery is never shown: its entry reads as empty
 LEFT JOIN messages m ON m.id = e.message_id AND m.deleted_at IS NULL
 LEFT JOIN users u ON u.id = m.sender_id
 WHERE e.user_id = $1 AND e.seq > $2 AND EXISTS (SELECT 1 FROM devices WHERE id = $3)
+  -- an entry for another device of the user (a to-device message) is not this device's
+  AND (e.device_id IS NULL OR e.device_id = $3)
 ORDER BY e.seq
 LIMIT $4
 """
@@ -500,6 +508,7 @@ class PgInboxStore:
         attachments: AttachmentClaim | None = None,
         reply_to: tuple[int, int] | None = None,
         mentions: Sequence[int] = (),
+        ciphertext: str | None = None,
     ) -> SendOutcome:
         """Stores the message, its idempotency key and one inbox entry per recipient, in one statement."""
         reply_id, reply_sender = reply_to if reply_to is not None else (None, None)
@@ -512,6 +521,7 @@ class PgInboxStore:
             device_id,
             reply_id,
             reply_sender,
+            ciphertext,
         )
         statement = SEND
         if attachments is not None:
@@ -548,6 +558,7 @@ class PgInboxStore:
             reply_to_sender_id=reply_sender,
             expires_at=row["expires_at"],
             mentions=tuple(sorted(mentions)),
+            ciphertext=ciphertext,
         )
         appended = list(zip(row["users"] or (), row["seqs"] or (), strict=True))
         return SendOutcome(
@@ -641,6 +652,7 @@ class PgInboxStore:
                 seq=row["seq"],
                 kind=row["kind"],
                 payload=row["payload"],
+                device_id=row["device_id"],
                 message=None
                 if row["id"] is None
                 else StoredMessage.from_row(

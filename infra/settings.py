@@ -162,6 +162,12 @@ class Settings(BaseSettings):
     """Longest disappearing-message timer `setDisappearingTimer` accepts, in seconds."""
     max_report_excerpt_length: int = Field(default=4000, ge=1, le=100_000)
     """Characters of the reported text a `reportMessage` excerpt (or a `reportUser`'s details) may carry."""
+    max_ciphertext_length: int = Field(default=65536, ge=64, le=1_000_000)
+    """Characters (base64) of one message's `ciphertext` in an end-to-end encrypted conversation, as sent or edited."""
+    max_to_device_payload_bytes: int = Field(default=65536, ge=256, le=1_000_000)
+    """Bytes (UTF-8) of one `sendToDevice` message's opaque payload."""
+    to_device_per_minute: int = Field(default=1000, ge=1)
+    """To-device messages one user may send per minute, all devices together (each message of a call counts)."""
 
     # Brute-force protection. The window ends, so a stranger cannot lock a user out for good.
     login_max_failures: int = Field(default=10, ge=1)
@@ -224,6 +230,21 @@ class Settings(BaseSettings):
     """`exportMyData` calls one user may make per hour (each reads every row the server holds about them)."""
     reports_per_hour: int = Field(default=20, ge=1, le=10_000)
     """Reports (`reportMessage`, `reportUser`) one user may file per hour; a repeated report does not count."""
+
+    # The key directory of end-to-end encryption (uploadDeviceKeys, claimOneTimeKeys; docs/security.md).
+    max_one_time_keys: int = Field(default=100, ge=1, le=10_000)
+    """One-time keys a device may hold on the server at once (`uploadDeviceKeys` beyond that is `BAD_USER_INPUT`)."""
+    max_one_time_keys_per_upload: int = Field(default=50, ge=1, le=1000)
+    """One-time keys one `uploadDeviceKeys` call may carry."""
+    one_time_keys_low: int = Field(default=10, ge=0, le=10_000)
+    """A claim that leaves a device fewer one-time keys than this sends it a `OneTimeKeysLowEvent` (once per upload)."""
+    key_uploads_per_hour: int = Field(default=60, ge=1)
+    """`uploadDeviceKeys` calls one device may make per hour."""
+    key_claims_per_hour: int = Field(default=1000, ge=1)
+    """Devices whose keys one user may claim per hour (`claimOneTimeKeys` counts each device asked for)."""
+    key_claims_per_device_per_hour: int = Field(default=200, ge=1)
+    """One-time keys of one device handed out per hour, whoever claims them; past it claimers get its fallback key,
+    so draining a device's pool is bounded."""
 
     # The client kit's operations at the largest pages the server allows (a pendingEvents page
     # of 500 events costs about 160,000) pass (tests/test_frontend_kit.py checks).

@@ -30,6 +30,7 @@ from models import (
     SentKey,
     User,
 )
+from resolvers import encryption
 from resolvers.blocks import blockers_among
 from resolvers.file_store import claim_uploads
 from resolvers.ids import MessageRef
@@ -94,6 +95,7 @@ class SqlInboxStore:
         attachments: AttachmentClaim | None = None,
         reply_to: tuple[int, int] | None = None,
         mentions: Sequence[int] = (),
+        ciphertext: str | None = None,
     ) -> SendOutcome:
         """Stores the message, its idempotency key and one inbox entry per recipient, in one transaction."""
 
@@ -115,6 +117,9 @@ class SqlInboxStore:
             conversation = await session.get(Conversation, conversation_id)
             assert conversation is not None  # a member's conversation exists
             refusal, refused_until = refusal_of(conversation, member, sent_at)
+            wrong_kind = encryption.mismatch(conversation.encrypted, body=body, ciphertext=ciphertext)
+            if wrong_kind is not None:  # first, as in the PostgreSQL statement's `verdict`
+                refusal, refused_until = wrong_kind, None
             if refusal is not None:
                 return SendOutcome(is_member=True, message=None, refusal=refusal, refused_until=refused_until)
             if await session.get(SentKey, (sender_id, client_id)) is not None:
@@ -130,6 +135,7 @@ class SqlInboxStore:
                 sender_id=sender_id,
                 client_id=client_id,
                 body=body,
+                ciphertext=ciphertext,
                 sent_at=sent_at,
                 attachments=attachments.metadata if attachments is not None else None,
                 reply_to_id=reply_to[0] if reply_to is not None else None,
@@ -141,7 +147,12 @@ class SqlInboxStore:
             await session.flush()
             assert message.id is not None
             if attachments is not None and not await claim_uploads(
-                session, attachments.ids, uploader_id=sender_id, conversation_id=conversation_id, message_id=message.id
+                session,
+                attachments.ids,
+                uploader_id=sender_id,
+                conversation_id=conversation_id,
+                message_id=message.id,
+                opaque=conversation.encrypted,
             ):
                 raise _NotAttachable
             session.add(
@@ -290,7 +301,7 @@ class SqlInboxStore:
         async with self._db.session() as session:
             if await session.get(Device, device_id) is None:
                 return None
-            rows = await read_entries(session, user_id, after=after, limit=limit)
+            rows = await read_entries(session, user_id, after=after, limit=limit, device_id=device_id)
         return [
             StoredEntry(
                 seq=entry.seq,
@@ -300,6 +311,7 @@ class SqlInboxStore:
                 if message is not None and message.deleted_at is None
                 else None,
                 payload=entry.payload,
+                device_id=entry.device_id,
             )
             for entry, message, sender in rows
         ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Column, Enum
+from sqlalchemy import BigInteger, Column, Enum, false
 from sqlmodel import Field, SQLModel
 
 from models.columns import BigId, UTCDateTime, utcnow
@@ -65,3 +65,6 @@ class Attachment(SQLModel, table=True):
     thumbnail_key: str | None = Field(default=None, max_length=220)
     thumbnail_attempts: int = 0
     thumbnail_claimed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Encrypted by the client for an end-to-end encrypted conversation: stored as an opaque blob,
+    # never checked, cleaned or previewed, and attachable only there (resolvers/encryption.py).
+    opaque: bool = Field(default=False, sa_column_kwargs={"server_default": false()})

@@ -28,6 +28,12 @@ class EventKind(enum.StrEnum):
     READ_STATE = "READ_STATE"
     # A report in a group, for its owners and admins (resolvers/reports.py).
     REPORT = "REPORT"
+    # End-to-end encryption's key directory (resolvers/device_keys.py, resolvers/device_lists.py): a device's
+    # one-time keys run low (for that device only), a member of an encrypted conversation gained or lost a device.
+    KEYS_LOW = "KEYS_LOW"
+    DEVICE_LIST = "DEVICE_LIST"
+    # An opaque message from one device to one device (resolvers/to_device.py); `device_id` is set.
+    TO_DEVICE = "TO_DEVICE"
 
 
 class InboxHead(SQLModel, table=True):

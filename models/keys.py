@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import false
 from sqlmodel import Field, SQLModel
 
 from models.columns import BigId, UTCDateTime, utcnow
@@ -24,6 +25,8 @@ class DeviceKey(SQLModel, table=True):
     fallback_key_id: str | None = Field(default=None, max_length=64)
     fallback_key: str | None = Field(default=None, max_length=64)
     fallback_signature: str | None = Field(default=None, max_length=128)
+    # A OneTimeKeysLowEvent went out since the last upload: one is enough until the device uploads again.
+    low_keys_notified: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 

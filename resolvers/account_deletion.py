@@ -60,6 +60,7 @@ from resolvers import auth_limits, file_store, webhooks
 from resolvers.accounts import MAX_PASSWORD, Viewer, announce_revoked
 from resolvers.batches import chunks
 from resolvers.conversations import Change, announce, member_ids, pass_ownership
+from resolvers.device_lists import DeviceChange, append_device_changes, device_audiences
 from resolvers.errors import NotFound, Unauthenticated
 from resolvers.file_retention import DELETE_BATCH
 from resolvers.inbox import Appended
@@ -73,7 +74,7 @@ DELETED_DISPLAY_NAME = "Deleted account"
 UNUSABLE_PASSWORD_HASH = "!deleted"  # noqa: S105 - a marker that is no hash
 # Pending payload entries rewritten per round trip.
 _SCRUB_PAGE = 500
-_NAMED_KINDS = (EventKind.RECEIPT, EventKind.EDIT, EventKind.DELETE, EventKind.REACTION)
+_NAMED_KINDS = (EventKind.RECEIPT, EventKind.EDIT, EventKind.DELETE, EventKind.REACTION, EventKind.TO_DEVICE)
 
 
 def placeholder_username(user_id: int) -> str:
@@ -141,7 +142,15 @@ async def _delete(
     await session.execute(delete(PushRegistration).where(col(PushRegistration.user_id) == uid))
     revoked = await session.execute(delete(Device).where(col(Device.user_id) == uid).returning(col(Device.id)))
     deletion.devices = [device_id for (device_id,) in revoked.all() if device_id is not None]
+    # Read while the account is still a member; appended once its memberships ended (their locks come first).
+    audiences = await device_audiences(session, [uid])
     appended = await _end_memberships(session, uid, deletion)
+    appended += await append_device_changes(
+        session,
+        [DeviceChange(uid, device_id, added=False) for device_id in deletion.devices],
+        exclude=[uid],
+        audiences=audiences,
+    )
     await _delete_pending_messages(session, uid)
     await session.execute(delete(InboxEntry).where(col(InboxEntry.user_id) == uid))
     # No head: nothing can be appended for the account any more (sends and receipts skip it).
@@ -320,7 +329,7 @@ def _like_literal(text: str) -> str:
 
 
 async def _scrub_payloads(session: AsyncSession, uid: int, old_name: str) -> None:
-    """Rewrites the names in others' pending receipts, deletes and reactions by the user; drops their edits.
+    """Rewrites the names in others' pending receipts, deletes and reactions by the user; drops their edits and to-device messages.
 
     Such payloads hold the username and display name together, so the username (quoted as JSON
     writes it) finds them all; the id in each is checked before anything changes.
@@ -351,6 +360,11 @@ async def _scrub_entry(session: AsyncSession, uid: int, entry: tuple[int, int, E
     user_id, seq, kind = entry
     data: dict[str, Any] = json.loads(payload)
     where = (col(InboxEntry.user_id) == user_id, col(InboxEntry.seq) == seq)
+    if kind is EventKind.TO_DEVICE:
+        # Sent by one of the user's devices, which are gone: nothing can answer it, and it names them.
+        if int(data.get("sender_id", 0)) == uid:
+            await session.execute(delete(InboxEntry).where(*where).execution_options(synchronize_session=False))
+        return
     if kind is EventKind.RECEIPT:
         if int(data.get("reader_id", 0)) != uid:
             return

@@ -20,8 +20,9 @@ from models import Device, InboxHead, User
 from models.columns import utcnow
 from resolvers import auth_limits, webhooks
 from resolvers.batches import chunks
+from resolvers.device_lists import DeviceChange, append_device_changes, publish_device_changes
 from resolvers.errors import BadUserInput, Conflict, NotFound, Unauthenticated
-from resolvers.inbox import prune_inbox
+from resolvers.inbox import Appended, prune_inbox
 from resolvers.notice_codec import revocation_signal
 from resolvers.publish import publish_signal_best_effort
 from resolvers.services import Limits, Services
@@ -175,7 +176,11 @@ async def login(
         if live.scalar_one_or_none() is None:
             raise Unauthenticated("Wrong username or password.")
         token, device = await _new_device(session, user.id, device_name)
+        assert device.id is not None
+        # A register needs none of this: a new account is in no conversation yet.
+        appended = await append_device_changes(session, [DeviceChange(user.id, device.id, added=True)])
         await session.commit()
+    await publish_device_changes(services, appended)
     await auth_limits.login_succeeded(services, name)
     log.info("user %s logged in as device %s", user.id, device.id)
     return Session(token=token, user=user, device=device)
@@ -201,11 +206,13 @@ async def authenticate(services: Services, authorization: str | None) -> Viewer:
 async def logout(services: Services, viewer: Viewer) -> None:
     """Revokes the device's token and drops its pending events; its sockets close on every process."""
 
-    async def work(session: AsyncSession) -> None:
+    async def work(session: AsyncSession) -> list[Appended]:
         await session.execute(delete(Device).where(col(Device.id) == viewer.device_id))
         await prune_inbox(session, [viewer.user_id])
+        return await append_device_changes(session, [DeviceChange(viewer.user_id, viewer.device_id, added=False)])
 
-    await services.db.transaction(work)
+    appended = await services.db.transaction(work)
+    await publish_device_changes(services, appended)
     await announce_revoked(services, [(viewer.device_id, viewer.user_id)])
     log.info("device %s of user %s logged out", viewer.device_id, viewer.user_id)
 
@@ -331,7 +338,7 @@ async def revoke_device(services: Services, viewer: Viewer, device_id: int) -> N
     `NotFound` for a device that is not the viewer's. Its sockets close on every process.
     """
 
-    async def work(session: AsyncSession) -> None:
+    async def work(session: AsyncSession) -> list[Appended]:
         await _require_device(session, viewer)
         deleted = await session.execute(
             delete(Device)
@@ -341,8 +348,10 @@ async def revoke_device(services: Services, viewer: Viewer, device_id: int) -> N
         if deleted.scalar_one_or_none() is None:
             raise NotFound("No such device.")
         await prune_inbox(session, [viewer.user_id])
+        return await append_device_changes(session, [DeviceChange(viewer.user_id, device_id, added=False)])
 
-    await services.db.transaction(work)
+    appended = await services.db.transaction(work)
+    await publish_device_changes(services, appended)
     await announce_revoked(services, [(device_id, viewer.user_id)])
     log.info("device %s of user %s revoked by device %s", device_id, viewer.user_id, viewer.device_id)
 
@@ -375,9 +384,14 @@ async def change_password(services: Services, viewer: Viewer, *, old_password: s
         revoked = [device_id for (device_id,) in others.all() if device_id is not None]
         if revoked:
             await prune_inbox(session, [viewer.user_id])
+        appended[:] = await append_device_changes(
+            session, [DeviceChange(viewer.user_id, device_id, added=False) for device_id in revoked]
+        )
         return revoked
 
+    appended: list[Appended] = []
     revoked = await services.db.transaction(work)
+    await publish_device_changes(services, appended)
     await auth_limits.password_check_succeeded(services, viewer.user_id)
     await announce_revoked(services, [(device_id, viewer.user_id) for device_id in revoked])
     log.info("user %s changed the password; %d other devices revoked", viewer.user_id, len(revoked))

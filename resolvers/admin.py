@@ -20,7 +20,9 @@ from models import Device, Member, User
 from resolvers import moderation, reports, webhooks
 from resolvers.account_deletion import erase_account
 from resolvers.accounts import announce_revoked
+from resolvers.device_lists import DeviceChange, append_device_changes, publish_device_changes
 from resolvers.errors import BadUserInput, NotFound
+from resolvers.inbox import Appended
 from resolvers.reports import ReportRecord
 from resolvers.services import Services
 
@@ -135,7 +137,14 @@ async def suspend_user(services: Services, user_id: int) -> UserDetails:
             ).all()
             if device_id is not None
         ]
+        # Its devices count as gone for the members of its encrypted conversations (they rotate).
+        appended = (
+            await append_device_changes(session, [DeviceChange(user_id, device, added=False) for device in devices])
+            if changed.rowcount  # type: ignore[attr-defined]
+            else []
+        )
         await session.commit()
+    await publish_device_changes(services, appended)
     details = await _live_details(services, user_id)
     if changed.rowcount:  # type: ignore[attr-defined]
         # After the commit: a socket reopened meanwhile is refused by the token lookup.
@@ -150,13 +159,21 @@ async def suspend_user(services: Services, user_id: int) -> UserDetails:
 async def unsuspend_user(services: Services, user_id: int) -> UserDetails:
     """Lifts a suspension: the account can log in again and its devices' tokens work again."""
     async with services.db.session() as session:
-        await session.execute(
+        lifted = await session.execute(
             update(User)
-            .where(col(User.id) == user_id, col(User.deleted_at).is_(None))
+            .where(col(User.id) == user_id, col(User.deleted_at).is_(None), col(User.suspended_at).is_not(None))
             .values(suspended_at=None)
             .execution_options(synchronize_session=False)
         )
+        appended: list[Appended] = []
+        if lifted.rowcount:  # type: ignore[attr-defined]
+            # Its devices work again: the members of its encrypted conversations share with them again.
+            devices = (await session.execute(select(col(Device.id)).where(col(Device.user_id) == user_id))).scalars()
+            appended = await append_device_changes(
+                session, [DeviceChange(user_id, device, added=True) for device in devices if device is not None]
+            )
         await session.commit()
+    await publish_device_changes(services, appended)
     details = await _live_details(services, user_id)
     log.info("operator unsuspended user %s", user_id)
     return details

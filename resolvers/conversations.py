@@ -30,6 +30,7 @@ from sqlmodel import col
 
 from models import Ban, Conversation, ConversationKind, EventKind, Member, MemberRole, User
 from models.columns import utcnow
+from resolvers import encryption
 from resolvers.accounts import Viewer
 from resolvers.batches import chunks
 from resolvers.blocks import refuse_if_blocked
@@ -351,8 +352,12 @@ async def _create(
     return await _view(session, conversation.id, actor_id), appended
 
 
-async def start_direct_conversation(services: Services, viewer: Viewer, *, user_id: int) -> ConversationView:
+async def start_direct_conversation(
+    services: Services, viewer: Viewer, *, user_id: int, encrypted: bool = False
+) -> ConversationView:
     """The one DIRECT conversation of the viewer and `user_id`, created on first use (idempotent).
+
+    The end-to-end encrypted one (`encrypted`) is another conversation of the same pair.
 
     `Forbidden` when it does not exist yet and `user_id` has blocked the viewer; only a
     creation counts against the hourly limit.
@@ -360,7 +365,7 @@ async def start_direct_conversation(services: Services, viewer: Viewer, *, user_
     if user_id == viewer.user_id:
         raise BadUserInput("A direct conversation needs another user.")
     low, high = sorted((viewer.user_id, user_id))
-    key = f"{low}:{high}"
+    key = encryption.direct_key(low, high, encrypted=encrypted)
 
     async def work(session: AsyncSession) -> tuple[ConversationView, list[Appended]]:
         existing = (
@@ -375,7 +380,10 @@ async def start_direct_conversation(services: Services, viewer: Viewer, *, user_
         await _spend_conversation(services, viewer)
         roles = {viewer.user_id: MemberRole.MEMBER, user_id: MemberRole.MEMBER}
         return await _create(
-            session, Conversation(kind=ConversationKind.DIRECT, direct_key=key), roles, actor_id=viewer.user_id
+            session,
+            Conversation(kind=ConversationKind.DIRECT, direct_key=key, encrypted=encrypted),
+            roles,
+            actor_id=viewer.user_id,
         )
 
     try:
@@ -392,7 +400,7 @@ async def start_direct_conversation(services: Services, viewer: Viewer, *, user_
 
 
 async def create_group(
-    services: Services, viewer: Viewer, *, title: str, member_ids: Sequence[int]
+    services: Services, viewer: Viewer, *, title: str, member_ids: Sequence[int], encrypted: bool = False
 ) -> ConversationView:
     """A GROUP with the viewer as OWNER and the others as MEMBERs; at most `max_group_members` in all.
 
@@ -412,7 +420,10 @@ async def create_group(
         await _spend_additions(services, viewer, len(others))
         roles = {viewer.user_id: MemberRole.OWNER, **dict.fromkeys(others, MemberRole.MEMBER)}
         return await _create(
-            session, Conversation(kind=ConversationKind.GROUP, title=name), roles, actor_id=viewer.user_id
+            session,
+            Conversation(kind=ConversationKind.GROUP, title=name, encrypted=encrypted),
+            roles,
+            actor_id=viewer.user_id,
         )
 
     view = await commit_then_publish(services, work)

@@ -13,22 +13,42 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from resolvers.accounts import Viewer, get_users
 from resolvers.conversations import conversation_headers
+from resolvers.device_keys import KEYS_LOW, KeysLowEventView, keys_low_event_of
+from resolvers.device_lists import DEVICE_LIST, DeviceListEventView, device_list_event_of
 from resolvers.errors import BadUserInput, Unauthenticated
 from resolvers.expiry import is_expired
 from resolvers.ids import MessageRef, format_cursor, parse_cursor
 from resolvers.lifecycle import LIFECYCLE_KINDS, LifecycleChange, change_of
 from resolvers.messages import MessageView
-from resolvers.notice_codec import MESSAGE_KIND, RECEIPT_KIND, decode_message, decode_receipt, decode_typing, revokes
-from resolvers.records import DELETED_DISPLAY_NAME, DELETED_USERNAME, EntryNotice, SharedEvent, Signal, StoredEntry
+from resolvers.notice_codec import (
+    MESSAGE_KIND,
+    RECEIPT_KIND,
+    decode_message,
+    decode_receipt,
+    decode_to_device,
+    decode_typing,
+    device_of,
+    revokes,
+)
+from resolvers.records import (
+    DELETED_DISPLAY_NAME,
+    DELETED_USERNAME,
+    EntryNotice,
+    SharedEvent,
+    Signal,
+    StoredEntry,
+    ToDeviceMessage,
+)
 from resolvers.reports import ReportEventView, report_event_of
 from resolvers.services import Services
+from resolvers.to_device import ToDeviceEventView, to_device_of
 from resolvers.unread import READ_STATE, ReadPosition, read_state_at, read_state_of
 
 log = logging.getLogger("parley.events")
@@ -108,6 +128,9 @@ DurableEvent = (
     | LifecycleEventView
     | ReadStateEventView
     | ReportEventView
+    | DeviceListEventView
+    | KeysLowEventView
+    | ToDeviceEventView
 )
 Event = DurableEvent | TypingEventView
 
@@ -129,7 +152,21 @@ def _receipt(data: dict[str, Any]) -> ReceiptView:
     )
 
 
+# Entries whose JSON payload is the whole event.
+_PAYLOAD_EVENTS: dict[str, Callable[[str, dict[str, Any]], DurableEvent]] = {
+    "REPORT": report_event_of,
+    DEVICE_LIST: device_list_event_of,
+    KEYS_LOW: keys_low_event_of,
+}
+
+
 def _render_entry(entry: StoredEntry) -> DurableEvent | None:
+    if entry.kind == "TO_DEVICE" and entry.device_id is not None:
+        return ToDeviceEventView(format_cursor(entry.seq), to_device_of(entry.payload or "{}", entry.device_id))
+    return _render_user_entry(entry)
+
+
+def _render_user_entry(entry: StoredEntry) -> DurableEvent | None:
     cursor = format_cursor(entry.seq)
     if entry.kind == "MESSAGE":
         return MessageEventView(cursor, MessageView.from_stored(entry.message)) if entry.message is not None else None
@@ -140,8 +177,8 @@ def _render_entry(entry: StoredEntry) -> DurableEvent | None:
     data: dict[str, Any] = json.loads(entry.payload or "{}")
     if entry.kind == "RECEIPT":
         return ReceiptEventView(cursor, _receipt(data))
-    if entry.kind == "REPORT":
-        return report_event_of(cursor, data)
+    if (render := _PAYLOAD_EVENTS.get(entry.kind)) is not None:
+        return render(cursor, data)
     return ConversationEventView(
         cursor,
         data["change"],
@@ -152,18 +189,34 @@ def _render_entry(entry: StoredEntry) -> DurableEvent | None:
     )
 
 
-def _render_carried(encoded: dict[str, Any]) -> MessageView | ReceiptView | None:
+@dataclass(frozen=True, slots=True)
+class _ForDevice:
+    """A notice's entry meant for one device of the user; `message` when the notice carried it whole."""
+
+    device_id: int
+    message: ToDeviceMessage | None
+
+
+Carried = MessageView | ReceiptView | ToDeviceMessage
+# What a stream holds for a position a notice announced: an event, or `_SKIP` (another device's entry).
+_SKIP = object()
+
+
+def _render_carried(encoded: dict[str, Any]) -> MessageView | ReceiptView | _ForDevice | None:
     """The event a notice carries, rendered; None for anything this version does not know."""
     kind = encoded.get("k")
     if kind == MESSAGE_KIND:
         return MessageView.from_stored(decode_message(encoded))
     if kind == RECEIPT_KIND:
         return _receipt(decode_receipt(encoded))
+    if (device_id := device_of(encoded)) is not None:
+        return _ForDevice(device_id, decode_to_device(encoded))
     return None
 
 
-def _shared_body(event: SharedEvent) -> MessageView | ReceiptView | None:
-    """The event a notice carries, rendered once per process however many streams it reaches."""
+def _shared_body(event: SharedEvent, device_id: int) -> Carried | object | None:
+    """The event a notice carries for this device (`_SKIP`: none, the entry is another device's), or None
+    when the database must be read; rendered once per process however many streams it reaches."""
     if event.rendered is None:
         try:
             event.rendered = _render_carried(event.encoded) or False
@@ -171,6 +224,8 @@ def _shared_body(event: SharedEvent) -> MessageView | ReceiptView | None:
             log.warning("could not render a notice's event; reading it from the database", exc_info=True)
             event.rendered = False
     body = event.rendered
+    if isinstance(body, _ForDevice):
+        return _SKIP if body.device_id != device_id else body.message
     return body if isinstance(body, MessageView | ReceiptView) else None
 
 
@@ -275,7 +330,7 @@ async def pending_events(services: Services, viewer: Viewer, *, after: str | Non
 
 async def stream_events(services: Services, viewer: Viewer, *, after: str | None) -> AsyncIterator[Event]:
     """Replays pending events, then follows live ones: no gap, no duplicate, in order."""
-    position = _Position(await _start_position(services, viewer, after))
+    position = _Position(await _start_position(services, viewer, after), viewer.device_id)
     async with services.fanout.listen(viewer.user_id) as notices:
         # Listening before reading: whatever commits from here on also sends a notice.
         async for event in _replay(services, viewer, position):
@@ -311,10 +366,14 @@ async def stream_events(services: Services, viewer: Viewer, *, after: str | None
                 yield event
 
 
-def _with_cursor(seq: int, body: MessageView | ReceiptView) -> DurableEvent:
+def _with_cursor(seq: int, body: Carried | object, ready: list[DurableEvent]) -> None:
+    """Adds the event at `seq` to `ready`: nothing for another device's entry."""
     if isinstance(body, MessageView):
-        return MessageEventView(format_cursor(seq), body)
-    return ReceiptEventView(format_cursor(seq), body)
+        ready.append(MessageEventView(format_cursor(seq), body))
+    elif isinstance(body, ReceiptView):
+        ready.append(ReceiptEventView(format_cursor(seq), body))
+    elif isinstance(body, ToDeviceMessage):
+        ready.append(ToDeviceEventView(format_cursor(seq), body))
 
 
 @dataclass
@@ -326,13 +385,15 @@ class _Position:
     """
 
     value: int
-    early: dict[int, MessageView | ReceiptView] = field(default_factory=dict)
+    # The stream's device: entries for the user's other devices pass without an event.
+    device_id: int
+    early: dict[int, Carried | object] = field(default_factory=dict)
 
     def accept(self, item: EntryNotice) -> list[DurableEvent] | None:
         """The events now in order (maybe none); None when the database must be read instead."""
         if item.seq <= self.value:
             return []  # already read with an earlier batch
-        body = _shared_body(item.event) if item.event is not None else None
+        body = _shared_body(item.event, self.device_id) if item.event is not None else None
         if body is None:
             return None
         if item.seq != self.value + 1:
@@ -341,10 +402,11 @@ class _Position:
             self.early[item.seq] = body
             return []
         self.value = item.seq
-        ready = [_with_cursor(item.seq, body)]
+        ready: list[DurableEvent] = []
+        _with_cursor(item.seq, body, ready)
         while (body := self.early.pop(self.value + 1, None)) is not None:
             self.value += 1
-            ready.append(_with_cursor(self.value, body))
+            _with_cursor(self.value, body, ready)
         return ready
 
 

@@ -19,11 +19,21 @@ from resolvers.batches import chunks
 
 
 async def claim_uploads(
-    session: AsyncSession, ids: Sequence[int], *, uploader_id: int, conversation_id: int, message_id: int
+    session: AsyncSession,
+    ids: Sequence[int],
+    *,
+    uploader_id: int,
+    conversation_id: int,
+    message_id: int,
+    opaque: bool = False,
 ) -> bool:
-    """Attaches these checked uploads of `uploader_id` to a message; False (nothing changed) unless all could be."""
+    """Attaches these checked uploads of `uploader_id` to a message; False (nothing changed) unless all could be.
+
+    Only opaque uploads go to an encrypted conversation (`opaque`), and only there.
+    """
     claimable = (
         col(Attachment.id).in_(ids),
+        col(Attachment.opaque) == opaque,
         col(Attachment.uploader_id) == uploader_id,
         col(Attachment.state) == UploadState.READY,
         col(Attachment.message_id).is_(None),

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import anyio
 
 from models import Attachment, UploadState
-from resolvers import file_checks, file_store, image_metadata
+from resolvers import encryption, file_checks, file_store, image_metadata
 from resolvers.accounts import Viewer
 from resolvers.errors import BadUserInput, NotFound, ParleyError, RateLimited, Unavailable
 from resolvers.ids import parse_row_id
@@ -85,21 +85,33 @@ async def _storage_call(call: Awaitable[T]) -> T:
 
 
 async def create_upload(
-    services: Services, viewer: Viewer, *, filename: str, content_type: str, size: int, base_url: str
+    services: Services,
+    viewer: Viewer,
+    *,
+    filename: str,
+    content_type: str,
+    size: int,
+    base_url: str,
+    encrypted: bool = False,
 ) -> UploadTicketView:
-    """Records an upload of the viewer and returns the form that stores its bytes (contract `createUpload`)."""
+    """Records an upload of the viewer and returns the form that stores its bytes (contract `createUpload`).
+
+    `encrypted`: a file the client encrypted for an encrypted conversation, stored as an opaque
+    blob (resolvers/encryption.py): whatever `content_type` says, never checked or previewed.
+    """
     files = storage(services)
     config = services.file_config
     try:
         name = file_checks.check_filename(filename)
     except ValueError as error:
         raise BadUserInput(str(error)) from None
-    kind = file_checks.normalize_content_type(content_type)
-    if kind is None or kind not in config.allowed_content_types:
+    kind = encryption.OPAQUE_CONTENT_TYPE if encrypted else file_checks.normalize_content_type(content_type)
+    if not encrypted and (kind is None or kind not in config.allowed_content_types):
         allowed = ", ".join(sorted(config.allowed_content_types))
         raise BadUserInput(f"Content type {content_type[:127]!r} is not allowed; allowed: {allowed}.")
     if not 1 <= size <= config.max_upload_bytes:
         raise BadUserInput(f"A file is 1 to {config.max_upload_bytes} bytes.")
+    assert kind is not None  # checked above, or opaque
     if not config.keep_image_metadata and kind in image_metadata.cleaned_types() and size > config.max_image_bytes:
         raise BadUserInput(f"A {kind} image is at most {config.max_image_bytes} bytes; share larger ones zipped.")
     limit = config.uploads_per_hour
@@ -114,7 +126,12 @@ async def create_upload(
     # Made by the server, never the client: unguessable, and grouped by uploader.
     key = f"{viewer.user_id}/{secrets.token_urlsafe(18)}"
     record = Attachment(
-        uploader_id=viewer.user_id, storage_key=key, filename=name, content_type=kind, declared_size=size
+        uploader_id=viewer.user_id,
+        storage_key=key,
+        filename=name,
+        content_type=kind,
+        declared_size=size,
+        opaque=encrypted,
     )
 
     async def work(session: Any) -> int:
@@ -194,7 +211,7 @@ async def prepare_attachments(services: Services, viewer: Viewer, raw_ids: Seque
                 "t": upload.content_type,
                 "z": size,
                 "k": key,
-                "p": file_checks.is_image(upload.content_type),
+                "p": not upload.opaque and file_checks.is_image(upload.content_type),
             }
         )
     return AttachmentClaim(ids=ids, metadata=json.dumps(metadata, separators=(",", ":")))
@@ -224,7 +241,7 @@ async def _check_stored(services: Services, files: FileStorage, upload: Attachme
     except BaseException:
         await _discard(files, key)
         raise
-    previewable = file_checks.is_image(upload.content_type)
+    previewable = not upload.opaque and file_checks.is_image(upload.content_type)
 
     async def work(session: Any) -> bool:
         assert upload.id is not None
@@ -255,6 +272,8 @@ async def _check_copy(services: Services, files: FileStorage, upload: Attachment
         raise BadUserInput(f"Attachment {upload.id} is {stored.size} bytes, not the {upload.declared_size} declared.")
     if file_checks.normalize_content_type(stored.content_type or "") != upload.content_type:
         raise BadUserInput(f"Attachment {upload.id} was stored as another content type than declared.")
+    if upload.opaque:  # encrypted by the client: nothing to check in it, nothing to clean
+        return stored.size
     cleaning = not config.keep_image_metadata and upload.content_type in image_metadata.cleaned_types()
     # A photo is read whole (its size was bounded by max_image_bytes when declared); anything else, its start.
     limit = stored.size if cleaning else file_checks.EXTENSION_CHECK_BYTES

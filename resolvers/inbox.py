@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, exists, func, insert, select, update
+from sqlalchemy import case, delete, exists, func, insert, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -29,6 +29,8 @@ class Appended:
 
     user_id: int
     seq: int
+    # Set for an entry meant for one device of the user only; the notice names it (resolvers/publish.py).
+    device_id: int | None = None
 
 
 async def append_events(
@@ -78,16 +80,78 @@ async def append_events(
     return [Appended(uid, seq) for uid, seq in rows]
 
 
+async def append_for_devices(
+    session: AsyncSession, entries: Sequence[tuple[int, int, str]], kind: EventKind, *, at: datetime | None = None
+) -> list[Appended]:
+    """Appends `(user, device, payload JSON)` entries, each for one device of its user, in the order given.
+
+    One user's entries take consecutive positions in that order; heads are locked in user id order.
+    """
+    if not entries:
+        return []
+    counts: dict[int, int] = {}
+    for user_id, _, _ in entries:
+        counts[user_id] = counts.get(user_id, 0) + 1
+    users = sorted(counts)
+    await session.execute(
+        select(col(InboxHead.user_id))
+        .where(col(InboxHead.user_id).in_(users))
+        .order_by(col(InboxHead.user_id))
+        .with_for_update()
+    )
+    rows = (
+        await session.execute(
+            update(InboxHead)
+            .where(col(InboxHead.user_id).in_(users))
+            .values(last_seq=col(InboxHead.last_seq) + case(counts, value=col(InboxHead.user_id), else_=0))
+            .returning(col(InboxHead.user_id), col(InboxHead.last_seq))
+        )
+    ).all()
+    # Each user's block of positions ends at the new head: hand them out from its start.
+    following = {uid: head - counts[uid] + 1 for uid, head in rows}
+    now = at or utcnow()
+    appended: list[Appended] = []
+    values: list[dict[str, Any]] = []
+    for user_id, device_id, text in entries:
+        if user_id not in following:  # no inbox head: the account is gone
+            continue
+        seq = following[user_id]
+        following[user_id] = seq + 1
+        values.append(
+            {
+                "user_id": user_id,
+                "seq": seq,
+                "kind": kind,
+                "message_id": None,
+                "payload": text,
+                "device_id": device_id,
+                "created_at": now,
+            }
+        )
+        appended.append(Appended(user_id, seq, device_id))
+    if values:
+        await session.execute(insert(InboxEntry), values)
+    return appended
+
+
 async def read_entries(
-    session: AsyncSession, user_id: int, *, after: int, limit: int
+    session: AsyncSession, user_id: int, *, after: int, limit: int, device_id: int | None = None
 ) -> list[tuple[InboxEntry, Message | None, User | None]]:
-    """The user's entries after position `after`, oldest first, with their messages and senders."""
+    """The user's entries after position `after`, oldest first, with their messages and senders.
+
+    With `device_id`, the entries meant for the user's other devices only are left out.
+    """
+    mine = (
+        or_(col(InboxEntry.device_id).is_(None), col(InboxEntry.device_id) == device_id)
+        if device_id is not None
+        else true()
+    )
     rows = (
         await session.execute(
             select(InboxEntry, Message, User)
             .outerjoin(Message, col(Message.id) == col(InboxEntry.message_id))
             .outerjoin(User, col(User.id) == col(Message.sender_id))
-            .where(col(InboxEntry.user_id) == user_id, col(InboxEntry.seq) > after)
+            .where(col(InboxEntry.user_id) == user_id, col(InboxEntry.seq) > after, mine)
             .order_by(col(InboxEntry.seq))
             .limit(limit)
         )

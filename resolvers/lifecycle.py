@@ -48,6 +48,7 @@ from models import (
     UploadState,
     User,
 )
+from resolvers import encryption
 from resolvers.accounts import Viewer
 from resolvers.blocks import blockers_among
 from resolvers.conversations import MANAGERS, member_ids
@@ -81,6 +82,8 @@ class LifecycleChange:
     body: str | None = None
     emoji: str | None = None
     added: bool = True
+    # An edit in an encrypted conversation: the new content, opaque (resolvers/encryption.py).
+    ciphertext: str | None = None
 
 
 def payload_of(kind: EventKind, change: LifecycleChange) -> str:
@@ -96,6 +99,8 @@ def payload_of(kind: EventKind, change: LifecycleChange) -> str:
     }
     if kind is EventKind.EDIT:
         data["b"] = change.body
+        if change.ciphertext is not None:
+            data["ct"] = change.ciphertext
     elif kind is EventKind.REACTION:
         data["e"] = change.emoji
         data["add"] = change.added
@@ -114,6 +119,7 @@ def change_of(payload: str) -> LifecycleChange:
         body=data.get("b"),
         emoji=data.get("e"),
         added=bool(data.get("add", True)),
+        ciphertext=data.get("ct"),
     )
 
 
@@ -199,15 +205,27 @@ def _outside(sent_at: datetime | None, now: datetime, window: float) -> bool:
     return sent_at is None or now - sent_at > timedelta(seconds=window)
 
 
-async def edit_message(services: Services, viewer: Viewer, ref: MessageRef, body: str) -> None:
-    """Its sender changes a message's body within the edit window; every member's devices get the edit."""
-    text = check_body(services, body)
+async def edit_message(
+    services: Services, viewer: Viewer, ref: MessageRef, body: str | None, *, ciphertext: str | None = None
+) -> None:
+    """Its sender changes a message's body (ciphertext where encrypted) within the edit window; members' devices get it."""
+    if ciphertext is not None:
+        text = None if body is None or not body.strip() else body
+        encryption.check_ciphertext(services, ciphertext)
+    else:
+        text = check_body(services, body or "")
     window = services.limits.edit_window_seconds
 
     async def work(session: AsyncSession) -> tuple[None, list[Appended]]:
         await _hold_membership(session, ref.conversation_id, viewer.user_id)
         if ref.sender_id != viewer.user_id:
             raise Forbidden("Only its sender can edit a message.")
+        encrypted = await session.scalar(
+            select(col(Conversation.encrypted)).where(col(Conversation.id) == ref.conversation_id)
+        )
+        wrong_kind = encryption.mismatch(bool(encrypted), body=text, ciphertext=ciphertext)
+        if wrong_kind is not None:
+            raise encryption.refusal_error(wrong_kind)
         now = services.clock()
         # Locked: a delete for everyone (by a group admin, say) either committed before and is
         # seen here, or waits and then finds this edit's event to erase.
@@ -223,11 +241,13 @@ async def edit_message(services: Services, viewer: Viewer, ref: MessageRef, body
             await session.execute(
                 update(Message)
                 .where(col(Message.id) == ref.message_id, col(Message.deleted_at).is_(None))
-                .values(body=text)
+                .values(body=text, ciphertext=ciphertext)
                 .execution_options(synchronize_session=False)
             )
         actor = await _actor(session, viewer)
-        change = LifecycleChange(ref, viewer.user_id, actor.username, actor.display_name, now, body=text)
+        change = LifecycleChange(
+            ref, viewer.user_id, actor.username, actor.display_name, now, body=text, ciphertext=ciphertext
+        )
         stage(session, "message.edited", message_payload(ref, body=text, actor_id=viewer.user_id))
         return await _append(session, EventKind.EDIT, change, recipients)
 
@@ -276,7 +296,7 @@ async def delete_message(services: Services, viewer: Viewer, ref: MessageRef) ->
                 col(Message.conversation_id) == ref.conversation_id,
                 col(Message.deleted_at).is_(None),
             )
-            .values(body=None, attachments=None, deleted_at=now)
+            .values(body=None, ciphertext=None, attachments=None, deleted_at=now)
             .execution_options(synchronize_session=False)
         )
         if not marked.rowcount and not erased.rowcount:  # type: ignore[attr-defined]
@@ -322,6 +342,8 @@ async def _erase_pending_edits(session: AsyncSession, message_id: int) -> None:
     for user_id, seq, payload in rows:
         data = json.loads(payload or "{}")
         data["b"] = None
+        if "ct" in data:
+            data["ct"] = None
         await session.execute(
             update(InboxEntry)
             .where(col(InboxEntry.user_id) == user_id, col(InboxEntry.seq) == seq)

@@ -12,7 +12,8 @@ from sqlmodel import col
 
 from models import Device, InboxEntry, Invite, Mention, Message, Reaction, SentKey
 from resolvers.accounts import announce_revoked
-from resolvers.inbox import delete_orphans_after_commit, prune_inbox
+from resolvers.device_lists import DeviceChange, append_device_changes, publish_device_changes
+from resolvers.inbox import Appended, delete_orphans_after_commit, prune_inbox
 from resolvers.invites import ENDED_LISTED_SECONDS
 from resolvers.services import Services
 
@@ -41,6 +42,7 @@ async def sweep(services: Services, *, now: datetime) -> SweepResult:
     """
     cutoff = now - timedelta(days=services.limits.device_inactivity_days)
     revoked: list[tuple[int, int]] = []
+    appended: list[Appended] = []
 
     async def work(session: AsyncSession) -> SweepResult:
         expired = (
@@ -51,6 +53,9 @@ async def sweep(services: Services, *, now: datetime) -> SweepResult:
         revoked[:] = [(device_id, user_id) for device_id, user_id in expired if device_id is not None]
         # Messages these deletions leave unreferenced go after the commit (see prune_inbox).
         await prune_inbox(session, [user_id for _, user_id in expired])
+        appended[:] = await append_device_changes(
+            session, [DeviceChange(user_id, device_id, added=False) for device_id, user_id in revoked]
+        )
         orphaned = (
             await session.execute(
                 delete(InboxEntry)
@@ -85,6 +90,7 @@ async def sweep(services: Services, *, now: datetime) -> SweepResult:
         return SweepResult(devices=len(expired), entries=len(orphaned), messages=deleted_messages)
 
     result = await services.db.transaction(work)
+    await publish_device_changes(services, appended)
     # Expired like a logout: their sockets close on every process.
     await announce_revoked(services, revoked)
     if result.devices or result.messages:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from models.columns import utcnow
-from resolvers import before_send, webhooks
+from resolvers import before_send, encryption, webhooks
 from resolvers.accounts import Viewer, get_users
 from resolvers.errors import BadUserInput, Conflict, NotFound, Unauthenticated
 from resolvers.files import AttachmentView, announce_thumbnail_work, attachments_of, prepare_attachments
@@ -47,6 +47,8 @@ class MessageView:
     expires_at: datetime | None = None
     # The users the message mentions (ids).
     mentions: tuple[int, ...] = ()
+    # An encrypted conversation's message: opaque base64 (resolvers/encryption.py); body is None.
+    ciphertext: str | None = None
 
     @classmethod
     def from_stored(cls, message: StoredMessage) -> MessageView:
@@ -64,6 +66,7 @@ class MessageView:
             else None,
             expires_at=message.expires_at,
             mentions=message.mentions,
+            ciphertext=message.ciphertext,
         )
 
 
@@ -76,7 +79,9 @@ def check_body(services: Services, body: str) -> str:
     return body
 
 
-def _check_input(services: Services, client_id: str, body: str | None, attachment_ids: list[str]) -> str | None:
+def _check_input(
+    services: Services, client_id: str, body: str | None, attachment_ids: list[str], ciphertext: str | None = None
+) -> str | None:
     if not 1 <= len(client_id) <= MAX_CLIENT_ID or not client_id.isprintable():
         raise BadUserInput(f"clientId is 1 to {MAX_CLIENT_ID} printable characters.")
     limits = services.limits
@@ -86,7 +91,9 @@ def _check_input(services: Services, client_id: str, body: str | None, attachmen
         raise BadUserInput(f"A message body is at most {limits.max_body_length} characters.")
     if body is not None and not body.strip():
         body = None
-    if body is None and not attachment_ids:
+    if ciphertext is not None:
+        encryption.check_ciphertext(services, ciphertext)
+    elif body is None and not attachment_ids:
         raise BadUserInput("A message needs a body or an attachment.")
     return body
 
@@ -101,6 +108,7 @@ async def send_message(
     attachment_ids: list[str],
     reply_to: MessageRef | None = None,
     mentions: Sequence[int] = (),
+    ciphertext: str | None = None,
 ) -> MessageView:
     """Stores a message and its inbox entries in one transaction, then publishes them.
 
@@ -110,10 +118,11 @@ async def send_message(
     clientId already used in another conversation is a `Conflict`. Returning means
     the message is committed (the SENT moment); a failed publish only delays it.
     A device logged out meanwhile is `Unauthenticated`: nothing is stored. `mentions` must name
-    members (resolvers/mentions.py), else `BadUserInput` and nothing is stored.
+    members (resolvers/mentions.py), else `BadUserInput` and nothing is stored. An encrypted
+    conversation takes `ciphertext` and no body, a plaintext one no ciphertext (resolvers/encryption.py).
     """
     started = time.perf_counter()
-    text = _check_input(services, client_id, body, attachment_ids)
+    text = _check_input(services, client_id, body, attachment_ids, ciphertext)
     named = check_mentions(services, viewer, mentions)
     if reply_to is not None and reply_to.conversation_id != conversation_id:
         raise BadUserInput("replyToId names a message of another conversation.")
@@ -123,11 +132,12 @@ async def send_message(
         # A retry must find its first send before the uploads (attached by then) are checked,
         # and before the hook is asked again about a message it already let through.
         if await services.inbox_store.earlier_send(viewer.user_id, client_id) is not None:
-            return await _earlier_send(services, viewer, conversation_id, client_id, text)
+            return await _earlier_send(services, viewer, conversation_id, client_id, text, ciphertext=ciphertext)
         if attachment_ids:
             claim = await prepare_attachments(services, viewer, attachment_ids)
     await check_send_rate(services, viewer)
-    if hook is not None:
+    if hook is not None and ciphertext is None:  # ciphertext: nothing the hook could judge, so it is not asked
+        await _refuse_if_encrypted(services, conversation_id)
         text = await before_send.screen(
             services,
             hook,
@@ -150,6 +160,7 @@ async def send_message(
         attachments=claim,
         reply_to=(reply_to.message_id, reply_to.sender_id) if reply_to is not None else None,
         mentions=named,
+        ciphertext=ciphertext,
     )
     if not outcome.device_known:
         raise Unauthenticated("This device has logged out.")
@@ -157,7 +168,14 @@ async def send_message(
         raise NotFound("No such conversation.")
     if outcome.message is None:
         return await _not_stored(
-            services, viewer, outcome, conversation_id=conversation_id, client_id=client_id, body=text, now=sent_at
+            services,
+            viewer,
+            outcome,
+            conversation_id=conversation_id,
+            client_id=client_id,
+            body=text,
+            now=sent_at,
+            ciphertext=ciphertext,
         )
     committed = time.perf_counter()
     services.telemetry.send_committed(committed - started)
@@ -181,6 +199,12 @@ async def send_message(
     return view
 
 
+async def _refuse_if_encrypted(services: Services, conversation_id: int) -> None:
+    """Refuses a body for an encrypted conversation before the hook could see it (the store would refuse it after)."""
+    if await encryption.is_encrypted(services, conversation_id):
+        raise encryption.refusal_error(encryption.NEEDS_CIPHERTEXT)
+
+
 async def _not_stored(
     services: Services,
     viewer: Viewer,
@@ -190,12 +214,15 @@ async def _not_stored(
     client_id: str,
     body: str | None,
     now: datetime,
+    ciphertext: str | None = None,
 ) -> MessageView:
     """A send that stored nothing: a retry gets its first message; otherwise the refusal's error."""
     refused = outcome.refusal is not None or not outcome.attachments_ok or not outcome.mentions_ok
     # A retry of a message stored before (a mute or slow mode began since, its uploads are attached) gets it.
     if not refused or await services.inbox_store.earlier_send(viewer.user_id, client_id) is not None:
-        return await _earlier_send(services, viewer, conversation_id, client_id, body)
+        return await _earlier_send(services, viewer, conversation_id, client_id, body, ciphertext=ciphertext)
+    if outcome.refusal is not None and outcome.refusal in encryption.REFUSALS:
+        raise encryption.refusal_error(outcome.refusal)
     if outcome.refusal is not None:
         raise refusal_error(outcome.refusal, outcome.refused_until, now)
     if not outcome.attachments_ok:
@@ -263,7 +290,13 @@ async def check_send_rate(services: Services, viewer: Viewer) -> None:
 
 
 async def _earlier_send(
-    services: Services, viewer: Viewer, conversation_id: int, client_id: str, body: str | None
+    services: Services,
+    viewer: Viewer,
+    conversation_id: int,
+    client_id: str,
+    body: str | None,
+    *,
+    ciphertext: str | None = None,
 ) -> MessageView:
     earlier = await services.inbox_store.earlier_send(viewer.user_id, client_id)
     if earlier is None:  # cannot happen: the store found the key a moment ago, and keys outlive retries
@@ -283,6 +316,7 @@ async def _earlier_send(
         ref=ref,
         client_id=client_id,
         body=body,
+        ciphertext=ciphertext,
         sent_at=earlier.sent_at,
         sender_username=user.username if user else DELETED_USERNAME,
         sender_display_name=user.display_name if user else DELETED_DISPLAY_NAME,

@@ -1,6 +1,7 @@
 """What notices and signals carry on the bus: both directions of each format, side by side.
 
-An entry notice may carry its entry's event (a message or a receipt), so that a
+An entry notice may carry its entry's event (a message, a receipt, or an entry for
+one device of the user, whose other devices' streams skip it), so that a
 stream expecting that position yields it without reading the database; `encode_*`
 makes that form when publishing (`resolvers/publish.py`) and `decode_*` reads it back
 (`resolvers/events.py`). Every process decodes every notice of the shards it listens
@@ -20,10 +21,11 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal, NotRequired, TypedDict
 
-from resolvers.records import StoredMessage
+from resolvers.records import StoredMessage, ToDeviceMessage
 
 MESSAGE_KIND: Literal["M"] = "M"
 RECEIPT_KIND: Literal["R"] = "R"
+DEVICE_KIND: Literal["D"] = "D"
 
 
 class MessageEvent(TypedDict):
@@ -44,6 +46,7 @@ class MessageEvent(TypedDict):
     rs: NotRequired[int | None]  # reply_to_sender_id
     x: NotRequired[str | None]  # expires_at, ISO 8601
     mn: NotRequired[list[int]]  # mentions (user ids)
+    ct: NotRequired[str | None]  # ciphertext (opaque base64, encrypted conversations)
 
 
 class ReceiptEvent(TypedDict):
@@ -53,12 +56,29 @@ class ReceiptEvent(TypedDict):
     p: dict[str, Any]  # the payload (resolvers/watermarks.py)
 
 
-CarriedEvent = MessageEvent | ReceiptEvent
+class DeviceEvent(TypedDict):
+    """An entry for one device of the user: the user's other streams pass its position without a read.
+
+    A to-device message is carried whole when small enough (resolvers/to_device.py); without
+    its other keys, the addressed device reads the entry from the database.
+    """
+
+    k: Literal["D"]
+    dv: int  # the device the entry is for
+    s: NotRequired[int]  # sender_id
+    su: NotRequired[str]  # sender_username
+    sd: NotRequired[str]  # sender_display_name
+    sv: NotRequired[int]  # the sender's device
+    ty: NotRequired[str]  # type
+    p: NotRequired[str]  # payload (opaque)
+
+
+CarriedEvent = MessageEvent | ReceiptEvent | DeviceEvent
 
 
 def encode_message(message: StoredMessage) -> MessageEvent:
     """A message as an entry notice carries it."""
-    return {
+    encoded: MessageEvent = {
         "k": MESSAGE_KIND,
         "id": message.id,
         "c": message.conversation_id,
@@ -74,6 +94,9 @@ def encode_message(message: StoredMessage) -> MessageEvent:
         "x": message.expires_at.isoformat() if message.expires_at is not None else None,
         "mn": list(message.mentions),
     }
+    if message.ciphertext is not None:  # a plaintext message's notice stays as small as it was
+        encoded["ct"] = message.ciphertext
+    return encoded
 
 
 def decode_message(encoded: Mapping[str, Any]) -> StoredMessage:
@@ -92,6 +115,7 @@ def decode_message(encoded: Mapping[str, Any]) -> StoredMessage:
         reply_to_sender_id=encoded.get("rs"),
         expires_at=datetime.fromisoformat(expires) if (expires := encoded.get("x")) is not None else None,
         mentions=tuple(int(uid) for uid in encoded.get("mn") or ()),
+        ciphertext=encoded.get("ct"),
     )
 
 
@@ -105,6 +129,47 @@ def decode_receipt(encoded: Mapping[str, Any]) -> dict[str, Any]:
     """The stored payload of the receipt an entry notice carried (its "k" is RECEIPT_KIND)."""
     payload: dict[str, Any] = encoded["p"]
     return payload
+
+
+def device_marker(device_id: int) -> DeviceEvent:
+    """The notice form of an entry for one device only, carrying nothing else."""
+    return {"k": DEVICE_KIND, "dv": device_id}
+
+
+def encode_to_device(message: ToDeviceMessage) -> DeviceEvent:
+    """A to-device message as an entry notice carries it."""
+    return {
+        "k": DEVICE_KIND,
+        "dv": message.device_id,
+        "s": message.sender_id,
+        "su": message.sender_username,
+        "sd": message.sender_display_name,
+        "sv": message.sender_device_id,
+        "ty": message.type,
+        "p": message.payload,
+    }
+
+
+def decode_to_device(encoded: Mapping[str, Any]) -> ToDeviceMessage | None:
+    """The to-device message a notice carried whole; None for a bare device marker. KeyError when malformed."""
+    if "p" not in encoded:
+        return None
+    return ToDeviceMessage(
+        device_id=int(encoded["dv"]),
+        sender_id=int(encoded["s"]),
+        sender_username=str(encoded["su"]),
+        sender_display_name=str(encoded["sd"]),
+        sender_device_id=int(encoded["sv"]),
+        type=str(encoded["ty"]),
+        payload=str(encoded["p"]),
+    )
+
+
+def device_of(encoded: Mapping[str, Any]) -> int | None:
+    """The device a carried event is for (its "k" is DEVICE_KIND); None when it is for every device."""
+    if encoded.get("k") != DEVICE_KIND:
+        return None
+    return int(encoded["dv"])
 
 
 def typing_signal(*, conversation_id: int, user_id: int, typing: bool, at: datetime) -> dict[str, Any]:

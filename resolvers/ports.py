@@ -97,6 +97,7 @@ class InboxStore(Protocol):
         attachments: AttachmentClaim | None = None,
         reply_to: tuple[int, int] | None = None,
         mentions: Sequence[int] = (),
+        ciphertext: str | None = None,
     ) -> SendOutcome:
         """Stores the message, its idempotency key and one inbox entry per recipient, atomically.
 
@@ -104,6 +105,8 @@ class InboxStore(Protocol):
         `reply_to` is the (message id, sender id) of the message this one replies to.
         `mentions` (distinct user ids, not the sender) must all be members, or nothing is stored.
         The recipients' unread counters (and mention counters) move in the same transaction.
+        `ciphertext` (with no body) is what an encrypted conversation takes, and only it: a
+        mismatch stores nothing and is refused (resolvers/encryption.py REFUSALS).
         """
         ...
 

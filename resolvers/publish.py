@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from resolvers.inbox import Appended
+from resolvers.notice_codec import device_marker
 from resolvers.services import Services
 from resolvers.webhooks import Payload, emit_many, take_staged
 
@@ -41,10 +42,28 @@ async def commit_then_publish(
         return outcome
 
     result, appended = await services.db.transaction(run)
-    await publish_entries_best_effort(services, [(entry.user_id, entry.seq, 0) for entry in appended], [None])
+    await publish_appended(services, appended)
     if staged:
         await emit_many(services, staged)
     return result
+
+
+async def publish_appended(services: Services, appended: Sequence[Appended]) -> None:
+    """Publishes notices of committed entries without their events; one for a single device names it.
+
+    Naming the device lets the user's other streams pass that position without reading the database.
+    """
+    events: list[Mapping[str, Any] | None] = [None]
+    index_of: dict[int, int] = {}
+    rows: list[tuple[int, int, int]] = []
+    for entry in appended:
+        index = 0
+        if entry.device_id is not None:
+            index = index_of.setdefault(entry.device_id, len(events))
+            if index == len(events):
+                events.append(device_marker(entry.device_id))
+        rows.append((entry.user_id, entry.seq, index))
+    await publish_entries_best_effort(services, rows, events)
 
 
 async def publish_entries_best_effort(

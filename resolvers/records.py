@@ -69,6 +69,8 @@ class StoredMessage:
     expires_at: datetime | None = None
     # The mentioned users' ids (stored as JSON with the message, so events need no lookup).
     mentions: tuple[int, ...] = ()
+    # An encrypted conversation's message: opaque base64 instead of a body (resolvers/encryption.py).
+    ciphertext: str | None = None
 
     @classmethod
     def from_model(cls, message: Message, sender: User | None) -> StoredMessage:
@@ -88,6 +90,7 @@ class StoredMessage:
             reply_to_sender_id=message.reply_to_sender_id,
             expires_at=message.expires_at,
             mentions=mention_ids(message.mentions),
+            ciphertext=message.ciphertext,
         )
 
     @classmethod
@@ -110,6 +113,7 @@ class StoredMessage:
             reply_to_sender_id=row["reply_to_sender_id"],
             expires_at=row["expires_at"],
             mentions=mention_ids(row.get("mentions")),
+            ciphertext=row.get("ciphertext"),
         )
 
 
@@ -129,6 +133,21 @@ class StoredEntry:
     kind: str
     message: StoredMessage | None
     payload: str | None
+    # The one device of the user the entry is for (to-device messages); None: all of them.
+    device_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToDeviceMessage:
+    """An opaque message from one device to one device (resolvers/to_device.py), with the sender's names."""
+
+    device_id: int
+    sender_id: int
+    sender_username: str
+    sender_display_name: str
+    sender_device_id: int
+    type: str
+    payload: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -133,6 +133,15 @@ class Limits:
     data_exports_per_hour: int = 3
     max_report_excerpt_length: int = 4000
     reports_per_hour: int = 20
+    max_one_time_keys: int = 100
+    max_one_time_keys_per_upload: int = 50
+    one_time_keys_low: int = 10
+    key_uploads_per_hour: int = 60
+    key_claims_per_hour: int = 1000
+    key_claims_per_device_per_hour: int = 200
+    max_ciphertext_length: int = 65536
+    max_to_device_payload_bytes: int = 65536
+    to_device_per_minute: int = 1000
 
 
 @dataclass(frozen=True)

@@ -198,6 +198,9 @@ async def test_the_database_keeps_nothing_of_a_deleted_account_but_its_scrubbed_
     await alice.drain()
     await alice.mark_read(direct, message["id"])
     await alice.data(REACT, m=message["id"], e="👍")
+    # A to-device message from her device waits for bob's (it names her, and her device is going).
+    to_device = [{"deviceId": bob.device_id, "type": "m.test", "payload": f"to-device-{marker}"}]
+    await alice.data("mutation T($m: [ToDeviceInput!]!) { sendToDevice(messages: $m) }", m=to_device)
     everything = [
         alice.username,
         f"Alice {marker}",
@@ -206,6 +209,7 @@ async def test_the_database_keeps_nothing_of_a_deleted_account_but_its_scrubbed_
         f"file-{marker}.pdf",
         f"endpoint-{marker}",
         f"alone-{marker}",
+        f"to-device-{marker}",
     ]
     dump = await dump_all_tables(api, request)
     assert [text for text in everything if text not in dump] == []

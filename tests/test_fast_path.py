@@ -53,6 +53,7 @@ class CountingStore:
         attachments: AttachmentClaim | None = None,
         reply_to: tuple[int, int] | None = None,
         mentions: Sequence[int] = (),
+        ciphertext: str | None = None,
     ) -> SendOutcome:
         return await self._inner.send(
             sender_id=sender_id,
@@ -64,6 +65,7 @@ class CountingStore:
             attachments=attachments,
             reply_to=reply_to,
             mentions=mentions,
+            ciphertext=ciphertext,
         )
 
     async def earlier_send(self, sender_id: int, client_id: str) -> EarlierSend | None:

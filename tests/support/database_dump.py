@@ -25,7 +25,9 @@ async def dump_settings_tables(settings: Settings) -> str:
             await connection.run_sync(metadata.reflect)
             parts = []
             for table in metadata.sorted_tables:
-                rows = (await connection.execute(select(table))).all()
+                # Plain tuples: SQLAlchemy's Row repr cuts long values short, which would hide a
+                # marker in the middle of a long column from "not in the dump" checks.
+                rows = [tuple(row) for row in (await connection.execute(select(table))).all()]
                 parts.append(f"{table.name}: {rows!r}")
     finally:
         await engine.dispose()

@@ -27,6 +27,8 @@ EVENT_FIELDS = f"""
   ... on MessageEditedEvent {{ cursor }}
   ... on MessageDeletedEvent {{ cursor }}
   ... on ReactionEvent {{ cursor }}
+  ... on DeviceListEvent {{ cursor }}
+  ... on OneTimeKeysLowEvent {{ cursor }}
 """
 EVENTS = f"subscription Events($after: String) {{ events(after: $after) {{ {EVENT_FIELDS} }} }}"
 AUTH = f"token user {{ {USER_FIELDS} }} device {{ id name createdAt }}"

@@ -450,6 +450,7 @@ async function send(conversationId: string, body: string, file: File | undefined
       conversationId,
       sentAt: new Date().toISOString(),
       body,
+      ciphertext: null, // this example chat writes plaintext conversations only
       replyToId: null,
       expiresAt: null,
       sender: me,
@@ -568,6 +569,13 @@ async function onEvent(event: EventsSubscription["events"]): Promise<void> {
     }
     case "ReactionEvent": {
       // This page shows no reactions; acknowledged so they do not stay pending.
+      acknowledge(event.cursor);
+      break;
+    }
+    case "ToDeviceEvent":
+    case "DeviceListEvent":
+    case "OneTimeKeysLowEvent": {
+      // End-to-end encryption's events: this example chat has no encrypted conversations.
       acknowledge(event.cursor);
       break;
     }

@@ -36,6 +36,7 @@ def upgrade() -> None:
         sa.Column("fallback_key_id", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
         sa.Column("fallback_key", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True),
         sa.Column("fallback_signature", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=True),
+        sa.Column("low_keys_notified", sa.Boolean(), nullable=False, server_default=sa.false()),
         sa.Column("updated_at", _TIME, nullable=False),
     )
     op.create_index("ix_device_keys_user_id", "device_keys", ["user_id"])
@@ -54,9 +55,14 @@ def upgrade() -> None:
         batch.add_column(sa.Column("encrypted", sa.Boolean(), nullable=False, server_default=sa.false()))
     with op.batch_alter_table("messages") as batch:
         batch.add_column(sa.Column("ciphertext", sqlmodel.sql.sqltypes.AutoString(), nullable=True))
+    with op.batch_alter_table("attachments") as batch:
+        # An encrypted conversation's upload: an opaque blob, never checked or previewed.
+        batch.add_column(sa.Column("opaque", sa.Boolean(), nullable=False, server_default=sa.false()))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("attachments") as batch:
+        batch.drop_column("opaque")
     with op.batch_alter_table("messages") as batch:
         batch.drop_column("ciphertext")
     with op.batch_alter_table("conversations") as batch:
