@@ -91,13 +91,17 @@ class HttpBeforeSendHook:
             "mentions": [str(uid) for uid in message.mentions],
             "attachmentCount": message.attachment_count,
             "replyToId": self._ids.encode(message.reply_to) if message.reply_to is not None else None,
+            "editOf": self._ids.encode(message.edit_of) if message.edit_of is not None else None,
         }
         event = {"type": EVENT_TYPE, "timestamp": datetime.now(UTC).isoformat(), "data": data}
         return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
 
     def _signed(self, message: OutgoingMessage, payload: bytes) -> dict[str, str]:
-        # The same send (sender, clientId) keeps its id, so a hook may recognise an attempt it already judged.
+        # The same send (sender, clientId) keeps its id, so a hook may recognise an attempt it already judged;
+        # an edit is another message to judge (its text is new), so its text is part of its id.
         key = f"{message.sender_id}\x00{message.client_id}".encode()
+        if message.edit_of is not None:
+            key += b"\x00edit\x00" + (message.body or "").encode()
         webhook_id = "msg_" + hashlib.sha256(b"parley before-send\x00" + key).hexdigest()[:32]
         now = datetime.now(UTC)
         return {

@@ -78,8 +78,12 @@ async def screen(
     mentions: Sequence[int],
     attachment_count: int,
     reply_to: MessageRef | None,
+    edit_of: MessageRef | None = None,
 ) -> str | None:
-    """The body to store after asking the hook; `Forbidden` with its reason, or `Unavailable` (fail-closed)."""
+    """The body to store after asking the hook; `Forbidden` with its reason, or `Unavailable` (fail-closed).
+
+    An edit (`edit_of`) is asked about like a send: otherwise a clean message could be edited into anything.
+    """
     user = (await get_users(services, [viewer.user_id])).get(viewer.user_id)
     message = OutgoingMessage(
         conversation_id=conversation_id,
@@ -90,6 +94,7 @@ async def screen(
         mentions=tuple(mentions),
         attachment_count=attachment_count,
         reply_to=reply_to,
+        edit_of=edit_of,
     )
     try:
         answer = await before_send.hook.ask(message)

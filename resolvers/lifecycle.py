@@ -48,7 +48,7 @@ from models import (
     UploadState,
     User,
 )
-from resolvers import encryption
+from resolvers import before_send, encryption
 from resolvers.accounts import Viewer
 from resolvers.blocks import blockers_among
 from resolvers.conversations import MANAGERS, member_ids
@@ -252,6 +252,22 @@ async def edit_message(
         return await _append(session, EventKind.EDIT, change, recipients)
 
     await check_send_rate(services, viewer)
+    hook = services.before_send
+    if hook is not None and ciphertext is None and ref.sender_id == viewer.user_id:
+        # The new text is judged as a send's would be (before the transaction: no lock is held
+        # while the hook answers); others' edits are refused below without asking it.
+        text = await before_send.screen(
+            services,
+            hook,
+            viewer,
+            conversation_id=ref.conversation_id,
+            client_id="",
+            body=text,
+            mentions=(),
+            attachment_count=0,
+            reply_to=None,
+            edit_of=ref,
+        )
     await commit_then_publish(services, work)
     log.debug("message %s edited by user %s", ref.message_id, viewer.user_id)
 

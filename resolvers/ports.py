@@ -370,6 +370,8 @@ class OutgoingMessage:
     mentions: tuple[int, ...]
     attachment_count: int
     reply_to: MessageRef | None
+    # Set when the message is an edit: the message whose new text this is (`client_id` is then empty).
+    edit_of: MessageRef | None = None
 
 
 class HookFailed(Exception):

@@ -94,6 +94,10 @@ def open_(request: pytest.FixtureRequest, servers: Servers) -> Api:
     return servers(_backends(request), fail_open=True)
 
 
+EDIT = "mutation E($m: ID!, $b: String) { editMessage(messageId: $m, body: $b) }"
+EDITS = "query P { pendingEvents(first: 100) { __typename ... on MessageEditedEvent { body } } }"
+
+
 def attempt(group: str, body: str, **more: Any) -> dict[str, Any]:
     return {"conversationId": group, "clientId": uuid.uuid4().hex, "body": body, **more}
 
@@ -152,6 +156,24 @@ async def test_a_replaced_body_is_what_the_sender_and_the_recipients_get(
 
 
 @MODES
+async def test_an_edit_is_judged_like_a_send(mode: str, closed: Api, hook: HookServer) -> None:
+    """A clean message cannot be edited into what the hook would refuse: the edit is asked about, named as one,
+    and a rejection leaves the text as it was while a replacement is what members get."""
+    alice, bob, group = await pair(closed)
+    sent = await alice.send(group, "clean words")
+    hook.decide = lambda data: (
+        {"action": "reject", "reason": "Not here."} if "rude" in data["body"] else {"action": "allow"}
+    )
+    assert await alice.error(EDIT, m=sent["id"], b="rude words") == "FORBIDDEN"
+    assert hook.calls[-1].data["editOf"] == sent["id"]
+    assert hook.calls[-1].data["body"] == "rude words"
+    hook.decide = lambda data: {"action": "replace", "body": data["body"].replace("darn", "****")}
+    await alice.data(EDIT, m=sent["id"], b="darn words")
+    pending = (await bob.data(EDITS))["pendingEvents"]
+    assert [e["body"] for e in pending if e["__typename"] == "MessageEditedEvent"] == ["**** words"]
+
+
+@MODES
 async def test_an_allowed_message_is_sent_as_is_and_the_hook_gets_it_signed(
     mode: str, closed: Api, hook: HookServer
 ) -> None:
@@ -171,6 +193,7 @@ async def test_an_allowed_message_is_sent_as_is_and_the_hook_gets_it_signed(
         "mentions": [bob.user_id],
         "attachmentCount": 0,
         "replyToId": first["id"],
+        "editOf": None,
     }
     assert call.payload is not None
     assert call.payload["type"] == "message.before_send"
