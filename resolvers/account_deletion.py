@@ -394,23 +394,11 @@ async def _delete_uploads(services: Services, uid: int) -> None:
     try:
         while True:
             async with services.db.session() as session:
-                rows = (
-                    await session.execute(
-                        select(
-                            col(Attachment.id),
-                            col(Attachment.storage_key),
-                            col(Attachment.checked_key),
-                            col(Attachment.thumbnail_key),
-                        )
-                        .where(col(Attachment.uploader_id) == uid, col(Attachment.state) == UploadState.DELETING)
-                        .order_by(col(Attachment.id))
-                        .limit(DELETE_BATCH)
-                    )
-                ).all()
+                rows = await file_store.being_deleted(session, limit=DELETE_BATCH, uploader_id=uid)
             if not rows:
                 return
-            await files.delete([key for _, *keys in rows for key in keys if key is not None])
-            ids = [upload_id for upload_id, *_ in rows if upload_id is not None]
+            await files.delete([key for _, keys in rows for key in keys])
+            ids = [upload_id for upload_id, _ in rows]
             await services.db.transaction(functools.partial(file_store.forget, ids=ids))
             if len(rows) < DELETE_BATCH:
                 return

@@ -38,8 +38,9 @@ def is_expired(expires_at: datetime | None, now: datetime) -> bool:
 
 async def _expire_batch(session: AsyncSession, now: datetime) -> tuple[int, list[tuple[int, list[str]]]]:
     """Removes up to a batch of expired messages; returns how many, and their uploads' (id, object keys)."""
-    ids = list(
-        (
+    ids: list[int] = [
+        message_id
+        for message_id in (
             await session.execute(
                 select(col(Message.id))
                 .where(col(Message.expires_at) <= now)
@@ -48,19 +49,10 @@ async def _expire_batch(session: AsyncSession, now: datetime) -> tuple[int, list
                 .with_for_update(skip_locked=True)
             )
         ).scalars()
-    )
+        if message_id is not None
+    ]
     if not ids:
         return 0, []
-    uploads = (
-        await session.execute(
-            select(
-                col(Attachment.id),
-                col(Attachment.storage_key),
-                col(Attachment.checked_key),
-                col(Attachment.thumbnail_key),
-            ).where(col(Attachment.message_id).in_(ids))
-        )
-    ).all()
     # Marked as the retention job marks files past retention: no URL is minted for them any more,
     # and should deleting the objects fail below, that job deletes them later.
     await session.execute(
@@ -69,6 +61,7 @@ async def _expire_batch(session: AsyncSession, now: datetime) -> tuple[int, list
         .values(state=UploadState.DELETING)
         .execution_options(synchronize_session=False)
     )
+    uploads = await file_store.being_deleted(session, message_ids=ids)
     # Lifecycle payloads start with their message's id (resolvers/lifecycle.py): an edit carries the text.
     prefixes = [col(InboxEntry.payload).startswith(f'{{"m":{message_id},', autoescape=True) for message_id in ids]
     await session.execute(
@@ -91,9 +84,7 @@ async def _expire_batch(session: AsyncSession, now: datetime) -> tuple[int, list
     await session.execute(
         delete(Mention).where(col(Mention.message_id).in_(ids)).execution_options(synchronize_session=False)
     )
-    return len(ids), [
-        (upload_id, [key for key in keys if key is not None]) for upload_id, *keys in uploads if upload_id is not None
-    ]
+    return len(ids), uploads
 
 
 async def sweep_expired(services: Services, *, now: datetime) -> int:

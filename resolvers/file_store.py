@@ -181,9 +181,16 @@ async def mark_expired(session: AsyncSession, *, released_before: datetime, crea
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
-async def being_deleted(session: AsyncSession, *, limit: int) -> list[tuple[int, list[str]]]:
-    """Uploads marked for deletion: (id, the keys of its objects: upload, checked copy, thumbnail)."""
-    rows = await session.execute(
+async def being_deleted(
+    session: AsyncSession,
+    *,
+    limit: int | None = None,
+    uploader_id: int | None = None,
+    message_ids: Sequence[int] | None = None,
+) -> list[tuple[int, list[str]]]:
+    """Uploads marked for deletion (of one uploader, or of these messages, when given): (id, the keys of
+    its objects: upload, checked copy, thumbnail)."""
+    query = (
         select(
             col(Attachment.id), col(Attachment.storage_key), col(Attachment.checked_key), col(Attachment.thumbnail_key)
         )
@@ -191,6 +198,11 @@ async def being_deleted(session: AsyncSession, *, limit: int) -> list[tuple[int,
         .order_by(col(Attachment.id))
         .limit(limit)
     )
+    if uploader_id is not None:
+        query = query.where(col(Attachment.uploader_id) == uploader_id)
+    if message_ids is not None:
+        query = query.where(col(Attachment.message_id).in_(list(message_ids)))
+    rows = await session.execute(query)
     return [(upload_id, [key for key in keys if key is not None]) for upload_id, *keys in rows if upload_id is not None]
 
 

@@ -47,13 +47,7 @@ async def append_events(
     users = sorted(set(user_ids))
     if not users:
         return []
-    # Lock heads in id order so concurrent fan-outs to overlapping groups cannot deadlock.
-    await session.execute(
-        select(col(InboxHead.user_id))
-        .where(col(InboxHead.user_id).in_(users))
-        .order_by(col(InboxHead.user_id))
-        .with_for_update()
-    )
+    await _lock_heads(session, users)
     rows = (
         await session.execute(
             update(InboxHead)
@@ -80,6 +74,16 @@ async def append_events(
     return [Appended(uid, seq) for uid, seq in rows]
 
 
+async def _lock_heads(session: AsyncSession, users: Sequence[int]) -> None:
+    """Locks these users' inbox heads in id order, so concurrent fan-outs to overlapping groups cannot deadlock."""
+    await session.execute(
+        select(col(InboxHead.user_id))
+        .where(col(InboxHead.user_id).in_(users))
+        .order_by(col(InboxHead.user_id))
+        .with_for_update()
+    )
+
+
 async def append_for_devices(
     session: AsyncSession, entries: Sequence[tuple[int, int, str]], kind: EventKind, *, at: datetime | None = None
 ) -> list[Appended]:
@@ -93,12 +97,7 @@ async def append_for_devices(
     for user_id, _, _ in entries:
         counts[user_id] = counts.get(user_id, 0) + 1
     users = sorted(counts)
-    await session.execute(
-        select(col(InboxHead.user_id))
-        .where(col(InboxHead.user_id).in_(users))
-        .order_by(col(InboxHead.user_id))
-        .with_for_update()
-    )
+    await _lock_heads(session, users)
     rows = (
         await session.execute(
             update(InboxHead)
